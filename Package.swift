@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "outbox-relay",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "outbox-relay", targets: ["outbox-relay"]),
+        .library(name: "OutboxRelay", targets: ["OutboxRelay"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    ],
+    targets: [
+        // C stays in one place: two thin system-library targets, one Swift module over each.
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
+        .target(name: "PGClient", dependencies: [
+            "CLibPQ",
+        ]),
+        .target(name: "Kafka", dependencies: [
+            "CKafka",
+        ]),
+        .target(name: "OutboxRelay", dependencies: [
+            "PGClient", "Kafka",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "outbox-relay", dependencies: [
+            "OutboxRelay",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .testTarget(name: "OutboxRelayTests", dependencies: [
+            "OutboxRelay", "PGClient", "Kafka",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+    ]
+)

@@ -1,0 +1,200 @@
+import CKafka
+import Foundation
+import Synchronization
+
+/// An idempotent librdkafka producer whose delivery reports arrive on a thread it owns.
+///
+/// The poller thread blocks in `rd_kafka_queue_poll` on the main event queue (DR and ERROR
+/// events): it wakes as soon as an event arrives, so there is no sleep on the
+/// produce → report path. One event may carry many reports; they are handed over as one batch.
+///
+/// - Important: never call `rd_kafka_poll` on this handle: with EVENT_DR enabled it would
+///   swallow delivery reports.
+public final class KafkaProducer: @unchecked Sendable {
+    /// What the poller thread hands over.
+    public enum Event: Sendable {
+        case deliveryReports([DeliveryReport])
+        case error(KafkaError)
+    }
+
+    private let handle: OpaquePointer
+    private let queue: OpaquePointer
+    private let topics = Mutex<[String: OpaquePointer]>([:])
+    private let stopping = Atomic<Bool>(false)
+    private let closed = Atomic<Bool>(false)
+    private let pollerExited = DispatchSemaphore(value: 0)
+    private let onEvent: @Sendable (Event) -> Void
+
+    /// Creates the producer. `configuration` is applied on top of the relay's required settings
+    /// only where the caller put them; this type sets the event mask and nothing else.
+    public init(configuration: KafkaConfiguration, onEvent: @escaping @Sendable (Event) -> Void) throws(KafkaError) {
+        try Librdkafka.checkVersion()
+        let conf = try configuration.makeConf()
+        rd_kafka_conf_set_events(conf, Int32(RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR))
+        var errstr = [CChar](repeating: 0, count: 512)
+        // rd_kafka_new takes ownership of conf on success only.
+        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count) else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(.configuration, message: "cannot create producer: \(errorText(errstr))")
+        }
+        handle = rk
+        queue = rd_kafka_queue_get_main(rk)
+        self.onEvent = onEvent
+        let thread = Thread { [self] in pollLoop() }
+        thread.name = "kafka-dr"
+        thread.start()
+    }
+
+    deinit { close() }
+
+    // MARK: Producing
+
+    /// Enqueues one message (non-blocking). `opaque` must be non-zero; it comes back in the report.
+    ///
+    /// Throws synchronously for QUEUE_FULL (the caller's window should prevent it), an oversized
+    /// message, an unknown partition/topic or a fatal producer.
+    public func produce(_ message: KafkaMessage, opaque: UInt64) throws(KafkaError) {
+        precondition(opaque != 0, "opaque must be non-zero")
+        let rkt = try topicHandle(message.topic)
+        let count = 3 + (message.key == nil ? 0 : 1) + (message.value == nil ? 0 : 1) + message.headers.count
+        let failure: KafkaError? = message.storage.withUnsafeBytes { raw -> KafkaError? in
+            // A valid pointer for zero-length fields even when storage is empty.
+            var zero: UInt8 = 0
+            return withUnsafeMutablePointer(to: &zero) { zeroPointer -> KafkaError? in
+                let base = raw.baseAddress ?? UnsafeRawPointer(zeroPointer)
+                return withUnsafeTemporaryAllocation(of: rd_kafka_vu_t.self, capacity: count) { vus -> KafkaError? in
+                    var i = 0
+                    func add(_ v: rd_kafka_vu_t) { vus.initializeElement(at: i, to: v); i += 1 }
+                    var v = rd_kafka_vu_t()
+                    v.vtype = RD_KAFKA_VTYPE_RKT; v.u.rkt = rkt; add(v)
+                    v = rd_kafka_vu_t(); v.vtype = RD_KAFKA_VTYPE_MSGFLAGS; v.u.i = Int32(outbox_rd_kafka_msg_f_copy); add(v)
+                    v = rd_kafka_vu_t(); v.vtype = RD_KAFKA_VTYPE_OPAQUE
+                    v.u.ptr = UnsafeMutableRawPointer(bitPattern: UInt(opaque)); add(v)
+                    if let key = message.key {
+                        v = rd_kafka_vu_t(); v.vtype = RD_KAFKA_VTYPE_KEY
+                        v.u.mem.ptr = UnsafeMutableRawPointer(mutating: base + key.lowerBound)
+                        v.u.mem.size = key.count; add(v)
+                    }
+                    if let value = message.value {
+                        v = rd_kafka_vu_t(); v.vtype = RD_KAFKA_VTYPE_VALUE
+                        v.u.mem.ptr = UnsafeMutableRawPointer(mutating: base + value.lowerBound)
+                        v.u.mem.size = value.count; add(v)
+                    }
+                    for h in message.headers {
+                        v = rd_kafka_vu_t(); v.vtype = RD_KAFKA_VTYPE_HEADER
+                        v.u.header.name = (base + h.name.lowerBound).assumingMemoryBound(to: CChar.self)
+                        if let hv = h.value {
+                            v.u.header.val = base + hv.lowerBound
+                            v.u.header.size = hv.count
+                        } else {
+                            v.u.header.val = nil
+                            v.u.header.size = 0
+                        }
+                        add(v)
+                    }
+                    defer { vus.baseAddress!.deinitialize(count: i) }
+                    guard let error = rd_kafka_produceva(handle, vus.baseAddress, i) else { return nil }
+                    defer { rd_kafka_error_destroy(error) }
+                    return KafkaError(.produce, errorCode: rd_kafka_error_code(error).rawValue,
+                                      isFatal: rd_kafka_error_is_fatal(error) != 0,
+                                      message: String(cString: rd_kafka_error_string(error)))
+                }
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    private func topicHandle(_ name: String) throws(KafkaError) -> OpaquePointer {
+        let result: OpaquePointer? = topics.withLock { cache in
+            if let t = cache[name] { return t }
+            guard let t = rd_kafka_topic_new(handle, name, nil) else { return nil }
+            cache[name] = t
+            return t
+        }
+        guard let result else {
+            throw KafkaError(.produce, errorCode: KafkaErrorCode.invalidArgument,
+                             message: "invalid topic name (librdkafka refused a handle for it)")
+        }
+        return result
+    }
+
+    // MARK: State
+
+    /// Messages librdkafka still holds (queued or in flight, reports not yet served).
+    public var outstandingMessages: Int { Int(rd_kafka_outq_len(handle)) }
+
+    /// The cause of a fatal error, when the instance has one (`rd_kafka_fatal_error`).
+    public func fatalError() -> KafkaError? {
+        var errstr = [CChar](repeating: 0, count: 512)
+        let err = rd_kafka_fatal_error(handle, &errstr, errstr.count)
+        guard err != RD_KAFKA_RESP_ERR_NO_ERROR else { return nil }
+        return KafkaError(.client, errorCode: err.rawValue, isFatal: true, message: errorText(errstr))
+    }
+
+    /// Waits up to `timeoutMilliseconds` for every outstanding message to get its report; the
+    /// poller keeps draining reports meanwhile. Returns false on timeout. Blocks the caller's thread.
+    ///
+    /// Nothing is purged on timeout: unacknowledged rows stay in the outbox and are relayed again.
+    public func flush(timeoutMilliseconds: Int32) -> Bool {
+        rd_kafka_flush(handle, timeoutMilliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR
+    }
+
+    /// Stops the poller and destroys the instance. Messages still queued are discarded without
+    /// reports (their rows remain in the outbox). Safe to call twice.
+    public func close() {
+        guard closed.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        stopping.store(true, ordering: .releasing)
+        rd_kafka_queue_yield(queue)
+        pollerExited.wait()
+        // Order matters: topic handles and queue references before the client.
+        topics.withLock { cache in
+            for (_, t) in cache { rd_kafka_topic_destroy(t) }
+            cache.removeAll()
+        }
+        rd_kafka_queue_destroy(queue)
+        rd_kafka_destroy(handle)
+    }
+
+    // MARK: Poller
+
+    private func pollLoop() {
+        defer { pollerExited.signal() }
+        while !stopping.load(ordering: .acquiring) {
+            // Blocks until an event arrives (or a yield / the timeout, which only bounds shutdown).
+            guard let event = rd_kafka_queue_poll(queue, 1000) else { continue }
+            defer { rd_kafka_event_destroy(event) }
+            switch rd_kafka_event_type(event) {
+            case RD_KAFKA_EVENT_DR:
+                var reports: [DeliveryReport] = []
+                reports.reserveCapacity(Int(rd_kafka_event_message_count(event)))
+                while let m = rd_kafka_event_message_next(event) {
+                    reports.append(Self.report(m))
+                }
+                if !reports.isEmpty { onEvent(.deliveryReports(reports)) }
+            case RD_KAFKA_EVENT_ERROR:
+                let err = rd_kafka_event_error(event)
+                let fatal = rd_kafka_event_error_is_fatal(event) != 0
+                var error = KafkaError(.client, errorCode: err.rawValue, isFatal: fatal,
+                                       message: String(cString: rd_kafka_event_error_string(event)))
+                if fatal, let cause = fatalError() { error = cause }
+                onEvent(.error(error))
+            default:
+                break
+            }
+        }
+    }
+
+    private static func report(_ m: UnsafePointer<rd_kafka_message_t>) -> DeliveryReport {
+        let opaque = UInt64(UInt(bitPattern: m.pointee._private))
+        let persistence: DeliveryReport.Persistence
+        switch rd_kafka_message_status(m) {
+        case RD_KAFKA_MSG_STATUS_PERSISTED: persistence = .persisted
+        case RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED: persistence = .possiblyPersisted
+        default: persistence = .notPersisted
+        }
+        let err = m.pointee.err
+        let error = err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(.delivery, err)
+        return DeliveryReport(opaque: opaque, error: error, persistence: persistence,
+                              partition: m.pointee.partition, offset: m.pointee.offset)
+    }
+}

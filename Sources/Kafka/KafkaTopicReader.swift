@@ -1,0 +1,78 @@
+import CKafka
+import Foundation
+
+/// A message read back from a topic.
+public struct ConsumedMessage: Sendable {
+    public let topic: String
+    public let partition: Int32
+    public let offset: Int64
+    public let key: [UInt8]?
+    public let value: [UInt8]?
+    public let headers: [(name: String, value: [UInt8]?)]
+
+    /// The first header named `name`, as UTF-8 text.
+    public func header(_ name: String) -> String? {
+        headers.first { $0.name == name }?.value.map { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
+/// Reads every partition of a topic from the beginning to its current end, without a consumer
+/// group (manual assignment). Used by the verifier in tests, the demo and `outbox-relay tail`.
+public enum KafkaTopicReader {
+    public static func readAll(topic: String, configuration: KafkaConfiguration,
+                               timeoutMilliseconds: Int = 30_000) throws(KafkaError) -> [ConsumedMessage] {
+        var config = configuration
+        config.set("group.id", "outbox-relay-reader-\(UUID().uuidString)")
+        config.set("enable.auto.commit", "false")
+        config.set("enable.partition.eof", "true")
+        config.set("auto.offset.reset", "earliest")
+        let rk = try KafkaAdmin.makeClient(config, type: RD_KAFKA_CONSUMER)
+        defer {
+            rd_kafka_consumer_close(rk)
+            rd_kafka_destroy(rk)
+        }
+        rd_kafka_poll_set_consumer(rk)
+        let partitions = try KafkaAdmin.partitionCount(rk, topic, 10_000)
+        let list = rd_kafka_topic_partition_list_new(partitions)!
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for p in 0..<partitions {
+            let tp = rd_kafka_topic_partition_list_add(list, topic, p)!
+            tp.pointee.offset = outbox_rd_kafka_offset_beginning
+        }
+        let err = rd_kafka_assign(rk, list)
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(.consume, err) }
+
+        var done = Set<Int32>()
+        var out: [ConsumedMessage] = []
+        let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
+        while done.count < Int(partitions) {
+            if Date() > deadline {
+                throw KafkaError(.consume, message: "timed out reading \(topic): \(done.count)/\(partitions) partitions at end")
+            }
+            guard let m = rd_kafka_consumer_poll(rk, 200) else { continue }
+            defer { rd_kafka_message_destroy(m) }
+            let msg = m.pointee
+            if msg.err == RD_KAFKA_RESP_ERR__PARTITION_EOF { done.insert(msg.partition); continue }
+            if msg.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                throw KafkaError(.consume, msg.err)
+            }
+            let key = msg.key.map { Array(UnsafeRawBufferPointer(start: $0, count: msg.key_len)) }
+            let value = msg.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: msg.len)) }
+            var headers: [(String, [UInt8]?)] = []
+            var hdrs: OpaquePointer?
+            if rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
+                var i = 0
+                var name: UnsafePointer<CChar>?
+                var val: UnsafeRawPointer?
+                var size = 0
+                while rd_kafka_header_get_all(hdrs, i, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    headers.append((String(cString: name!), val.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) }))
+                    i += 1
+                }
+            }
+            out.append(ConsumedMessage(topic: topic, partition: msg.partition, offset: msg.offset,
+                                       key: key, value: value, headers: headers))
+        }
+        return out
+    }
+}

@@ -1,0 +1,120 @@
+/// Decides which id range the next claim reads, so that no committed row is ever skipped.
+///
+/// A plain "last id seen" cursor skips a row whose transaction commits after rows with higher
+/// ids were read. This cursor keeps two marks:
+/// - `cursor`: the highest id claimed; forward reads start here (the cheap, common case);
+/// - `floor`: every row with `id <= floor` is known to be claimed or gone for good.
+///
+/// After each read the snapshot's `xmax` is recorded with the cursor as a checkpoint. Because
+/// the table's `id` default only draws from the sequence once the inserting transaction has an
+/// xid, a row with an id at or below the checkpoint that was invisible must belong to a
+/// transaction in that snapshot's in-progress list. Once a later snapshot's `xmin` reaches the
+/// checkpoint's `xmax`, all those transactions have ended: one *sweep* read from `floor`
+/// (excluding rows in flight) then picks up any late row and lets `floor` advance. Sweeps are
+/// rate-limited; a late row therefore waits at most about one sweep interval after its commit.
+///
+/// Pure state: no I/O, tested directly.
+public struct ClaimCursor: Sendable, Equatable {
+    public private(set) var floor: Int64 = 0
+    public private(set) var cursor: Int64 = 0
+    /// Checkpoints (cursor at read, snapshot xmax), ascending.
+    private var checkpoints: [Checkpoint] = []
+    /// Highest id known to be settled (ripe) but not yet swept.
+    public private(set) var ripeTarget: Int64 = 0
+    /// A sweep is owed right away (a row was rewound, or the shard set grew).
+    public private(set) var sweepForced = false
+    private var lastSweepAt: Double = -.infinity
+
+    struct Checkpoint: Sendable, Equatable {
+        let upTo: Int64
+        let xmax: UInt64
+    }
+
+    public enum Mode: Sendable, Equatable { case forward, sweep }
+
+    /// What to read next.
+    public struct Request: Sendable, Equatable {
+        public let mode: Mode
+        /// Read rows with `id > lowerBound` …
+        public let lowerBound: Int64
+        /// … except these (rows in flight or awaiting their DELETE).
+        public let excluded: [Int64]
+        public let limit: Int
+    }
+
+    /// The outcome of a claim read.
+    public struct Observation: Sendable {
+        public let snapshotXmin: UInt64
+        public let snapshotXmax: UInt64
+        public let lastRowId: Int64?
+        public let rowCount: Int
+
+        public init(snapshotXmin: UInt64, snapshotXmax: UInt64, lastRowId: Int64?, rowCount: Int) {
+            self.snapshotXmin = snapshotXmin
+            self.snapshotXmax = snapshotXmax
+            self.lastRowId = lastRowId
+            self.rowCount = rowCount
+        }
+    }
+
+    public init() {}
+
+    /// - Parameters:
+    ///   - now: seconds on a monotonic clock.
+    ///   - inFlight: ids of rows in flight (any order).
+    public func nextRequest(limit: Int, inFlight: some Sequence<Int64>, now: Double, sweepInterval: Double) -> Request {
+        let sweep = sweepForced || (ripeTarget > floor && now - lastSweepAt >= sweepInterval)
+        let lower = sweep ? floor : cursor
+        let excluded = inFlight.filter { $0 > lower }.sorted()
+        return Request(mode: sweep ? .sweep : .forward, lowerBound: lower, excluded: excluded, limit: limit)
+    }
+
+    /// Records what a read returned.
+    public mutating func observe(_ request: Request, _ result: Observation, now: Double) {
+        let truncated = result.rowCount >= request.limit
+        if let last = result.lastRowId { cursor = max(cursor, last) }
+        if request.mode == .sweep {
+            lastSweepAt = now
+            sweepForced = false
+            // The sweep saw every visible row above the floor up to `covered`.
+            let covered = truncated ? (result.lastRowId ?? request.lowerBound) : Int64.max
+            let newFloor = min(ripeTarget, covered)
+            if newFloor > floor { floor = newFloor }
+            if truncated { sweepForced = true }  // keep sweeping until the range is covered
+        }
+        // Ripen checkpoints whose in-progress transactions have all ended by this snapshot.
+        var ripe: Int64?
+        while let first = checkpoints.first, first.xmax <= result.snapshotXmin {
+            ripe = first.upTo
+            checkpoints.removeFirst()
+        }
+        if let ripe { ripeTarget = max(ripeTarget, ripe) }
+        // Everything up to `cursor` that was visible in this snapshot has been claimed.
+        if result.snapshotXmin == result.snapshotXmax && request.mode == .sweep && !truncated {
+            // No transaction was in progress: nothing at or below the cursor can still appear.
+            floor = max(floor, cursor)
+            ripeTarget = max(ripeTarget, cursor)
+        } else if checkpoints.last.map({ $0.upTo < cursor || $0.xmax < result.snapshotXmax }) ?? true {
+            if let last = checkpoints.last, last.xmax == result.snapshotXmax {
+                checkpoints[checkpoints.count - 1] = Checkpoint(upTo: cursor, xmax: result.snapshotXmax)
+            } else {
+                checkpoints.append(Checkpoint(upTo: cursor, xmax: result.snapshotXmax))
+            }
+        }
+        if checkpoints.count > 64 { checkpoints.removeFirst(checkpoints.count - 64) }
+    }
+
+    /// A row that was claimed but not delivered (failed, or its lease was not valid) must be read
+    /// again: lower the floor below it and sweep.
+    public mutating func rewind(below id: Int64) {
+        floor = min(floor, id - 1)
+        ripeTarget = max(ripeTarget, floor)
+        sweepForced = true
+    }
+
+    /// Start over (the set of shards grew: their older rows were never read by this replica).
+    public mutating func reset() {
+        self = ClaimCursor()
+        sweepForced = true
+    }
+}

@@ -1,0 +1,137 @@
+import Kafka
+
+/// Everything `outbox-relay run` needs. Defaults are stated on each property; the command line
+/// layer (flags > environment > default) resolves values into this struct.
+public struct RelayConfiguration: Sendable {
+    /// libpq URL or conninfo (`OUTBOX_DATABASE_URL`). Required. Never logged.
+    public var databaseURL: String
+    /// `HOST:PORT[,HOST:PORT…]` (`OUTBOX_BROKERS`). Required.
+    public var brokers: String
+    /// Outbox table, optionally schema-qualified. Default `outbox`.
+    public var table: String = "outbox"
+    /// Rows read per claim. Default 1000.
+    public var batchSize: Int = 1000
+    /// Rows produced but not yet deleted, at most. Default 5000.
+    public var maxInFlightRows: Int = 5000
+    /// Bytes (key + value + headers) produced but not yet deleted, at most. Default 16 MiB.
+    public var maxInFlightBytes: Int = 16 << 20
+    /// Claim even without a notification this often, in milliseconds. Default 1000.
+    public var pollIntervalMillis: Int = 1000
+    /// Lease duration in milliseconds. Default 30000.
+    public var leaseDurationMillis: Int = 30_000
+    /// Heartbeat (lease renewal) interval in milliseconds. Default: lease duration / 6.
+    public var heartbeatIntervalMillis: Int?
+    /// librdkafka `message.timeout.ms`. Default 10000; must stay below the lease duration.
+    public var messageTimeoutMillis: Int = 10_000
+    /// PostgreSQL `statement_timeout` for the relay's sessions, in milliseconds. Default 5000.
+    public var statementTimeoutMillis: Int = 5_000
+    /// How long shutdown waits for outstanding delivery reports, in milliseconds. Default 10000.
+    public var shutdownTimeoutMillis: Int = 10_000
+    /// First retry delay after a failed delivery, in milliseconds (doubles up to 30 s). Default 100.
+    public var retryBackoffMillis: Int = 100
+    /// Name of this replica in the replicas table. Default `HOSTNAME-PID-RANDOM`.
+    public var replicaName: String?
+    /// librdkafka properties passed through by name (they win over the relay's defaults,
+    /// except that idempotence cannot be turned off).
+    public var kafkaProperties: [(String, String)] = []
+
+    public init(databaseURL: String, brokers: String) {
+        self.databaseURL = databaseURL
+        self.brokers = brokers
+    }
+
+    /// Margin between the local view of a lease and the database's.
+    static let leaseSafetyMarginMillis = 1_000
+
+    public var effectiveHeartbeatMillis: Int { heartbeatIntervalMillis ?? max(100, leaseDurationMillis / 6) }
+
+    /// Checks every setting; the error names the one at fault.
+    public func validate() throws(RelayError) {
+        if databaseURL.isEmpty { throw RelayError(.configuration, "missing --database-url (OUTBOX_DATABASE_URL)") }
+        _ = try Self.parseBrokers(brokers)
+        _ = try OutboxTable(table)
+        func positive(_ v: Int, _ name: String) throws(RelayError) {
+            if v <= 0 { throw RelayError(.configuration, "invalid \(name) \(v): must be positive") }
+        }
+        try positive(batchSize, "--batch-size")
+        try positive(maxInFlightRows, "--max-in-flight-rows")
+        try positive(maxInFlightBytes, "--max-in-flight-bytes")
+        try positive(pollIntervalMillis, "--poll-interval-ms")
+        try positive(leaseDurationMillis, "--lease-duration-ms")
+        try positive(messageTimeoutMillis, "--message-timeout-ms")
+        try positive(statementTimeoutMillis, "--statement-timeout-ms")
+        try positive(retryBackoffMillis, "--retry-backoff-ms")
+        if shutdownTimeoutMillis < 0 { throw RelayError(.configuration, "invalid --shutdown-timeout-ms \(shutdownTimeoutMillis): must not be negative") }
+        if let h = heartbeatIntervalMillis {
+            try positive(h, "--heartbeat-interval-ms")
+            if h >= leaseDurationMillis {
+                throw RelayError(.configuration, "invalid --heartbeat-interval-ms \(h): must be below --lease-duration-ms \(leaseDurationMillis)")
+            }
+        }
+        if batchSize > maxInFlightRows {
+            throw RelayError(.configuration, "invalid --batch-size \(batchSize): must not exceed --max-in-flight-rows \(maxInFlightRows)")
+        }
+        let kafka = kafkaConfiguration()
+        if let idem = kafka["enable.idempotence"], idem != "true" {
+            throw RelayError(.configuration, "librdkafka property enable.idempotence=\(idem) is not allowed: per-key order and duplicate-free retries depend on it")
+        }
+        // Lease must outlive every message's final report plus a reconnect and a statement.
+        let timeout = Int(kafka["message.timeout.ms"] ?? "") ?? messageTimeoutMillis
+        let backoff = Int(kafka["reconnect.backoff.max.ms"] ?? "") ?? 1_000
+        let needed = timeout + backoff + statementTimeoutMillis + Self.leaseSafetyMarginMillis
+        if leaseDurationMillis <= needed {
+            throw RelayError(.configuration,
+                "invalid --lease-duration-ms \(leaseDurationMillis): must exceed message.timeout.ms (\(timeout)) + " +
+                "reconnect.backoff.max.ms (\(backoff)) + --statement-timeout-ms (\(statementTimeoutMillis)) + " +
+                "a \(Self.leaseSafetyMarginMillis) ms margin = \(needed), so in-flight messages settle before another replica may take a shard")
+        }
+        do { try kafka.validate() } catch { throw RelayError(kafka: error, context: "invalid Kafka configuration") }
+    }
+
+    /// `HOST:PORT[,HOST:PORT…]`; IPv6 hosts in brackets.
+    public static func parseBrokers(_ text: String) throws(RelayError) -> [String] {
+        let entries = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingWhitespace() }
+        if text.trimmingWhitespace().isEmpty { throw RelayError(.configuration, "missing --brokers (OUTBOX_BROKERS): expected HOST:PORT[,HOST:PORT...]") }
+        for e in entries {
+            guard let colon = e.lastIndex(of: ":") else {
+                throw RelayError(.configuration, "invalid --brokers \"\(text)\": entry \"\(e)\" is not HOST:PORT")
+            }
+            let host = e[..<colon]
+            let port = e[e.index(after: colon)...]
+            let hostOK = !host.isEmpty && !host.contains("/") && !host.contains(" ")
+                && (host.first == "[" ? host.last == "]" : !host.contains(":"))
+            guard hostOK, let p = Int(port), (1...65535).contains(p) else {
+                throw RelayError(.configuration, "invalid --brokers \"\(text)\": entry \"\(e)\" is not HOST:PORT (port 1-65535)")
+            }
+        }
+        return entries
+    }
+
+    /// The producer configuration: the relay's settings, then pass-through properties.
+    public func kafkaConfiguration(clientId: String = "outbox-relay") -> KafkaConfiguration {
+        var c = KafkaConfiguration([
+            ("bootstrap.servers", brokers),
+            ("client.id", clientId),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("partitioner", "murmur2_random"),
+            ("message.timeout.ms", String(messageTimeoutMillis)),
+            ("reconnect.backoff.max.ms", "1000"),
+            ("linger.ms", "5"),
+            ("queue.buffering.max.messages", String(max(100_000, maxInFlightRows * 2))),
+            ("queue.buffering.max.kbytes", String(max(1 << 20, maxInFlightBytes / 1024 * 2))),
+        ])
+        for (k, v) in kafkaProperties { c.set(k, v) }
+        return c
+    }
+}
+
+extension Substring {
+    func trimmingWhitespace() -> String {
+        String(self.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String { Substring(self).trimmingWhitespace() }
+}

@@ -1,0 +1,97 @@
+import Foundation
+
+/// The one table of `run` settings: flag, environment variable, default and help. The command
+/// line, `--help` and the README's configuration table are all derived from it.
+///
+/// Naming scheme: flag `--some-name` ⇔ environment `OUTBOX_SOME_NAME`; `OUTBOX_SOME_NAME_FILE`
+/// reads the value from a file (container secrets). librdkafka properties pass through as
+/// `--kafka-property name=value` or `OUTBOX_KAFKA_<NAME>` (dots written as underscores, e.g.
+/// `OUTBOX_KAFKA_SASL_PASSWORD` → `sasl.password`). Precedence: flag > environment > default.
+public struct Setting: Sendable {
+    public let flag: String
+    public let defaultText: String
+    public let help: String
+    let apply: @Sendable (inout RelayConfiguration, String) throws(RelayError) -> Void
+
+    public var environmentVariable: String { Self.environmentName(flag) }
+
+    public static func environmentName(_ flag: String) -> String {
+        "OUTBOX_" + flag.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+
+    /// `help` for ArgumentParser: text, environment variable and default.
+    public var helpText: String { "\(help) [env: \(environmentVariable)] (default: \(defaultText))" }
+}
+
+public enum Settings {
+    private static func int(_ flag: String, _ value: String) throws(RelayError) -> Int {
+        guard let v = Int(value.trimmingCharacters(in: .whitespaces)) else {
+            throw RelayError(.configuration, "invalid --\(flag) \"\(value)\": not an integer")
+        }
+        return v
+    }
+
+    public static let all: [Setting] = [
+        Setting(flag: "database-url", defaultText: "required", help: "PostgreSQL URL or conninfo; every libpq option (sslmode, sslrootcert, ...) passes through it") { c, v in c.databaseURL = v },
+        Setting(flag: "brokers", defaultText: "required", help: "Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...]") { c, v in c.brokers = v },
+        Setting(flag: "table", defaultText: "outbox", help: "Outbox table, optionally SCHEMA.TABLE") { c, v in c.table = v },
+        Setting(flag: "batch-size", defaultText: "1000", help: "Rows read per claim") { c, v throws(RelayError) in c.batchSize = try int("batch-size", v) },
+        Setting(flag: "max-in-flight-rows", defaultText: "5000", help: "Rows produced but not yet deleted, at most") { c, v throws(RelayError) in c.maxInFlightRows = try int("max-in-flight-rows", v) },
+        Setting(flag: "max-in-flight-bytes", defaultText: "16777216", help: "Bytes produced but not yet deleted, at most") { c, v throws(RelayError) in c.maxInFlightBytes = try int("max-in-flight-bytes", v) },
+        Setting(flag: "poll-interval-ms", defaultText: "1000", help: "Claim without a notification this often (NOTIFY wakes the relay at once)") { c, v throws(RelayError) in c.pollIntervalMillis = try int("poll-interval-ms", v) },
+        Setting(flag: "lease-duration-ms", defaultText: "30000", help: "Shard lease duration; must exceed message timeout + reconnect backoff + statement timeout + 1 s") { c, v throws(RelayError) in c.leaseDurationMillis = try int("lease-duration-ms", v) },
+        Setting(flag: "heartbeat-interval-ms", defaultText: "lease duration / 6", help: "Lease renewal interval") { c, v throws(RelayError) in c.heartbeatIntervalMillis = try int("heartbeat-interval-ms", v) },
+        Setting(flag: "message-timeout-ms", defaultText: "10000", help: "librdkafka message.timeout.ms: a message's final delivery report comes within this") { c, v throws(RelayError) in c.messageTimeoutMillis = try int("message-timeout-ms", v) },
+        Setting(flag: "statement-timeout-ms", defaultText: "5000", help: "PostgreSQL statement_timeout and lock_timeout of the relay's sessions") { c, v throws(RelayError) in c.statementTimeoutMillis = try int("statement-timeout-ms", v) },
+        Setting(flag: "shutdown-timeout-ms", defaultText: "10000", help: "On SIGTERM, how long to wait for outstanding delivery reports") { c, v throws(RelayError) in c.shutdownTimeoutMillis = try int("shutdown-timeout-ms", v) },
+        Setting(flag: "retry-backoff-ms", defaultText: "100", help: "First retry delay after a failed delivery (doubles, with jitter, up to 30 s)") { c, v throws(RelayError) in c.retryBackoffMillis = try int("retry-backoff-ms", v) },
+        Setting(flag: "replica-name", defaultText: "HOST-PID-RANDOM", help: "This replica's name in the replicas table") { c, v in c.replicaName = v },
+    ]
+
+    /// Resolves flags (by flag name), the environment and defaults into a configuration.
+    public static func resolve(flags: [String: String], kafkaProperties: [String] = [],
+                               environment: [String: String]) throws(RelayError) -> RelayConfiguration {
+        var config = RelayConfiguration(databaseURL: "", brokers: "")
+        for setting in all {
+            if let v = flags[setting.flag] {
+                try setting.apply(&config, v)
+            } else if let v = try environmentValue(setting.environmentVariable, environment) {
+                try setting.apply(&config, v)
+            }
+        }
+        // Kafka pass-through: environment first, then flags (later wins).
+        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("OUTBOX_KAFKA_") && !name.hasSuffix("_FILE") {
+            config.kafkaProperties.append((kafkaPropertyName(fromEnvironment: name), value))
+        }
+        for (name, _) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("OUTBOX_KAFKA_") && name.hasSuffix("_FILE") {
+            let base = String(name.dropLast(5))
+            if environment[base] == nil, let v = try environmentValue(base, environment) {
+                config.kafkaProperties.append((kafkaPropertyName(fromEnvironment: base), v))
+            }
+        }
+        for entry in kafkaProperties {
+            guard let eq = entry.firstIndex(of: "="), eq != entry.startIndex else {
+                throw RelayError(.configuration, "invalid --kafka-property \"\(entry.prefix { $0 != "=" })\": expected NAME=VALUE")
+            }
+            config.kafkaProperties.append((String(entry[..<eq]), String(entry[entry.index(after: eq)...])))
+        }
+        return config
+    }
+
+    /// `OUTBOX_KAFKA_SASL_PASSWORD` → `sasl.password`.
+    public static func kafkaPropertyName(fromEnvironment name: String) -> String {
+        String(name.dropFirst("OUTBOX_KAFKA_".count)).lowercased().replacingOccurrences(of: "_", with: ".")
+    }
+
+    /// `NAME` from the environment, else the contents of the file named by `NAME_FILE`.
+    static func environmentValue(_ name: String, _ environment: [String: String]) throws(RelayError) -> String? {
+        if let v = environment[name] { return v }
+        guard let path = environment[name + "_FILE"] else { return nil }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RelayError(.configuration, "cannot read \(name)_FILE \"\(path)\"")
+        }
+        var text = String(decoding: data, as: UTF8.self)
+        while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
+        return text
+    }
+}

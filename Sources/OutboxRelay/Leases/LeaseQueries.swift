@@ -1,0 +1,74 @@
+import PGClient
+
+/// Lease and membership statements. Every time comes from the database clock (`now()`).
+public struct LeaseQueries: Sendable {
+    public let table: OutboxTable
+
+    public init(table: OutboxTable) { self.table = table }
+
+    /// Upserts this replica's heartbeat and returns the live replicas (including this one), sorted.
+    public func heartbeat(_ conn: PGConnection, replica: String, hostname: String, pid: Int32,
+                          version: String, leaseMillis: Int64) throws(PGError) -> [String] {
+        try conn.execute(prepared: "lease_heartbeat", """
+            INSERT INTO \(table.replicasSQL) (replica_id, hostname, pid, version, expires_at)
+            VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
+            ON CONFLICT (replica_id) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at
+            """, [.text(replica), .text(hostname), .int4(pid), .text(version), .int8(leaseMillis)])
+        // Forget replicas dead for a long time so the table does not grow without bound.
+        let live = try conn.execute(prepared: "lease_live", """
+            WITH gone AS (DELETE FROM \(table.replicasSQL) WHERE expires_at < now() - interval '1 hour')
+            SELECT replica_id FROM \(table.replicasSQL) WHERE expires_at > now() ORDER BY replica_id
+            """, [])
+        return (0..<live.rowCount).compactMap { live.string($0, 0) }
+    }
+
+    /// Extends the leases this replica still owns; returns them with their epochs.
+    public func renew(_ conn: PGConnection, replica: String, shards: [Int32], leaseMillis: Int64) throws(PGError) -> [(shard: Int32, epoch: Int64)] {
+        if shards.isEmpty { return [] }
+        let r = try conn.execute(prepared: "lease_renew", """
+            UPDATE \(table.leasesSQL) SET expires_at = now() + $3 * interval '1 millisecond'
+            WHERE owner = $1 AND shard = ANY($2::integer[]) RETURNING shard, epoch
+            """, [.text(replica), .int4Array(shards), .int8(leaseMillis)])
+        return try pairs(r)
+    }
+
+    /// Takes free or expired leases; each acquisition bumps the fencing epoch.
+    public func acquire(_ conn: PGConnection, replica: String, shards: [Int32], leaseMillis: Int64) throws(PGError) -> [(shard: Int32, epoch: Int64)] {
+        if shards.isEmpty { return [] }
+        let r = try conn.execute(prepared: "lease_acquire", """
+            UPDATE \(table.leasesSQL)
+            SET owner = $1, epoch = epoch + 1, expires_at = now() + $3 * interval '1 millisecond', acquired_at = now()
+            WHERE shard = ANY($2::integer[]) AND (owner IS NULL OR expires_at <= now())
+            RETURNING shard, epoch
+            """, [.text(replica), .int4Array(shards), .int8(leaseMillis)])
+        return try pairs(r)
+    }
+
+    /// Gives leases back at once so another replica can take them without waiting for expiry.
+    public func release(_ conn: PGConnection, replica: String, shards: [Int32]) throws(PGError) {
+        if shards.isEmpty { return }
+        try conn.execute(prepared: "lease_release", """
+            UPDATE \(table.leasesSQL) SET owner = NULL, expires_at = NULL
+            WHERE owner = $1 AND shard = ANY($2::integer[])
+            """, [.text(replica), .int4Array(shards)])
+    }
+
+    /// Leaves the group: releases every lease and removes the replica row.
+    public func leave(_ conn: PGConnection, replica: String) throws(PGError) {
+        try conn.execute(prepared: "lease_leave_release", """
+            UPDATE \(table.leasesSQL) SET owner = NULL, expires_at = NULL WHERE owner = $1
+            """, [.text(replica)])
+        try conn.execute(prepared: "lease_leave", "DELETE FROM \(table.replicasSQL) WHERE replica_id = $1", [.text(replica)])
+    }
+
+    /// Tells the other replicas to rebalance now rather than at their next heartbeat.
+    public func notifyRebalance(_ conn: PGConnection) throws(PGError) {
+        try conn.query("SELECT pg_notify($1, $2)", [.text(table.channel), .text(OutboxTable.rebalancePayload)])
+    }
+
+    private func pairs(_ r: PGResult) throws(PGError) -> [(shard: Int32, epoch: Int64)] {
+        var out: [(shard: Int32, epoch: Int64)] = []
+        for i in 0..<r.rowCount { out.append((try r.int32(i, 0), try r.int64(i, 1))) }
+        return out
+    }
+}

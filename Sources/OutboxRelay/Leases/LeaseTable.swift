@@ -1,0 +1,112 @@
+/// This replica's view of the shard leases it holds: a pure state machine, no I/O.
+///
+/// Each held shard is `active` (claimed and produced) or `draining` (being handed over: no new
+/// claims; released once its in-flight rows are settled). Validity is tracked on the local
+/// monotonic clock from the moment a renewal was *sent*, minus a safety margin, so the local view
+/// always expires before the database's lease does. A shard whose local validity lapsed is not
+/// produced to until a renewal succeeds.
+public struct LeaseTable: Sendable, Equatable {
+    public enum Phase: Sendable, Equatable { case active, draining }
+
+    public struct Lease: Sendable, Equatable {
+        public var epoch: Int64
+        public var validUntil: Double
+        public var phase: Phase
+    }
+
+    public private(set) var leases: [Int32: Lease] = [:]
+    public let shardCount: Int
+
+    public init(shardCount: Int) { self.shardCount = shardCount }
+
+    /// What one heartbeat should do.
+    public struct Plan: Sendable, Equatable {
+        /// Held shards no longer assigned to this replica: stop claiming them.
+        public var drain: [Int32]
+        /// Draining shards with nothing in flight: release now.
+        public var release: [Int32]
+        /// Assigned shards not held: try to acquire.
+        public var acquire: [Int32]
+        /// Draining shards assigned to this replica again: resume claiming.
+        public var reactivate: [Int32] = []
+    }
+
+    public func plan(desired: Range<Int32>, inFlightByShard: [Int32: Int]) -> Plan {
+        var drain: [Int32] = []
+        var release: [Int32] = []
+        var reactivate: [Int32] = []
+        for (shard, lease) in leases {
+            let wanted = desired.contains(shard)
+            switch lease.phase {
+            case .active where !wanted:
+                drain.append(shard)
+                if (inFlightByShard[shard] ?? 0) == 0 { release.append(shard) }
+            case .draining where wanted:
+                reactivate.append(shard)
+            case .draining:
+                if (inFlightByShard[shard] ?? 0) == 0 { release.append(shard) }
+            case .active:
+                break
+            }
+        }
+        let acquire = desired.filter { leases[$0] == nil }
+        return Plan(drain: drain.sorted(), release: release.sorted(), acquire: acquire, reactivate: reactivate.sorted())
+    }
+
+    /// Marks shards as draining: no new claims, released once settled.
+    public mutating func drain(_ shards: [Int32]) {
+        for s in shards { leases[s]?.phase = .draining }
+    }
+
+    /// Draining shards become active again.
+    public mutating func reactivate(_ shards: [Int32]) {
+        for s in shards { leases[s]?.phase = .active }
+    }
+
+    /// Applies a renewal: `renewed` are the (shard, epoch) rows the database still lists for us.
+    /// Returns the shards lost (taken over by someone else).
+    @discardableResult
+    public mutating func renewed(_ renewed: [(shard: Int32, epoch: Int64)], sentAt: Double, duration: Double, margin: Double) -> [Int32] {
+        var still = Set<Int32>()
+        for (shard, epoch) in renewed {
+            guard var lease = leases[shard], lease.epoch == epoch else { continue }
+            lease.validUntil = sentAt + duration - margin
+            leases[shard] = lease
+            still.insert(shard)
+        }
+        let lost = leases.keys.filter { !still.contains($0) }.sorted()
+        for s in lost { leases[s] = nil }
+        return lost
+    }
+
+    /// Adds newly acquired leases.
+    public mutating func acquired(_ acquired: [(shard: Int32, epoch: Int64)], sentAt: Double, duration: Double, margin: Double) {
+        for (shard, epoch) in acquired {
+            leases[shard] = Lease(epoch: epoch, validUntil: sentAt + duration - margin, phase: .active)
+        }
+    }
+
+    public mutating func released(_ shards: [Int32]) {
+        for s in shards { leases[s] = nil }
+    }
+
+    /// Shards to claim rows from now: active and locally valid.
+    public func claimable(now: Double) -> [Int32] {
+        leases.filter { $0.value.phase == .active && $0.value.validUntil > now }.keys.sorted()
+    }
+
+    /// The epoch to produce under, or nil when the shard must not be produced to now.
+    public func producibleEpoch(_ shard: Int32, now: Double) -> Int64? {
+        guard let lease = leases[shard], lease.phase == .active, lease.validUntil > now else { return nil }
+        return lease.epoch
+    }
+
+    /// Epoch per shard (index = shard) for the lease-checked DELETE; 0 where not held.
+    public func epochArray() -> [Int64] {
+        var a = [Int64](repeating: 0, count: shardCount)
+        for (s, lease) in leases where Int(s) < shardCount { a[Int(s)] = lease.epoch }
+        return a
+    }
+
+    public var heldShards: [Int32] { leases.keys.sorted() }
+}

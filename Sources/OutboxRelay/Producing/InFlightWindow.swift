@@ -1,0 +1,93 @@
+/// Bookkeeping for rows between claim and DELETE: a pure struct, no I/O.
+///
+/// A row enters when it is produced and leaves when its DELETE has run (or its delivery failed).
+/// The window is bounded in rows and bytes, well under librdkafka's queue limits, so the
+/// producer's QUEUE_FULL never has to be handled as an error and memory is bounded by the
+/// window, not by the backlog.
+public struct InFlightWindow: Sendable {
+    public struct Entry: Sendable, Equatable {
+        public let rowId: Int64
+        public let shard: Int32
+        public let bytes: Int
+        public let createdAtMicros: Int64
+        public var acknowledged: Bool
+    }
+
+    public let maxRows: Int
+    public let maxBytes: Int
+    public private(set) var rows = 0
+    public private(set) var bytes = 0
+    /// Rows produced whose delivery report has not arrived yet.
+    public private(set) var awaitingReport = 0
+    public private(set) var byShard: [Int32: Int] = [:]
+    fileprivate var entries: [UInt64: Entry] = [:]
+    private var nextSequence: UInt64 = 1
+
+    public init(maxRows: Int, maxBytes: Int) {
+        precondition(maxRows > 0 && maxBytes > 0)
+        self.maxRows = maxRows
+        self.maxBytes = maxBytes
+    }
+
+    /// Rows that may be claimed now.
+    public var rowRoom: Int { bytes >= maxBytes ? 0 : max(0, maxRows - rows) }
+    public var isEmpty: Bool { rows == 0 }
+
+    /// Admits a row about to be produced; returns the opaque sequence for its message.
+    /// A single row larger than the byte limit is still admitted when the window is empty.
+    public mutating func admit(rowId: Int64, shard: Int32, bytes size: Int, createdAtMicros: Int64) -> UInt64 {
+        let seq = nextSequence
+        nextSequence += 1
+        entries[seq] = Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros, acknowledged: false)
+        rows += 1
+        bytes += size
+        awaitingReport += 1
+        byShard[shard, default: 0] += 1
+        return seq
+    }
+
+    /// A message could not be handed to librdkafka after all: forget it.
+    public mutating func cancel(_ seq: UInt64) {
+        guard let e = entries[seq] else { return }
+        if !e.acknowledged { awaitingReport -= 1 }
+        remove(seq, e)
+    }
+
+    /// A successful delivery report: the row now waits for its DELETE.
+    public mutating func acknowledge(_ seq: UInt64) -> Entry? {
+        guard var e = entries[seq], !e.acknowledged else { return nil }
+        e.acknowledged = true
+        entries[seq] = e
+        awaitingReport -= 1
+        return e
+    }
+
+    /// A failed delivery report: the row leaves the window and stays in the outbox.
+    public mutating func fail(_ seq: UInt64) -> Entry? {
+        guard let e = entries[seq], !e.acknowledged else { return nil }
+        awaitingReport -= 1
+        remove(seq, e)
+        return e
+    }
+
+    /// The row's DELETE has run (whether or not the lease check let it delete the row).
+    public mutating func settle(_ seq: UInt64) {
+        guard let e = entries[seq], e.acknowledged else { return }
+        remove(seq, e)
+    }
+
+    private mutating func remove(_ seq: UInt64, _ e: Entry) {
+        entries[seq] = nil
+        rows -= 1
+        bytes -= e.bytes
+        if let n = byShard[e.shard], n > 1 { byShard[e.shard] = n - 1 } else { byShard[e.shard] = nil }
+    }
+
+    /// Ids of every row in the window (claims must not read them again).
+    public var rowIds: [Int64] { entries.values.map(\.rowId) }
+}
+
+extension InFlightWindow {
+    /// The entry for an opaque sequence, if still in the window.
+    public func entry(_ seq: UInt64) -> Entry? { entries[seq] }
+}

@@ -1,0 +1,21 @@
+/// Counters a running relay keeps (exposed to tests, `status` and metrics).
+public struct RelayStatistics: Sendable, Equatable {
+    /// Messages acknowledged by the broker.
+    public var delivered = 0
+    /// Rows deleted after acknowledgement.
+    public var deleted = 0
+    /// Failed delivery reports and synchronous produce errors (rows kept for retry).
+    public var failed = 0
+    /// Acknowledged rows the lease-checked DELETE did not remove (lease lost meanwhile).
+    public var lostLeaseRows = 0
+    /// Claim reads, and how many of them were sweeps.
+    public var claims = 0
+    public var sweeps = 0
+    /// Shards currently held.
+    public var shardsHeld = 0
+    public var inFlightRows = 0
+    public var inFlightBytes = 0
+    public var liveReplicas = 0
+
+    public init() {}
+}

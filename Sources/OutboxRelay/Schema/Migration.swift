@@ -1,0 +1,136 @@
+import PGClient
+
+/// Creates (idempotently) the outbox table and the relay's own tables.
+///
+/// Design notes:
+/// - `id` draws from a sequence only *after* the transaction has an xid
+///   (`CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval(…) END`). That makes "a row with a
+///   smaller id is invisible" imply "its transaction is in the snapshot's in-progress list", which
+///   the claim cursor relies on to find rows whose transaction commits late.
+/// - `shard` is a stored generated column: a hash of the key (or of the id for NULL keys), so
+///   every row of one key lands in one shard and one lease owner relays it.
+/// - A statement-level trigger notifies the relay's channel with a constant payload; PostgreSQL
+///   folds identical notifications of one transaction into one.
+public enum Migration {
+    /// Version of the relay's schema objects this build expects.
+    public static let schemaVersion = 1
+    public static let defaultShardCount = 256
+
+    /// Autovacuum settings for a high-churn queue table: vacuum after a fixed number of dead
+    /// rows rather than a fraction of the table, without cost-based sleeping.
+    public static let autovacuumSettings = [
+        ("autovacuum_vacuum_scale_factor", "0"),
+        ("autovacuum_vacuum_threshold", "5000"),
+        ("autovacuum_vacuum_insert_scale_factor", "0"),
+        ("autovacuum_vacuum_insert_threshold", "50000"),
+        ("autovacuum_analyze_scale_factor", "0"),
+        ("autovacuum_analyze_threshold", "50000"),
+        ("autovacuum_vacuum_cost_delay", "0"),
+    ]
+
+    /// The shard expression stored in the table definition.
+    static func shardExpression(shards: Int) -> String {
+        "CASE WHEN key IS NULL THEN (id % \(shards))::integer " +
+        "ELSE ((('x' || substr(md5(key), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
+    }
+
+    /// The migration script for `table` with `shards` shards.
+    public static func script(for table: OutboxTable, shards: Int) -> String {
+        let t = table
+        return """
+        SELECT pg_advisory_xact_lock(hashtext(\(quoteLiteral("outbox-relay migrate " + t.description))));
+        CREATE SCHEMA IF NOT EXISTS \(quoteIdentifier(t.schema));
+        CREATE TABLE IF NOT EXISTS \(t.metaSQL) (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            shard_count integer NOT NULL CHECK (shard_count > 0),
+            schema_version integer NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        INSERT INTO \(t.metaSQL) (shard_count, schema_version) VALUES (\(shards), \(schemaVersion))
+            ON CONFLICT (singleton) DO NOTHING;
+        CREATE SEQUENCE IF NOT EXISTS \(t.sequenceSQL) AS bigint;
+        CREATE TABLE IF NOT EXISTS \(t.sql) (
+            id bigint NOT NULL DEFAULT (CASE WHEN pg_current_xact_id() IS NOT NULL
+                                            THEN nextval(\(quoteLiteral(t.sequenceSQL))::regclass) END),
+            topic text NOT NULL CHECK (topic <> ''),
+            key bytea,
+            value bytea,
+            headers jsonb CHECK (headers IS NULL OR jsonb_typeof(headers) = 'object'),
+            shard integer NOT NULL GENERATED ALWAYS AS (\(shardExpression(shards: shards))) STORED,
+            created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            attempts integer NOT NULL DEFAULT 0,
+            last_error text,
+            PRIMARY KEY (id)
+        );
+        ALTER SEQUENCE \(t.sequenceSQL) OWNED BY \(t.sql).id;
+        ALTER TABLE \(t.sql) SET (\(autovacuumSettings.map { "\($0.0) = \($0.1)" }.joined(separator: ", ")));
+        CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS $outbox_relay$
+        BEGIN
+            PERFORM pg_notify(\(quoteLiteral(t.channel)), '');
+            RETURN NULL;
+        END
+        $outbox_relay$;
+        CREATE OR REPLACE TRIGGER \(quoteIdentifier(t.notifyTriggerName))
+            AFTER INSERT ON \(t.sql) FOR EACH STATEMENT EXECUTE FUNCTION \(t.notifyFunctionSQL)();
+        CREATE TABLE IF NOT EXISTS \(t.leasesSQL) (
+            shard integer PRIMARY KEY,
+            owner text,
+            epoch bigint NOT NULL DEFAULT 0,
+            expires_at timestamptz,
+            acquired_at timestamptz
+        );
+        INSERT INTO \(t.leasesSQL) (shard) SELECT generate_series(0, \(shards - 1)) ON CONFLICT (shard) DO NOTHING;
+        CREATE TABLE IF NOT EXISTS \(t.replicasSQL) (
+            replica_id text PRIMARY KEY,
+            hostname text,
+            pid integer,
+            version text,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            heartbeat_at timestamptz NOT NULL DEFAULT now(),
+            expires_at timestamptz NOT NULL
+        );
+        """
+    }
+
+    /// Runs the migration in one transaction; refuses to change the shard count of an existing table.
+    /// Returns the shard count in force.
+    @discardableResult
+    public static func run(on conn: PGConnection, table: OutboxTable, shards requested: Int? = nil) throws(RelayError) -> Int {
+        if let requested, requested <= 0 || requested > 65_536 {
+            throw RelayError(.configuration, "invalid --shards \(requested): must be between 1 and 65536")
+        }
+        var shards = requested ?? defaultShardCount
+        do {
+            // An existing table keeps its shard count when --shards is not given.
+            if requested == nil,
+               try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(table.metaSQL)]).bool(0, 0) {
+                shards = Int(try conn.query("SELECT shard_count FROM \(table.metaSQL)").int32(0, 0))
+            }
+        } catch {
+            throw RelayError(database: error, context: "migrate \(table)")
+        }
+        guard shards > 0 else {
+            throw RelayError(.configuration, "invalid --shards \(shards): must be between 1 and 65536")
+        }
+        do {
+            try conn.executeScript("BEGIN")
+            try conn.executeScript(script(for: table, shards: shards))
+            let r = try conn.query("SELECT shard_count FROM \(table.metaSQL)")
+            let existing = Int(try r.int32(0, 0))
+            if existing != shards {
+                try conn.executeScript("ROLLBACK")
+                throw RelayError(.configuration,
+                    "invalid --shards \(shards): table \(table) was migrated with \(existing) shards; the shard count cannot change")
+            }
+            try conn.executeScript("COMMIT")
+            return existing
+        } catch let error as PGError {
+            try? conn.executeScript("ROLLBACK")
+            throw RelayError(database: error, context: "migrate \(table)")
+        } catch let error as RelayError {
+            throw error
+        } catch {
+            throw RelayError(.internalState, "migrate \(table): \(error)")
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import PGClient
+
+/// The outbox table's name and the names derived from it (relay tables, sequence, trigger,
+/// notification channel). Every identifier is quoted wherever it reaches SQL.
+public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
+    public let schema: String
+    public let name: String
+
+    /// Parses `table` or `schema.table` (unqualified names live in `public`).
+    public init(_ qualified: String) throws(RelayError) {
+        let parts = qualified.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        switch parts.count {
+        case 1: schema = "public"; name = parts[0]
+        case 2: schema = parts[0]; name = parts[1]
+        default: throw RelayError(.configuration, "invalid --table \"\(qualified)\": use TABLE or SCHEMA.TABLE")
+        }
+        guard !schema.isEmpty, !name.isEmpty, !qualified.contains("\0") else {
+            throw RelayError(.configuration, "invalid --table \"\(qualified)\": empty schema or table name")
+        }
+        guard name.utf8.count <= 50 else {
+            throw RelayError(.configuration, "invalid --table \"\(qualified)\": table names longer than 50 bytes leave no room for the relay's derived names")
+        }
+    }
+
+    public var description: String { "\(schema).\(name)" }
+
+    private func qualify(_ n: String) -> String { "\(quoteIdentifier(schema)).\(quoteIdentifier(n))" }
+
+    /// `"schema"."outbox"`
+    public var sql: String { qualify(name) }
+    public var leasesSQL: String { qualify("\(name)_leases") }
+    public var replicasSQL: String { qualify("\(name)_replicas") }
+    public var metaSQL: String { qualify("\(name)_relay_meta") }
+    public var deadLetterSQL: String { qualify("\(name)_dead_letters") }
+    public var sequenceSQL: String { qualify("\(name)_id_seq") }
+    public var notifyFunctionSQL: String { qualify("\(name)_notify") }
+    public var notifyTriggerName: String { "\(name)_notify" }
+    /// LISTEN/NOTIFY channel (at most 63 bytes, the identifier limit).
+    public var channel: String {
+        let full = "outbox_relay:\(schema).\(name)"
+        return String(decoding: full.utf8.prefix(63), as: UTF8.self)
+    }
+
+    /// Payload of the notification sent when replicas join or leave.
+    public static let rebalancePayload = "rebalance"
+}

@@ -1,0 +1,65 @@
+import PGClient
+
+/// What the relay needs to know about a migrated table, read at start-up.
+public struct OutboxSchemaInfo: Sendable {
+    public let shardCount: Int
+    public let schemaVersion: Int
+}
+
+/// Start-up checks: the table and the relay's tables exist with the shape this version expects.
+/// Errors name the table or column at fault and suggest `outbox-relay migrate`.
+public enum SchemaCheck {
+    /// Expected columns of the outbox table and their types (`format_type` spelling).
+    static let expectedColumns: [(String, String)] = [
+        ("id", "bigint"), ("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("headers", "jsonb"),
+        ("shard", "integer"), ("created_at", "timestamp with time zone"), ("attempts", "integer"),
+        ("last_error", "text"),
+    ]
+
+    public static func check(_ conn: PGConnection, table: OutboxTable) throws(RelayError) -> OutboxSchemaInfo {
+        let hint = "run `outbox-relay migrate --table \(table)` first"
+        do {
+            for (label, sql) in [("outbox table", table.sql), ("relay table", table.metaSQL),
+                                 ("relay table", table.leasesSQL), ("relay table", table.replicasSQL)] {
+                let exists = try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(sql)]).bool(0, 0)
+                if !exists {
+                    throw RelayError(.schema, "\(label) \(sql) does not exist: \(hint)")
+                }
+            }
+            let cols = try conn.query("""
+                SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+                FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                """, [.text(table.sql)])
+            var found: [String: String] = [:]
+            for r in 0..<cols.rowCount { found[cols.string(r, 0) ?? ""] = cols.string(r, 1) ?? "" }
+            for (column, type) in expectedColumns {
+                guard let actual = found[column] else {
+                    throw RelayError(.schema, "table \(table) has no column \"\(column)\" (\(type)): \(hint)")
+                }
+                if actual != type {
+                    throw RelayError(.schema, "column \"\(column)\" of table \(table) is \(actual), expected \(type): \(hint)")
+                }
+            }
+            let meta = try conn.query("SELECT shard_count, schema_version FROM \(table.metaSQL)")
+            guard meta.rowCount == 1 else { throw RelayError(.schema, "\(table.metaSQL) has no row: \(hint)") }
+            let info = OutboxSchemaInfo(shardCount: Int(try meta.int32(0, 0)), schemaVersion: Int(try meta.int32(0, 1)))
+            if info.schemaVersion > Migration.schemaVersion {
+                throw RelayError(.schema, "table \(table) has schema version \(info.schemaVersion), newer than this relay's \(Migration.schemaVersion): upgrade the relay")
+            }
+            if info.schemaVersion < Migration.schemaVersion {
+                throw RelayError(.schema, "table \(table) has schema version \(info.schemaVersion), older than this relay's \(Migration.schemaVersion): \(hint)")
+            }
+            let leaseRows = try conn.query("SELECT count(*) FROM \(table.leasesSQL)").int64(0, 0)
+            if leaseRows != info.shardCount {
+                throw RelayError(.schema, "\(table.leasesSQL) has \(leaseRows) shards, expected \(info.shardCount): \(hint)")
+            }
+            return info
+        } catch let error as RelayError {
+            throw error
+        } catch let error as PGError {
+            throw RelayError(database: error, context: "checking table \(table)")
+        } catch {
+            throw RelayError(.internalState, "\(error)")
+        }
+    }
+}

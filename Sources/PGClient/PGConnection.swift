@@ -1,0 +1,205 @@
+import CLibPQ
+import Foundation
+
+/// One libpq connection. Synchronous and not thread-safe: a `PGConnection` must never be used
+/// by two threads at once. Use it from a ``PGSession`` (an actor pinned to its own thread).
+///
+/// - Important: `PQfinish` is called exactly once, in `close()` or `deinit`, also after a failed connect.
+public final class PGConnection {
+    private var handle: OpaquePointer?
+    private var prepared: Set<String> = []
+
+    /// Opens a connection. `url` is a libpq URI or conninfo string; every libpq option
+    /// (`sslmode`, `sslrootcert`, …) passes through it. The URL is never logged or echoed.
+    public init(url: String, applicationName: String, connectTimeoutSeconds: Int = 5) throws(PGError) {
+        // expand_dbname=1 makes libpq treat the "dbname" value as a full connection string.
+        // Our values come first so that anything the URL sets wins (later keywords override).
+        let keys = ["application_name", "connect_timeout", "keepalives", "keepalives_idle",
+                    "keepalives_interval", "keepalives_count", "dbname"]
+        let values = [applicationName, String(connectTimeoutSeconds), "1", "10", "5", "3", url]
+        let conn: OpaquePointer? = withCStringArray(keys) { k in
+            withCStringArray(values) { v in PQconnectdbParams(k, v, 1) }
+        }
+        guard let conn else { throw PGError(.connectionFailed, message: "libpq could not allocate a connection") }
+        if PQstatus(conn) != CONNECTION_OK {
+            let message = Self.trimmed(PQerrorMessage(conn))
+            PQfinish(conn)
+            throw PGError(.connectionFailed, message: message)
+        }
+        // Server notices (e.g. "already exists, skipping") are not errors; keep stderr clean.
+        PQsetNoticeProcessor(conn, { _, _ in }, nil)
+        handle = conn
+    }
+
+    deinit { close() }
+
+    /// Closes the connection; safe to call twice.
+    public func close() {
+        if let h = handle { PQfinish(h) }
+        handle = nil
+        prepared.removeAll()
+    }
+
+    public var isOpen: Bool {
+        guard let h = handle else { return false }
+        return PQstatus(h) == CONNECTION_OK
+    }
+
+    /// The server's process id for this connection (for `pg_terminate_backend` in tests).
+    public var backendPID: Int32 { handle.map { PQbackendPID($0) } ?? 0 }
+
+    /// The socket descriptor, for waiting on notifications.
+    public var socket: Int32 { handle.map { PQsocket($0) } ?? -1 }
+
+    private func live() throws(PGError) -> OpaquePointer {
+        guard let h = handle else { throw PGError(.connectionLost, message: "connection is closed") }
+        return h
+    }
+
+    /// Runs one or more statements with no parameters (text protocol); results are discarded.
+    /// Meant for DDL and session settings.
+    public func executeScript(_ sql: String) throws(PGError) {
+        let h = try live()
+        // PQexec returns only the last result; errors stop the script.
+        guard let res = PQexec(h, sql) else { throw connectionError(h) }
+        defer { PQclear(res) }
+        try check(res, h)
+    }
+
+    /// Runs one statement with binary parameters and binary results.
+    @discardableResult
+    public func query(_ sql: String, _ parameters: [PGParameter] = []) throws(PGError) -> PGResult {
+        let h = try live()
+        let res = withEncodedParameters(parameters) { types, values, lengths, formats in
+            PQexecParams(h, sql, Int32(parameters.count), types, values, lengths, formats, 1)
+        }
+        return try wrap(res, h)
+    }
+
+    /// Prepares `sql` under `name` once per connection (again after a reconnect, since a new
+    /// `PGConnection` starts with an empty cache), then executes it.
+    @discardableResult
+    public func execute(prepared name: String, _ sql: String, _ parameters: [PGParameter]) throws(PGError) -> PGResult {
+        let h = try live()
+        if !prepared.contains(name) {
+            let types = parameters.map { Oid($0.oid) }
+            let res = types.withUnsafeBufferPointer { PQprepare(h, name, sql, Int32(types.count), $0.baseAddress) }
+            let wrapped = try wrap(res, h)
+            _ = wrapped
+            prepared.insert(name)
+        }
+        let res = withEncodedParameters(parameters) { _, values, lengths, formats in
+            PQexecPrepared(h, name, Int32(parameters.count), values, lengths, formats, 1)
+        }
+        return try wrap(res, h)
+    }
+
+    // MARK: LISTEN/NOTIFY
+
+    /// A notification received on this connection.
+    public struct Notification: Sendable, Equatable {
+        public let channel: String
+        public let payload: String
+        public let senderPID: Int32
+    }
+
+    /// Reads what arrived on the socket and returns the queued notifications (each freed with `PQfreemem`).
+    public func drainNotifications() throws(PGError) -> [Notification] {
+        let h = try live()
+        if PQconsumeInput(h) == 0 {
+            throw PGError(.connectionLost, message: Self.trimmed(PQerrorMessage(h)))
+        }
+        var out: [Notification] = []
+        while let n = PQnotifies(h) {
+            let note = n.pointee
+            out.append(Notification(channel: String(cString: note.relname),
+                                    payload: note.extra.map { String(cString: $0) } ?? "",
+                                    senderPID: note.be_pid))
+            PQfreemem(n)
+        }
+        return out
+    }
+
+    // MARK: Helpers
+
+    private func wrap(_ res: OpaquePointer?, _ h: OpaquePointer) throws(PGError) -> PGResult {
+        guard let res else { throw connectionError(h) }
+        let result = PGResult(res)  // owns and clears res
+        try check(res, h)
+        return result
+    }
+
+    private func check(_ res: OpaquePointer, _ h: OpaquePointer) throws(PGError) {
+        switch PQresultStatus(res) {
+        case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY, PGRES_SINGLE_TUPLE:
+            return
+        default:
+            let state = PQresultErrorField(res, outbox_pg_diag_sqlstate).map { String(cString: $0) }
+            var message = PQresultErrorField(res, outbox_pg_diag_message_primary).map { String(cString: $0) }
+                ?? Self.trimmed(PQresultErrorMessage(res))
+            if message.isEmpty { message = Self.trimmed(PQerrorMessage(h)) }
+            if state == nil && PQstatus(h) != CONNECTION_OK {
+                throw PGError(.connectionLost, message: message.isEmpty ? "connection lost" : message)
+            }
+            throw PGError(.queryFailed, sqlState: state, message: message)
+        }
+    }
+
+    private func connectionError(_ h: OpaquePointer) -> PGError {
+        let message = Self.trimmed(PQerrorMessage(h))
+        return PGError(PQstatus(h) == CONNECTION_OK ? .protocolViolation : .connectionLost,
+                       message: message.isEmpty ? "no result from server" : message)
+    }
+
+    static func trimmed(_ c: UnsafePointer<CChar>?) -> String {
+        guard let c else { return "" }
+        return String(cString: c).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// Encodes parameters into one contiguous buffer and hands libpq the arrays it wants.
+private func withEncodedParameters<R>(
+    _ parameters: [PGParameter],
+    _ body: (UnsafePointer<Oid>?, UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int32>?, UnsafePointer<Int32>?) -> R
+) -> R {
+    if parameters.isEmpty { return body(nil, nil, nil, nil) }
+    var buffer: [UInt8] = []
+    var offsets: [Int] = []
+    var lengths: [Int32] = []
+    offsets.reserveCapacity(parameters.count)
+    for p in parameters {
+        let start = buffer.count
+        if p.encode(into: &buffer) {
+            offsets.append(start)
+            lengths.append(Int32(buffer.count - start))
+        } else {
+            offsets.append(-1)
+            lengths.append(0)
+        }
+    }
+    let types = parameters.map { Oid($0.oid) }
+    let formats = [Int32](repeating: 1, count: parameters.count)
+    if buffer.isEmpty { buffer.append(0) }  // a valid base address for zero-length values
+    return buffer.withUnsafeBytes { raw in
+        let base = raw.baseAddress!.assumingMemoryBound(to: CChar.self)
+        let values: [UnsafePointer<CChar>?] = offsets.map { $0 < 0 ? nil : UnsafePointer(base + $0) }
+        return types.withUnsafeBufferPointer { t in
+            values.withUnsafeBufferPointer { v in
+                lengths.withUnsafeBufferPointer { l in
+                    formats.withUnsafeBufferPointer { f in
+                        body(t.baseAddress, v.baseAddress, l.baseAddress, f.baseAddress)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Builds a NULL-terminated `const char *const *` from Swift strings for the duration of `body`.
+func withCStringArray<R>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {
+    let duplicated: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]
+    defer { duplicated.forEach { free($0) } }
+    return duplicated.withUnsafeBufferPointer { buffer in
+        buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) { body($0) }
+    }
+}

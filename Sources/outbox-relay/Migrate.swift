@@ -1,0 +1,28 @@
+import ArgumentParser
+import Foundation
+import OutboxRelay
+import PGClient
+
+struct Migrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create (idempotently) the outbox table and the relay's tables.")
+
+    @Option(name: .customLong("database-url"), help: "PostgreSQL URL [env: OUTBOX_DATABASE_URL]") var databaseURL: String?
+    @Option(name: .customLong("table"), help: "Outbox table, optionally SCHEMA.TABLE [env: OUTBOX_TABLE] (default: outbox)") var table: String?
+    @Option(name: .customLong("shards"), help: "Number of shards, fixed at creation (default: 256, or the existing table's count)") var shards: Int?
+
+    func run() throws {
+        let url = resolveDatabaseURL(databaseURL)
+        do {
+            let t = try OutboxTable(table ?? ProcessInfo.processInfo.environment["OUTBOX_TABLE"] ?? "outbox")
+            let conn: PGConnection
+            do { conn = try PGConnection(url: url, applicationName: "outbox-relay-migrate") } catch {
+                throw RelayError(database: error, context: "cannot connect to the database")
+            }
+            let n = try Migration.run(on: conn, table: t, shards: shards)
+            print("migrated \(t) (\(n) shards); applications insert with: INSERT INTO \(t.sql) (topic, key, value, headers) VALUES ($1, $2, $3, $4)")
+        } catch let error as RelayError {
+            fail(error.description)
+        }
+    }
+}

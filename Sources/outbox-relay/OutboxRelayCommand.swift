@@ -1,0 +1,48 @@
+import ArgumentParser
+import Foundation
+import Logging
+import OutboxRelay
+
+@main
+struct OutboxRelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "outbox-relay",
+        abstract: "Forwards rows of a PostgreSQL transactional outbox table to Kafka.",
+        discussion: """
+            Every option of `run` also reads an environment variable: --some-name <=> OUTBOX_SOME_NAME \
+            (OUTBOX_SOME_NAME_FILE reads it from a file). Flags win over the environment.
+            """,
+        subcommands: [Migrate.self, Run.self, Status.self, Consume.self])
+}
+
+/// Prints a clear one-line error (no stack, no secrets) and exits non-zero.
+func fail(_ message: String, code: Int32 = 2) -> Never {
+    FileHandle.standardError.write(Data("outbox-relay: error: \(message)\n".utf8))
+    exit(code)
+}
+
+func bootstrapLogging(level: String?) -> Logger {
+    let env = ProcessInfo.processInfo.environment
+    let levelText = level ?? env["OUTBOX_LOG_LEVEL"] ?? "info"
+    guard let parsed = Logger.Level(rawValue: levelText.lowercased()) else {
+        fail("invalid --log-level \"\(levelText)\": use trace, debug, info, notice, warning, error or critical")
+    }
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = parsed
+        return handler
+    }
+    return Logger(label: "outbox-relay")
+}
+
+/// Database URL from the flag or the environment (also `_FILE`).
+func resolveDatabaseURL(_ flag: String?) -> String {
+    do {
+        let config = try Settings.resolve(flags: flag.map { ["database-url": $0] } ?? [:],
+                                          environment: ProcessInfo.processInfo.environment)
+        guard !config.databaseURL.isEmpty else { fail("missing --database-url (OUTBOX_DATABASE_URL)") }
+        return config.databaseURL
+    } catch {
+        fail(error.description)
+    }
+}
