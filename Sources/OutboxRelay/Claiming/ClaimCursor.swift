@@ -21,8 +21,8 @@ public struct ClaimCursor: Sendable, Equatable {
     private var checkpoints: [Checkpoint] = []
     /// Highest id known to be settled (ripe) but not yet swept.
     public private(set) var ripeTarget: Int64 = 0
-    /// A sweep is owed right away (a row was rewound, or the shard set grew).
-    public private(set) var sweepForced = false
+    /// A sweep is owed right away (a fresh start, a row was rewound, or the shard set grew).
+    public private(set) var sweepForced = true
     private var lastSweepAt: Double = -.infinity
 
     struct Checkpoint: Sendable, Equatable {
@@ -72,15 +72,19 @@ public struct ClaimCursor: Sendable, Equatable {
     /// Records what a read returned.
     public mutating func observe(_ request: Request, _ result: Observation, now: Double) {
         let truncated = result.rowCount >= request.limit
+        let cursorBefore = cursor
         if let last = result.lastRowId { cursor = max(cursor, last) }
         if request.mode == .sweep {
             lastSweepAt = now
-            sweepForced = false
             // The sweep saw every visible row above the floor up to `covered`.
-            let covered = truncated ? (result.lastRowId ?? request.lowerBound) : Int64.max
-            let newFloor = min(ripeTarget, covered)
-            if newFloor > floor { floor = newFloor }
-            if truncated { sweepForced = true }  // keep sweeping until the range is covered
+            let covered = truncated ? (result.lastRowId ?? request.lowerBound) : cursor
+            // With no transaction in progress nothing invisible can sit below `covered`;
+            // otherwise only what has ripened is settled.
+            let settled = result.snapshotXmin == result.snapshotXmax ? covered : min(ripeTarget, covered)
+            if settled > floor { floor = settled }
+            ripeTarget = max(ripeTarget, floor)
+            // Keep sweeping while the range below the previous cursor is not covered yet.
+            sweepForced = truncated && (result.lastRowId ?? request.lowerBound) < cursorBefore
         }
         // Ripen checkpoints whose in-progress transactions have all ended by this snapshot.
         var ripe: Int64?
@@ -90,10 +94,8 @@ public struct ClaimCursor: Sendable, Equatable {
         }
         if let ripe { ripeTarget = max(ripeTarget, ripe) }
         // Everything up to `cursor` that was visible in this snapshot has been claimed.
-        if result.snapshotXmin == result.snapshotXmax && request.mode == .sweep && !truncated {
-            // No transaction was in progress: nothing at or below the cursor can still appear.
-            floor = max(floor, cursor)
-            ripeTarget = max(ripeTarget, cursor)
+        if floor >= cursor {
+            checkpoints.removeAll()
         } else if checkpoints.last.map({ $0.upTo < cursor || $0.xmax < result.snapshotXmax }) ?? true {
             if let last = checkpoints.last, last.xmax == result.snapshotXmax {
                 checkpoints[checkpoints.count - 1] = Checkpoint(upTo: cursor, xmax: result.snapshotXmax)
@@ -115,6 +117,5 @@ public struct ClaimCursor: Sendable, Equatable {
     /// Start over (the set of shards grew: their older rows were never read by this replica).
     public mutating func reset() {
         self = ClaimCursor()
-        sweepForced = true
     }
 }

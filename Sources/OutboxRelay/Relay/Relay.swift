@@ -479,7 +479,9 @@ public actor Relay: Service {
                     logger.info("acquired shards", metadata: ["outbox.shards": "\(got.count)", "outbox.held": "\(leases.heldShards.count)"])
                 }
             }
-            claimWake.signal()
+            // Wake the claim loop only when what it may claim changed (new or resumed shards):
+            // an idle relay is otherwise woken by NOTIFY or its poll timer alone.
+            if leases.claimable(now: monotonicSeconds()) != lastClaimable { claimWake.signal() }
         } catch {
             logger.warning("lease heartbeat failed", metadata: [LogKey.error: "\(error)"])
         }

@@ -1,0 +1,61 @@
+import Foundation
+import OutboxRelay
+import PGClient
+import Testing
+
+@Suite(.serialized) struct ScaleOutTests {
+    func owners(_ table: OutboxTable) throws -> [String: Int] {
+        let r = try TestEnvironment.connect().query("SELECT owner, count(*) FROM \(table.leasesSQL) WHERE owner IS NOT NULL AND expires_at > now() GROUP BY owner")
+        var out: [String: Int] = [:]
+        for i in 0..<r.rowCount { out[r.string(i, 0)!] = Int(try r.int64(i, 1)) }
+        return out
+    }
+
+    func insert(_ conn: PGConnection, _ table: OutboxTable, topics: [String], from: Int, count: Int, keys: Int) throws {
+        try conn.query("""
+            INSERT INTO \(table.sql) (topic, key, value)
+            SELECT ($1::text[])[1 + (i % cardinality($1::text[]))], convert_to('k' || (i % $4), 'UTF8'), convert_to('v' || i, 'UTF8')
+            FROM generate_series($2::int, $3::int) AS i
+            """, [.text("{\(topics.joined(separator: ","))}"), .int4(Int32(from)), .int4(Int32(from + count - 1)), .int4(Int32(keys))])
+    }
+
+    @Test(arguments: [2, 3])
+    func relaysShareTheTableAndHandOverOnStop(_ replicas: Int) async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topics = try TestEnvironment.topics(2)
+        let conn = try TestEnvironment.connect()
+        var relays: [RunningRelay] = []
+        for i in 0..<replicas {
+            var c = TestEnvironment.configuration(table: table)
+            c.replicaName = "replica-\(i)"
+            relays.append(try await RunningRelay.start(c))
+        }
+        try await TestEnvironment.eventually("shards split evenly between \(replicas) relays") {
+            let o = try owners(table)
+            return o.count == replicas && o.values.reduce(0, +) == 256 && (o.values.max()! - o.values.min()!) <= 1
+        }
+        try insert(conn, table, topics: topics, from: 0, count: 3000, keys: 200)
+        try await TestEnvironment.eventually("first batch drained") { try TestEnvironment.count(table) == 0 }
+        var delivered: [Int] = []
+        for r in relays { delivered.append(await r.relay.statistics().delivered) }
+        #expect(delivered.allSatisfy { $0 > 0 }, "every replica relayed its share: \(delivered)")
+
+        // Stop one: its shards move to the others at once (released, not expired).
+        let stopped = relays.removeFirst()
+        try await stopped.stop()
+        try await TestEnvironment.eventually("remaining relays own every shard", timeout: 5) {
+            let o = try owners(table)
+            return o.count == replicas - 1 && o.values.reduce(0, +) == 256
+        }
+        try insert(conn, table, topics: topics, from: 3000, count: 3000, keys: 200)
+        try await TestEnvironment.eventually("second batch drained") { try TestEnvironment.count(table) == 0 }
+        for r in relays { try await r.stop() }
+
+        let last = try conn.query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
+        let v = try Verification.verify(topics: topics, expectedIds: Set(1...last))
+        #expect(last == 6000)
+        #expect(v.lost.isEmpty, "\(v)")
+        #expect(v.duplicates == 0, "\(v)")
+        #expect(v.orderInversions == 0, "\(v)")
+    }
+}

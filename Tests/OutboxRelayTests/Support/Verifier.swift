@@ -1,0 +1,44 @@
+import Foundation
+import Kafka
+import OutboxRelay
+
+/// Checks the relay's promise by reading every partition from the start and counting ids
+/// (the `outbox-id` header), never offsets.
+struct Verification: CustomStringConvertible {
+    var seen: [Int64: Int] = [:]
+    var lost: [Int64] = []
+    var duplicates = 0
+    /// Same-key pairs whose first occurrences are out of id order within their partition.
+    var orderInversions = 0
+    var messagesById: [Int64: ConsumedMessage] = [:]
+    var keyPartitions: [String: Set<Int32>] = [:]
+
+    var description: String {
+        "lost \(lost.count) (first: \(lost.prefix(5))), duplicates \(duplicates), order inversions \(orderInversions), distinct \(seen.count)"
+    }
+
+    static func verify(topics: [String], expectedIds: Set<Int64>) throws -> Verification {
+        var v = Verification()
+        for topic in topics {
+            let messages = try KafkaTopicReader.readAll(topic: topic, configuration: TestEnvironment.kafka)
+            // per partition, per key: first occurrences must ascend
+            var lastByKey: [String: Int64] = [:]
+            var firstSeen = Set<Int64>()
+            for m in messages.sorted(by: { ($0.partition, $0.offset) < ($1.partition, $1.offset) }) {
+                guard let idText = m.header(ClaimedRow.idHeader), let id = Int64(idText) else { continue }
+                v.seen[id, default: 0] += 1
+                v.messagesById[id] = v.messagesById[id] ?? m
+                guard firstSeen.insert(id).inserted else { continue }
+                if let key = m.key.map({ String(decoding: $0, as: UTF8.self) }) {
+                    v.keyPartitions[key, default: []].insert(m.partition)
+                    let slot = "\(m.partition)/\(key)"
+                    if let last = lastByKey[slot], last > id { v.orderInversions += 1 }
+                    lastByKey[slot] = max(lastByKey[slot] ?? id, id)
+                }
+            }
+        }
+        v.duplicates = v.seen.values.reduce(0) { $0 + ($1 - 1) }
+        v.lost = expectedIds.filter { v.seen[$0] == nil }.sorted()
+        return v
+    }
+}

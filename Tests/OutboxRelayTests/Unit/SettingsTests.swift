@@ -1,0 +1,89 @@
+import Foundation
+import OutboxRelay
+import Testing
+
+@Suite struct SettingsTests {
+    @Test func flagsWinOverEnvironmentWhichWinsOverDefaults() throws {
+        let c = try Settings.resolve(
+            flags: ["batch-size": "10", "database-url": "postgresql://flag"],
+            environment: ["OUTBOX_BATCH_SIZE": "20", "OUTBOX_POLL_INTERVAL_MS": "300",
+                          "OUTBOX_DATABASE_URL": "postgresql://env", "OUTBOX_BROKERS": "a:1"])
+        #expect(c.batchSize == 10)
+        #expect(c.pollIntervalMillis == 300)
+        #expect(c.databaseURL == "postgresql://flag")
+        #expect(c.brokers == "a:1")
+        #expect(c.leaseDurationMillis == 30_000)
+    }
+
+    @Test func everySettingHasItsEnvironmentVariable() {
+        for s in Settings.all {
+            #expect(s.environmentVariable == "OUTBOX_" + s.flag.uppercased().replacingOccurrences(of: "-", with: "_"))
+            #expect(s.helpText.contains(s.environmentVariable))
+            #expect(s.helpText.contains("default:"))
+        }
+    }
+
+    @Test func secretsCanComeFromFiles() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("secret-\(UUID())").path
+        try "postgresql://u:pw@h/db\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let c = try Settings.resolve(flags: [:], environment: ["OUTBOX_DATABASE_URL_FILE": path, "OUTBOX_KAFKA_SASL_PASSWORD_FILE": path])
+        #expect(c.databaseURL == "postgresql://u:pw@h/db")
+        #expect(c.kafkaProperties.first { $0.0 == "sasl.password" }?.1 == "postgresql://u:pw@h/db")
+    }
+
+    @Test func kafkaPropertiesPassThrough() throws {
+        let c = try Settings.resolve(flags: [:], kafkaProperties: ["linger.ms=20", "compression.type=zstd"],
+                                     environment: ["OUTBOX_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "OUTBOX_KAFKA_LINGER_MS": "7"])
+        let k = c.kafkaConfiguration()
+        #expect(k["linger.ms"] == "20", "flag wins over environment")
+        #expect(k["security.protocol"] == "SASL_SSL")
+        #expect(k["compression.type"] == "zstd")
+        #expect(k["enable.idempotence"] == "true")
+        #expect(k["partitioner"] == "murmur2_random")
+    }
+
+    @Test(arguments: ["localhost", "host:", ":9092", "host:99999", "a:1,,b:2", "host:port", " "])
+    func invalidBrokersAreRefusedNamingTheSetting(_ brokers: String) {
+        #expect {
+            try RelayConfiguration.parseBrokers(brokers)
+        } throws: { error in
+            "\(error)".contains("--brokers")
+        }
+    }
+
+    @Test func validBrokersParse() throws {
+        #expect(try RelayConfiguration.parseBrokers("a:1, b.example:9092,[::1]:9093") == ["a:1", "b.example:9092", "[::1]:9093"])
+    }
+
+    @Test func leaseTooShortForTheTimeoutsIsRefusedNamingTheSettings() {
+        var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        c.leaseDurationMillis = 12_000  // 10000 + 1000 + 5000 + 1000 needed
+        #expect {
+            try c.validate()
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("--lease-duration-ms") && text.contains("message.timeout.ms") && text.contains("--statement-timeout-ms")
+        }
+    }
+
+    @Test func negativeBatchSizeAndUnknownKafkaPropertyAreRefused() {
+        var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        c.batchSize = -5
+        #expect { try c.validate() } throws: { "\($0)".contains("--batch-size") }
+        var k = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        k.kafkaProperties = [("no.such.property", "1")]
+        #expect { try k.validate() } throws: { "\($0)".contains("no.such.property") && "\($0)".contains("No such configuration property") }
+        var i = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        i.kafkaProperties = [("enable.idempotence", "false")]
+        #expect { try i.validate() } throws: { "\($0)".contains("enable.idempotence") }
+    }
+
+    @Test func tableNamesAreQuotedAndValidated() throws {
+        let t = try OutboxTable("app.Outbox\"x")
+        #expect(t.sql == "\"app\".\"Outbox\"\"x\"")
+        #expect(try OutboxTable("outbox").sql == "\"public\".\"outbox\"")
+        #expect(throws: RelayError.self) { try OutboxTable("a.b.c") }
+        #expect(throws: RelayError.self) { try OutboxTable(".x") }
+    }
+}
