@@ -95,3 +95,16 @@ public enum Settings {
         return text
     }
 }
+
+extension Settings {
+    /// The README's configuration table, generated from ``all`` (a test keeps them identical).
+    public static func markdownTable() -> String {
+        var lines = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+        for s in all {
+            lines.append("| `--\(s.flag)` | `\(s.environmentVariable)` | \(s.defaultText) | \(s.help) |")
+        }
+        lines.append("| `--kafka-property NAME=VALUE` | `OUTBOX_KAFKA_<NAME>` | — | any librdkafka property, by its librdkafka name (dots as underscores in the variable) |")
+        lines.append("| `--log-level` | `OUTBOX_LOG_LEVEL` | info | trace, debug, info, notice, warning, error |")
+        return lines.joined(separator: "\n")
+    }
+}

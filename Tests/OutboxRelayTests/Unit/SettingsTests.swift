@@ -1,4 +1,5 @@
 import Foundation
+import Kafka
 import OutboxRelay
 import Testing
 
@@ -85,5 +86,26 @@ import Testing
         #expect(try OutboxTable("outbox").sql == "\"public\".\"outbox\"")
         #expect(throws: RelayError.self) { try OutboxTable("a.b.c") }
         #expect(throws: RelayError.self) { try OutboxTable(".x") }
+    }
+}
+
+@Suite struct DocumentationTests {
+    @Test func readmeConfigurationTableMatchesTheSettings() throws {
+        let readme = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("README.md")
+        let text = try String(contentsOf: readme, encoding: .utf8)
+        #expect(text.contains(Settings.markdownTable()), "regenerate the README's table from Settings.markdownTable()")
+    }
+}
+
+@Suite struct LibrdkafkaVersionTests {
+    @Test func versionsBefore2_2AreRefusedWithTheReason() {
+        #expect {
+            try Librdkafka.checkVersion(0x0200_02ff, versionString: "2.0.2")
+        } throws: { error in
+            "\(error)".contains("2.0.2") && "\(error)".contains("KIP-482")
+        }
+        #expect(throws: Never.self) { try Librdkafka.checkVersion(0x020e_02ff, versionString: "2.14.2") }
+        #expect(Librdkafka.version >= Librdkafka.minimumVersion, "the linked librdkafka is \(Librdkafka.versionString)")
     }
 }
