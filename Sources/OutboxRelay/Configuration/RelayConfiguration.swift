@@ -29,6 +29,16 @@ public struct RelayConfiguration: Sendable {
     public var shutdownTimeoutMillis: Int = 10_000
     /// First retry delay after a failed delivery, in milliseconds (doubles up to 30 s). Default 100.
     public var retryBackoffMillis: Int = 100
+    /// Upper bound of the per-row retry delay, in milliseconds. Default 30000.
+    public var retryBackoffMaxMillis: Int = 30_000
+    /// Failed attempts after which a row is dead-lettered. Environment failures (broker
+    /// unreachable, authorization, unknown topic) never count. Default 10.
+    public var maxAttempts: Int = 10
+    /// Topic that also receives dead-lettered rows (reason in headers). Default: none.
+    public var deadLetterTopic: String?
+    /// Re-create the producer when messages are outstanding but no delivery report arrived for
+    /// this long, in milliseconds. Default: 2 × message timeout + 5000.
+    public var watchdogMillis: Int?
     /// Name of this replica in the replicas table. Default `HOSTNAME-PID-RANDOM`.
     public var replicaName: String?
     /// librdkafka properties passed through by name (they win over the relay's defaults,
@@ -44,6 +54,7 @@ public struct RelayConfiguration: Sendable {
     static let leaseSafetyMarginMillis = 1_000
 
     public var effectiveHeartbeatMillis: Int { heartbeatIntervalMillis ?? max(100, leaseDurationMillis / 6) }
+    public var effectiveWatchdogMillis: Int { watchdogMillis ?? (2 * messageTimeoutMillis + 5_000) }
 
     /// Checks every setting; the error names the one at fault.
     public func validate() throws(RelayError) {
@@ -61,6 +72,10 @@ public struct RelayConfiguration: Sendable {
         try positive(messageTimeoutMillis, "--message-timeout-ms")
         try positive(statementTimeoutMillis, "--statement-timeout-ms")
         try positive(retryBackoffMillis, "--retry-backoff-ms")
+        try positive(retryBackoffMaxMillis, "--retry-backoff-max-ms")
+        try positive(maxAttempts, "--max-attempts")
+        if let w = watchdogMillis { try positive(w, "--watchdog-ms") }
+        if let t = deadLetterTopic, t.isEmpty { throw RelayError(.configuration, "invalid --dead-letter-topic: empty") }
         if shutdownTimeoutMillis < 0 { throw RelayError(.configuration, "invalid --shutdown-timeout-ms \(shutdownTimeoutMillis): must not be negative") }
         if let h = heartbeatIntervalMillis {
             try positive(h, "--heartbeat-interval-ms")

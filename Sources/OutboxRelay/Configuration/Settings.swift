@@ -44,7 +44,11 @@ public enum Settings {
         Setting(flag: "message-timeout-ms", defaultText: "10000", help: "librdkafka message.timeout.ms: a message's final delivery report comes within this") { c, v throws(RelayError) in c.messageTimeoutMillis = try int("message-timeout-ms", v) },
         Setting(flag: "statement-timeout-ms", defaultText: "5000", help: "PostgreSQL statement_timeout and lock_timeout of the relay's sessions") { c, v throws(RelayError) in c.statementTimeoutMillis = try int("statement-timeout-ms", v) },
         Setting(flag: "shutdown-timeout-ms", defaultText: "10000", help: "On SIGTERM, how long to wait for outstanding delivery reports") { c, v throws(RelayError) in c.shutdownTimeoutMillis = try int("shutdown-timeout-ms", v) },
-        Setting(flag: "retry-backoff-ms", defaultText: "100", help: "First retry delay after a failed delivery (doubles, with jitter, up to 30 s)") { c, v throws(RelayError) in c.retryBackoffMillis = try int("retry-backoff-ms", v) },
+        Setting(flag: "retry-backoff-ms", defaultText: "100", help: "First retry delay of a failed row (doubles per attempt, with jitter)") { c, v throws(RelayError) in c.retryBackoffMillis = try int("retry-backoff-ms", v) },
+        Setting(flag: "retry-backoff-max-ms", defaultText: "30000", help: "Upper bound of the per-row retry delay") { c, v throws(RelayError) in c.retryBackoffMaxMillis = try int("retry-backoff-max-ms", v) },
+        Setting(flag: "max-attempts", defaultText: "10", help: "Failed attempts after which a row is dead-lettered (environment failures such as an unreachable broker never count)") { c, v throws(RelayError) in c.maxAttempts = try int("max-attempts", v) },
+        Setting(flag: "dead-letter-topic", defaultText: "none", help: "Also produce dead-lettered rows to this topic, with the reason in headers") { c, v in c.deadLetterTopic = v },
+        Setting(flag: "watchdog-ms", defaultText: "2 x message timeout + 5000", help: "Re-create the producer when messages are outstanding but no delivery report came for this long") { c, v throws(RelayError) in c.watchdogMillis = try int("watchdog-ms", v) },
         Setting(flag: "replica-name", defaultText: "HOST-PID-RANDOM", help: "This replica's name in the replicas table") { c, v in c.replicaName = v },
     ]
 

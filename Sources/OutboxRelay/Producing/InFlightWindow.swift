@@ -11,6 +11,13 @@ public struct InFlightWindow: Sendable {
         public let bytes: Int
         public let createdAtMicros: Int64
         public var acknowledged: Bool
+        /// The row as produced (kept for retry holds, dead-lettering and the dead-letter topic;
+        /// the message buffer is shared, not copied).
+        public var row: ClaimedRow?
+
+        public static func == (a: Entry, b: Entry) -> Bool {
+            a.rowId == b.rowId && a.shard == b.shard && a.bytes == b.bytes && a.acknowledged == b.acknowledged
+        }
     }
 
     public let maxRows: Int
@@ -35,10 +42,10 @@ public struct InFlightWindow: Sendable {
 
     /// Admits a row about to be produced; returns the opaque sequence for its message.
     /// A single row larger than the byte limit is still admitted when the window is empty.
-    public mutating func admit(rowId: Int64, shard: Int32, bytes size: Int, createdAtMicros: Int64) -> UInt64 {
+    public mutating func admit(rowId: Int64, shard: Int32, bytes size: Int, createdAtMicros: Int64, row: ClaimedRow? = nil) -> UInt64 {
         let seq = nextSequence
         nextSequence += 1
-        entries[seq] = Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros, acknowledged: false)
+        entries[seq] = Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros, acknowledged: false, row: row)
         rows += 1
         bytes += size
         awaitingReport += 1
@@ -81,6 +88,17 @@ public struct InFlightWindow: Sendable {
         rows -= 1
         bytes -= e.bytes
         if let n = byShard[e.shard], n > 1 { byShard[e.shard] = n - 1 } else { byShard[e.shard] = nil }
+    }
+
+    /// Every row still awaiting its report leaves the window (the producer that held them is
+    /// gone); returns them. Acknowledged rows stay for their DELETE.
+    public mutating func failAllUnreported() -> [Entry] {
+        let unreported = entries.filter { !$0.value.acknowledged }
+        for (seq, e) in unreported {
+            awaitingReport -= 1
+            remove(seq, e)
+        }
+        return unreported.values.sorted { $0.rowId < $1.rowId }
     }
 
     /// Ids of every row in the window (claims must not read them again).

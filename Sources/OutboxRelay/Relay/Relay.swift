@@ -25,6 +25,7 @@ public actor Relay: Service {
     private let logger: Logger
     private let outbox: OutboxQueries
     private let leaseQueries: LeaseQueries
+    private let deadLetters: DeadLetterQueries
 
     // Wake-ups and the stop flag, usable from any thread.
     private nonisolated let claimWake = WakeSignal()
@@ -37,10 +38,22 @@ public actor Relay: Service {
     private var window: InFlightWindow
     private var leases = LeaseTable(shardCount: 1)
     private var pendingDeletes: [UInt64] = []
+    /// Rows to move to the dead-letter table: window sequence → (reason, error code).
+    private var pendingDeadLetters: [UInt64: (reason: String, code: String?)] = [:]
+    /// Failed attempts to record on the rows (ids, last error).
+    private var pendingAttempts: [(ids: [Int64], error: String)] = []
+    private var retries = RetryBook()
+    /// Last successful delivery per topic, tracked while rows are failing (attempt counting).
+    private var topicLastSuccess: [String: Double] = [:]
+    private var consecutiveFencing = 0
+    private var lastReportAt: Double = 0
+    private var deadLetterSequence: UInt64 = 1 << 63
+    private var recreating = false
     private var lastClaimable: [Int32] = []
     private var pausedUntil: Double = 0
     private var failureStreak = 0
     private var terminated = false
+    private var lastEnvironmentFailureAt: Double = 0
     private var stats = RelayStatistics()
     private var shardCount = 0
 
@@ -59,6 +72,7 @@ public actor Relay: Service {
         self.table = try OutboxTable(configuration.table)
         self.outbox = OutboxQueries(table: table)
         self.leaseQueries = LeaseQueries(table: table)
+        self.deadLetters = DeadLetterQueries(table: table)
         self.replicaId = configuration.replicaName ?? Self.defaultReplicaName()
         var logger = logger
         logger[metadataKey: LogKey.replica] = .string(replicaId)
@@ -132,15 +146,13 @@ public actor Relay: Service {
 
         let (stream, continuation) = AsyncStream.makeStream(of: KafkaProducer.Event.self)
         reportStream = stream
+        reportContinuation = continuation
         do {
-            producer = try KafkaProducer(configuration: configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")) { event in
-                continuation.yield(event)
-            }
+            producer = try makeProducer()
         } catch {
             await closeSessions()
             throw RelayError(kafka: error, context: "cannot create the Kafka producer")
         }
-        reportContinuation = continuation
         let listener = PGListener(url: url, applicationName: "outbox-relay-listen", channels: [table.channel],
                                   onError: { [logger] error in
                                       logger.warning("notification listener reconnecting", metadata: [LogKey.error: "\(error)"])
@@ -157,6 +169,15 @@ public actor Relay: Service {
         logger.info("relay started", metadata: [
             "outbox.shards": "\(info.shardCount)", "kafka.librdkafka": "\(Librdkafka.versionString)",
         ])
+    }
+
+    private func makeProducer() throws(KafkaError) -> KafkaProducer {
+        guard let continuation = reportContinuation else {
+            throw KafkaError(.client, message: "report stream missing")
+        }
+        return try KafkaProducer(configuration: configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")) { event in
+            continuation.yield(event)
+        }
     }
 
     private var reportStream: AsyncStream<KafkaProducer.Event>?
@@ -255,14 +276,17 @@ public actor Relay: Service {
                 await claimWake.wait(timeout: pausedUntil - now)
                 continue
             }
+            if let lowest = retries.releaseDue(now: now) { cursor.rewind(below: lowest) }
             let shards = leases.claimable(now: now)
             if shards != lastClaimable {
                 if !Set(shards).isSubset(of: Set(lastClaimable)) { cursor.reset() }
                 lastClaimable = shards
             }
             let room = window.rowRoom
-            guard !shards.isEmpty, room > 0, let session = claimSession else {
-                await claimWake.wait(timeout: poll)
+            guard !shards.isEmpty, room > 0, !recreating, let session = claimSession else {
+                var wait = poll
+                if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
+                await claimWake.wait(timeout: wait)
                 continue
             }
             let limit = min(configuration.batchSize, room)
@@ -286,7 +310,8 @@ public actor Relay: Service {
             produce(batch.rows)
             if batch.rows.count < limit && !cursor.sweepForced {
                 // Idle: sleep until NOTIFY, window room or the poll timer — or until a sweep is due.
-                let wait = cursor.ripeTarget > cursor.floor ? min(poll, Self.sweepInterval) : poll
+                var wait = cursor.ripeTarget > cursor.floor ? min(poll, Self.sweepInterval) : poll
+                if let due = retries.nextDue { wait = max(0.001, min(wait, due - monotonicSeconds())) }
                 await claimWake.wait(timeout: wait)
             }
         }
@@ -301,23 +326,73 @@ public actor Relay: Service {
                 cursor.rewind(below: row.id)
                 continue
             }
+            let holdKey = RetryBook.holdKey(key: row.message.keyBytes, rowId: row.id)
+            if !retries.isEmpty, retries.isHeld(holdKey, rowId: row.id) {
+                // An earlier row of this key waits for its retry: this one must not overtake it.
+                // The hold's release rewinds the cursor to the held row, which re-reads this one.
+                continue
+            }
             let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
-                                   createdAtMicros: row.createdAtMicros)
+                                   createdAtMicros: row.createdAtMicros, row: row)
             do {
                 try producer.produce(row.message, opaque: seq)
             } catch {
-                window.cancel(seq)
                 stats.failed += 1
-                // Later rows (maybe of the same key) must not overtake this one: stop here and
-                // re-read from it after a back-off.
-                cursor.rewind(below: row.id)
-                logger.error("cannot produce row; it stays in the outbox and is retried", metadata: [
-                    LogKey.rowId: "\(row.id)", LogKey.topic: "\(row.message.topic)", LogKey.error: "\(error)",
-                ])
-                backOff()
-                return
+                // Refused synchronously: the message never reached librdkafka's queue.
+                guard let entry = window.fail(seq) else { continue }
+                failed(entry, error: error, persistence: .notPersisted, now: now)
             }
         }
+    }
+
+    /// Decides what happens to a row whose delivery failed (one place, by classification).
+    private func failed(_ entry: InFlightWindow.Entry, error: KafkaError, persistence: DeliveryReport.Persistence, now: Double) {
+        guard let row = entry.row else { return }
+        let kind = FailureClass.classify(error, persistence: persistence)
+        let counts: Bool
+        switch kind {
+        case .environment:
+            counts = false
+            stats.environmentFailures += 1
+            lastEnvironmentFailureAt = now
+        case .badRow, .ambiguous:
+            let previous = retries.history[row.id]
+            // A repeated failure counts only if the topic delivered something since the last
+            // one (otherwise it is the environment, e.g. a broker outage timing everything out).
+            counts = previous.map { (topicLastSuccess[row.message.topic] ?? -.infinity) > $0.lastFailureAt } ?? true
+        }
+        let history = retries.recordFailure(rowId: row.id, counts: counts, badRow: kind == .badRow, now: now)
+        var metadata: Logger.Metadata = [
+            LogKey.rowId: "\(row.id)", LogKey.shard: "\(row.shard)", LogKey.topic: "\(row.message.topic)",
+            LogKey.errorCode: "\(error.name)", LogKey.error: "\(error)", "outbox.failure_class": "\(kind.rawValue)",
+        ]
+        // A batch-level error can blame innocent rows once; a synchronous refusal is exact.
+        let deadLetterReason: String?
+        if kind == .badRow && (history.badRowStrikes >= 2 || error.code == .produce) {
+            deadLetterReason = "bad row: \(error.message)"
+        } else if history.countedAttempts >= configuration.maxAttempts {
+            deadLetterReason = "gave up after \(history.countedAttempts) attempts: \(error.message)"
+        } else {
+            deadLetterReason = nil
+        }
+        if let reason = deadLetterReason {
+            let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
+                                   createdAtMicros: row.createdAtMicros, row: row)
+            _ = window.acknowledge(seq)
+            pendingDeadLetters[seq] = (reason, error.name)
+            deleteWake.signal()
+            logger.error("dead-lettering row", metadata: metadata)
+            return
+        }
+        let attempt = max(history.countedAttempts, 1) + (kind == .environment ? Int(min(stats.environmentFailures, 8)) : 0)
+        let base = Double(configuration.retryBackoffMillis) / 1000
+        let cap = Double(configuration.retryBackoffMaxMillis) / 1000
+        let delay = min(cap, base * pow(2, Double(min(attempt - 1, 30)))) * Double.random(in: 0.8...1.2)
+        retries.hold(RetryBook.holdKey(key: row.message.keyBytes, rowId: row.id), rowId: row.id, until: now + delay)
+        pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
+        deleteWake.signal()
+        metadata["outbox.retry_in_ms"] = "\(Int(delay * 1000))"
+        logger.warning("delivery failed; the row stays in the outbox and is retried", metadata: metadata)
     }
 
     private func backOff() {
@@ -337,6 +412,7 @@ public actor Relay: Service {
             case .error(let error):
                 if error.isFatal {
                     logger.error("fatal Kafka producer error", metadata: [LogKey.error: "\(error)"])
+                    await recreateProducer(reason: "fatal error: \(error)")
                 } else {
                     logger.warning("Kafka client error", metadata: [LogKey.error: "\(error)"])
                 }
@@ -345,36 +421,81 @@ public actor Relay: Service {
     }
 
     private func handle(_ reports: [DeliveryReport]) {
-        var firstFailure: Int64?
+        let now = monotonicSeconds()
+        lastReportAt = now
+        var anyFailure = false
+        let tracking = !retries.history.isEmpty
         for report in reports {
             if let error = report.error {
                 guard let entry = window.fail(report.opaque) else { continue }
                 stats.failed += 1
-                firstFailure = min(firstFailure ?? entry.rowId, entry.rowId)
-                logger.warning("delivery failed; the row stays in the outbox and is retried", metadata: [
-                    LogKey.rowId: "\(entry.rowId)", LogKey.shard: "\(entry.shard)", LogKey.error: "\(error)",
-                ])
-            } else if window.acknowledge(report.opaque) != nil {
+                anyFailure = true
+                let fencing = [KafkaErrorCode.producerFenced, KafkaErrorCode.invalidProducerEpoch,
+                               KafkaErrorCode.unknownProducerId, KafkaErrorCode.outOfOrderSequence].contains(error.errorCode)
+                consecutiveFencing = fencing ? consecutiveFencing + 1 : 0
+                failed(entry, error: error, persistence: report.persistence, now: now)
+            } else if let entry = window.acknowledge(report.opaque) {
                 stats.delivered += 1
+                consecutiveFencing = 0
                 pendingDeletes.append(report.opaque)
+                if tracking, let row = entry.row {
+                    topicLastSuccess[row.message.topic] = now
+                    retries.forget(rowId: row.id)
+                }
             }
         }
-        if let firstFailure {
-            cursor.rewind(below: firstFailure)
-            backOff()
-        } else if !pendingDeletes.isEmpty {
-            failureStreak = 0
-        }
         if !pendingDeletes.isEmpty { deleteWake.signal() }
-        if firstFailure != nil { claimWake.signal(); windowWake.signal() }
+        if anyFailure {
+            claimWake.signal()
+            windowWake.signal()
+        }
+        if consecutiveFencing >= Self.fencingStormThreshold {
+            consecutiveFencing = 0
+            Task { await self.recreateProducer(reason: "producer fenced repeatedly") }
+        }
+    }
+
+    static let fencingStormThreshold = 10
+
+    /// Replaces the producer: after a fatal error, a fencing storm, or when the watchdog sees
+    /// outstanding messages without any report. Messages the old instance still held are
+    /// discarded without reports, so their rows are re-read and re-sent in id order.
+    private func recreateProducer(reason: String) async {
+        guard !recreating, !terminated, let old = producer else { return }
+        recreating = true
+        producer = nil
+        logger.error("re-creating the Kafka producer", metadata: ["outbox.reason": "\(reason)"])
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let thread = Thread { old.close(); c.resume() }
+            thread.start()
+        }
+        let lost = window.failAllUnreported()
+        if let lowest = lost.first?.rowId { cursor.rewind(below: lowest) }
+        stats.producerRecreations += 1
+        while !terminated {
+            do {
+                producer = try makeProducer()
+                break
+            } catch {
+                logger.error("cannot create the Kafka producer; retrying", metadata: [LogKey.error: "\(error)"])
+                try? await Task.sleep(nanoseconds: 1_000_000_000)
+            }
+        }
+        lastReportAt = monotonicSeconds()
+        recreating = false
+        claimWake.signal()
+        windowWake.signal()
     }
 
     // MARK: Delete
 
     private func deleteLoop() async {
         while true {
+            if !pendingDeadLetters.isEmpty || !pendingAttempts.isEmpty {
+                await runDeadLettersAndAttempts()
+            }
             if pendingDeletes.isEmpty {
-                if terminated { return }
+                if terminated && pendingDeadLetters.isEmpty { return }
                 await deleteWake.wait(timeout: 1)
                 continue
             }
@@ -411,6 +532,62 @@ public actor Relay: Service {
         }
     }
 
+    private func runDeadLettersAndAttempts() async {
+        guard let session = deleteSession else { return }
+        let attempts = pendingAttempts
+        pendingAttempts.removeAll()
+        let queries = deadLetters
+        for (ids, error) in attempts {
+            do {
+                try await session.withConnection { conn throws(PGError) in try queries.recordAttempt(conn, rowIds: ids, error: error) }
+            } catch {
+                logger.warning("cannot record a failed attempt", metadata: [LogKey.error: "\(error)"])
+            }
+        }
+        for (seq, info) in pendingDeadLetters {
+            guard let entry = window.entry(seq) else { pendingDeadLetters[seq] = nil; continue }
+            let epoch = leases.epochArray()[Int(entry.shard)]
+            let owner = replicaId
+            do {
+                let moved = try await session.withConnection { conn throws(PGError) in
+                    try queries.deadLetter(conn, rowId: entry.rowId, owner: owner, epoch: epoch, reason: info.reason, errorCode: info.code)
+                }
+                pendingDeadLetters[seq] = nil
+                window.settle(seq)
+                retries.forget(rowId: entry.rowId)
+                if moved {
+                    stats.deadLettered += 1
+                    logger.error("row dead-lettered", metadata: [
+                        LogKey.rowId: "\(entry.rowId)", LogKey.topic: "\(entry.row?.message.topic ?? "")",
+                        "outbox.reason": "\(info.reason)",
+                    ])
+                    if let topic = configuration.deadLetterTopic, let row = entry.row { produceDeadLetterCopy(row, topic: topic, reason: info.reason) }
+                } else {
+                    stats.lostLeaseRows += 1
+                    logger.warning("lease lost before the row could be dead-lettered; its new owner decides", metadata: [LogKey.rowId: "\(entry.rowId)"])
+                }
+                windowWake.signal()
+                claimWake.signal()
+            } catch {
+                logger.warning("cannot dead-letter row yet; retrying", metadata: [LogKey.rowId: "\(entry.rowId)", LogKey.error: "\(error)"])
+                try? await Task.sleep(nanoseconds: 200_000_000)
+                if terminated && deleteAttemptsExhausted() { return }
+            }
+        }
+    }
+
+    /// Best effort: the dead-letter table is the record; the topic is a copy for consumers.
+    private func produceDeadLetterCopy(_ row: ClaimedRow, topic: String, reason: String) {
+        var message = KafkaMessage(topic: topic, key: row.message.keyBytes, value: row.message.valueBytes,
+                                   headers: row.message.headerList)
+        message.addHeader(name: "outbox-dead-letter-reason", value: String(reason.prefix(500)))
+        message.addHeader(name: "outbox-original-topic", value: row.message.topic)
+        deadLetterSequence += 1
+        do { try producer?.produce(message, opaque: deadLetterSequence) } catch {
+            logger.warning("cannot produce to the dead-letter topic", metadata: [LogKey.rowId: "\(row.id)", LogKey.error: "\(error)"])
+        }
+    }
+
     private var deleteFailures = 0
     private func deleteAttemptsExhausted() -> Bool {
         deleteFailures += 1
@@ -431,6 +608,11 @@ public actor Relay: Service {
 
     private func leaseTick(announce: Bool) async {
         guard let session = leaseSession else { return }
+        // Watchdog: messages outstanding, yet no delivery report for too long.
+        let silentFor = monotonicSeconds() - lastReportAt
+        if window.awaitingReport > 0, lastReportAt > 0, silentFor * 1000 > Double(configuration.effectiveWatchdogMillis) {
+            await recreateProducer(reason: "no delivery report for \(Int(silentFor)) s with \(window.awaitingReport) messages outstanding")
+        }
         let queries = leaseQueries
         let replica = replicaId
         let leaseMillis = Int64(configuration.leaseDurationMillis)
@@ -508,6 +690,7 @@ public enum LogKey {
     public static let shard = "outbox.shard"
     public static let topic = "kafka.topic"
     public static let error = "error"
+    public static let errorCode = "kafka.error_code"
 }
 
 /// The relay's version string (recorded in the replicas table).

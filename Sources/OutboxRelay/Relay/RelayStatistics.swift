@@ -8,6 +8,12 @@ public struct RelayStatistics: Sendable, Equatable {
     public var failed = 0
     /// Acknowledged rows the lease-checked DELETE did not remove (lease lost meanwhile).
     public var lostLeaseRows = 0
+    /// Rows moved to the dead-letter table.
+    public var deadLettered = 0
+    /// Failures blamed on the environment (broker, authorization, unknown topic).
+    public var environmentFailures = 0
+    /// Producer instances replaced (fatal error, fencing storm, watchdog).
+    public var producerRecreations = 0
     /// Claim reads, and how many of them were sweeps.
     public var claims = 0
     public var sweeps = 0

@@ -80,6 +80,20 @@ public enum Migration {
             acquired_at timestamptz
         );
         INSERT INTO \(t.leasesSQL) (shard) SELECT generate_series(0, \(shards - 1)) ON CONFLICT (shard) DO NOTHING;
+        CREATE TABLE IF NOT EXISTS \(t.deadLetterSQL) (
+            id bigint PRIMARY KEY,
+            topic text NOT NULL,
+            key bytea,
+            value bytea,
+            headers jsonb,
+            created_at timestamptz NOT NULL,
+            attempts integer NOT NULL,
+            reason text NOT NULL,
+            error_code text,
+            replica text,
+            dead_lettered_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS \(quoteIdentifier("\(t.name)_dead_letters_topic_idx")) ON \(t.deadLetterSQL) (topic, id);
         CREATE TABLE IF NOT EXISTS \(t.replicasSQL) (
             replica_id text PRIMARY KEY,
             hostname text,

@@ -16,11 +16,32 @@ public enum SchemaCheck {
         ("last_error", "text"),
     ]
 
+    /// Privileges the relay's database user needs, per table.
+    static func requiredPrivileges(_ t: OutboxTable) -> [(String, [String])] {
+        [(t.sql, ["SELECT", "DELETE", "UPDATE"]), (t.deadLetterSQL, ["SELECT", "INSERT"]),
+         (t.leasesSQL, ["SELECT", "UPDATE"]), (t.replicasSQL, ["SELECT", "INSERT", "UPDATE", "DELETE"]),
+         (t.metaSQL, ["SELECT"])]
+    }
+
+    /// Refuses to start — before producing anything — when a privilege is missing, naming it.
+    static func checkPrivileges(_ conn: PGConnection, table: OutboxTable) throws {
+        let user = try conn.query("SELECT current_user::text").string(0, 0) ?? "?"
+        for (relation, privileges) in requiredPrivileges(table) {
+            for privilege in privileges {
+                let ok = try conn.query("SELECT has_table_privilege($1::text::regclass, $2)", [.text(relation), .text(privilege)]).bool(0, 0)
+                if !ok {
+                    throw RelayError(.schema, "database user \"\(user)\" lacks \(privilege) on \(relation): GRANT \(privilege) ON \(relation) TO \(quoteIdentifier(user))")
+                }
+            }
+        }
+    }
+
     public static func check(_ conn: PGConnection, table: OutboxTable) throws(RelayError) -> OutboxSchemaInfo {
         let hint = "run `outbox-relay migrate --table \(table)` first"
         do {
             for (label, sql) in [("outbox table", table.sql), ("relay table", table.metaSQL),
-                                 ("relay table", table.leasesSQL), ("relay table", table.replicasSQL)] {
+                                 ("relay table", table.leasesSQL), ("relay table", table.replicasSQL),
+                                 ("dead-letter table", table.deadLetterSQL)] {
                 let exists = try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(sql)]).bool(0, 0)
                 if !exists {
                     throw RelayError(.schema, "\(label) \(sql) does not exist: \(hint)")
@@ -53,6 +74,7 @@ public enum SchemaCheck {
             if leaseRows != info.shardCount {
                 throw RelayError(.schema, "\(table.leasesSQL) has \(leaseRows) shards, expected \(info.shardCount): \(hint)")
             }
+            try checkPrivileges(conn, table: table)
             return info
         } catch let error as RelayError {
             throw error

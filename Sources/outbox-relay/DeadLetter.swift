@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+import OutboxRelay
+import PGClient
+
+struct DeadLetter: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dead-letter",
+        abstract: "List, requeue or purge dead-lettered rows.",
+        subcommands: [List.self, Requeue.self, Purge.self])
+
+    struct Target: ParsableArguments {
+        @Option(name: .customLong("database-url"), help: "PostgreSQL URL [env: OUTBOX_DATABASE_URL]") var databaseURL: String?
+        @Option(name: .customLong("table"), help: "Outbox table [env: OUTBOX_TABLE] (default: outbox)") var table: String?
+        @Option(name: .customLong("topic"), help: "Only dead letters of this topic") var topic: String?
+
+        func open() throws -> (PGConnection, DeadLetterQueries) {
+            let url = resolveDatabaseURL(databaseURL)
+            let t = try OutboxTable(table ?? ProcessInfo.processInfo.environment["OUTBOX_TABLE"] ?? "outbox")
+            do {
+                let conn = try PGConnection(url: url, applicationName: "outbox-relay-dead-letter")
+                _ = try SchemaCheck.check(conn, table: t)
+                return (conn, DeadLetterQueries(table: t))
+            } catch let error as PGError {
+                throw RelayError(database: error, context: "cannot connect to the database")
+            }
+        }
+    }
+
+    static func run(_ body: () throws -> Void) {
+        do { try body() } catch let error as RelayError { fail(error.description) } catch { fail("\(error)") }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List dead letters (id order).")
+        @OptionGroup var target: Target
+        @Argument(help: "Only these row ids") var ids: [Int64] = []
+        @Option(name: .customLong("limit"), help: "At most this many (default: 100)") var limit = 100
+        @Flag(name: .customLong("json"), help: "One JSON object per line") var json = false
+
+        func run() {
+            DeadLetter.run {
+                let (conn, q) = try target.open()
+                let entries = try q.list(conn, filter: .init(topic: target.topic, ids: ids), limit: limit)
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                for e in entries {
+                    if json {
+                        print(String(decoding: try encoder.encode(e), as: UTF8.self))
+                    } else {
+                        print("id=\(e.id) topic=\(e.topic) key=\(e.key ?? "<null>") attempts=\(e.attempts) at=\(e.deadLetteredAt) code=\(e.errorCode ?? "-") reason=\(e.reason)")
+                    }
+                }
+                if !json { print("\(entries.count) dead letter(s)") }
+            }
+        }
+    }
+
+    struct Requeue: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Put dead letters back into the outbox (as new rows, in id order; the old id goes in the outbox-requeued-from header).")
+        @OptionGroup var target: Target
+        @Argument(help: "Row ids to requeue") var ids: [Int64] = []
+        @Flag(name: .customLong("all"), help: "Requeue every dead letter (of --topic, if given)") var all = false
+
+        func run() {
+            DeadLetter.run {
+                guard all || !ids.isEmpty else { throw RelayError(.configuration, "name the ids to requeue, or pass --all") }
+                let (conn, q) = try target.open()
+                let n = try q.requeue(conn, filter: .init(topic: target.topic, ids: all ? [] : ids))
+                print("requeued \(n) row(s)")
+            }
+        }
+    }
+
+    struct Purge: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete dead letters for good.")
+        @OptionGroup var target: Target
+        @Argument(help: "Row ids to purge") var ids: [Int64] = []
+        @Flag(name: .customLong("all"), help: "Purge every dead letter (of --topic, if given)") var all = false
+
+        func run() {
+            DeadLetter.run {
+                guard all || !ids.isEmpty else { throw RelayError(.configuration, "name the ids to purge, or pass --all") }
+                let (conn, q) = try target.open()
+                let n = try q.purge(conn, filter: .init(topic: target.topic, ids: all ? [] : ids))
+                print("purged \(n) row(s)")
+            }
+        }
+    }
+}
