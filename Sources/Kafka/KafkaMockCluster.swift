@@ -7,7 +7,7 @@ import CKafka
 /// - Important: for tests only. The cluster lives as long as this object.
 public final class KafkaMockCluster: @unchecked Sendable {
     private let owner: OpaquePointer
-    private let cluster: OpaquePointer
+    fileprivate let cluster: OpaquePointer
 
     /// Kafka API keys used with ``pushRequestErrors(api:_:)``.
     public enum API: Int16 { case produce = 0, fetch = 1, metadata = 3, initProducerId = 22 }
@@ -42,4 +42,11 @@ public final class KafkaMockCluster: @unchecked Sendable {
 
     public func setBrokerDown(_ broker: Int32 = 1) { _ = rd_kafka_mock_broker_set_down(cluster, broker) }
     public func setBrokerUp(_ broker: Int32 = 1) { _ = rd_kafka_mock_broker_set_up(cluster, broker) }
+}
+
+extension KafkaMockCluster {
+    /// Metadata for `topic` reports `error` (0 clears it).
+    public func setTopicError(_ topic: String, _ error: Int32) {
+        rd_kafka_mock_topic_set_error(cluster, topic, rd_kafka_resp_err_t(rawValue: error))
+    }
 }

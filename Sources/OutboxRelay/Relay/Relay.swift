@@ -46,7 +46,8 @@ public actor Relay: Service {
     /// Last successful delivery per topic, tracked while rows are failing (attempt counting).
     private var topicLastSuccess: [String: Double] = [:]
     private var consecutiveFencing = 0
-    private var lastReportAt: Double = 0
+    /// Last successful delivery (or producer creation): what the watchdog measures silence from.
+    private var lastSuccessAt: Double = 0
     private var deadLetterSequence: UInt64 = 1 << 63
     private var recreating = false
     private var lastClaimable: [Int32] = []
@@ -422,7 +423,6 @@ public actor Relay: Service {
 
     private func handle(_ reports: [DeliveryReport]) {
         let now = monotonicSeconds()
-        lastReportAt = now
         var anyFailure = false
         let tracking = !retries.history.isEmpty
         for report in reports {
@@ -437,6 +437,7 @@ public actor Relay: Service {
             } else if let entry = window.acknowledge(report.opaque) {
                 stats.delivered += 1
                 consecutiveFencing = 0
+                lastSuccessAt = now
                 pendingDeletes.append(report.opaque)
                 if tracking, let row = entry.row {
                     topicLastSuccess[row.message.topic] = now
@@ -481,7 +482,7 @@ public actor Relay: Service {
                 try? await Task.sleep(nanoseconds: 1_000_000_000)
             }
         }
-        lastReportAt = monotonicSeconds()
+        lastSuccessAt = monotonicSeconds()
         recreating = false
         claimWake.signal()
         windowWake.signal()
@@ -608,10 +609,12 @@ public actor Relay: Service {
 
     private func leaseTick(announce: Bool) async {
         guard let session = leaseSession else { return }
-        // Watchdog: messages outstanding, yet no delivery report for too long.
-        let silentFor = monotonicSeconds() - lastReportAt
-        if window.awaitingReport > 0, lastReportAt > 0, silentFor * 1000 > Double(configuration.effectiveWatchdogMillis) {
-            await recreateProducer(reason: "no delivery report for \(Int(silentFor)) s with \(window.awaitingReport) messages outstanding")
+        // Watchdog: rows outstanding or waiting for a retry, yet no delivery succeeded for too
+        // long (e.g. a producer wedged by fencing that librdkafka does not report as fatal).
+        if lastSuccessAt == 0 { lastSuccessAt = monotonicSeconds() }
+        let silentFor = monotonicSeconds() - lastSuccessAt
+        if window.awaitingReport > 0 || !retries.isEmpty, silentFor * 1000 > Double(configuration.effectiveWatchdogMillis) {
+            await recreateProducer(reason: "no delivery succeeded for \(Int(silentFor)) s with rows outstanding")
         }
         let queries = leaseQueries
         let replica = replicaId

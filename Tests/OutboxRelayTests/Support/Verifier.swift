@@ -12,9 +12,10 @@ struct Verification: CustomStringConvertible {
     var orderInversions = 0
     var messagesById: [Int64: ConsumedMessage] = [:]
     var keyPartitions: [String: Set<Int32>] = [:]
+    var inversionSamples: [String] = []
 
     var description: String {
-        "lost \(lost.count) (first: \(lost.prefix(5))), duplicates \(duplicates), order inversions \(orderInversions), distinct \(seen.count)"
+        "lost \(lost.count) (first: \(lost.prefix(5))), duplicates \(duplicates), order inversions \(orderInversions) \(inversionSamples.prefix(5)), distinct \(seen.count)"
     }
 
     static func verify(topics: [String], expectedIds: Set<Int64>) throws -> Verification {
@@ -32,7 +33,10 @@ struct Verification: CustomStringConvertible {
                 if let key = m.key.map({ String(decoding: $0, as: UTF8.self) }) {
                     v.keyPartitions[key, default: []].insert(m.partition)
                     let slot = "\(m.partition)/\(key)"
-                    if let last = lastByKey[slot], last > id { v.orderInversions += 1 }
+                    if let last = lastByKey[slot], last > id {
+                        v.orderInversions += 1
+                        if v.inversionSamples.count < 10 { v.inversionSamples.append("\(slot): \(id) at offset \(m.offset) after \(last)") }
+                    }
                     lastByKey[slot] = max(lastByKey[slot] ?? id, id)
                 }
             }

@@ -1,0 +1,156 @@
+import Foundation
+import Kafka
+import OutboxRelay
+import PGClient
+import Testing
+
+/// Broker faults a real broker cannot stage on demand, from librdkafka's in-process mock cluster.
+@Suite(.serialized) struct MockClusterFaultTests {
+    struct Setup {
+        let cluster: KafkaMockCluster
+        let table: OutboxTable
+        let topics: [String]
+        var config: RelayConfiguration
+    }
+
+    func setup(topics count: Int = 1) throws -> Setup {
+        let cluster = try KafkaMockCluster(brokers: 1)
+        let topics = (0..<count).map { _ in "mock-\(UUID().uuidString.prefix(8).lowercased())" }
+        for t in topics { try cluster.createTopic(t, partitions: 4) }
+        let table = try TestEnvironment.migratedTable()
+        var config = TestEnvironment.configuration(table: table)
+        config.brokers = cluster.bootstrapServers
+        config.retryBackoffMillis = 50
+        config.retryBackoffMaxMillis = 500
+        return Setup(cluster: cluster, table: table, topics: topics, config: config)
+    }
+
+    func insert(_ s: Setup, rows: Int, keys: Int = 20, topic: String? = nil) throws -> [Int64] {
+        let r = try TestEnvironment.connect().query("""
+            INSERT INTO \(s.table.sql) (topic, key, value)
+            SELECT $1, convert_to('k' || (i % $3), 'UTF8'), convert_to('v' || i, 'UTF8') FROM generate_series(1, $2::int) AS i
+            RETURNING id
+            """, [.text(topic ?? s.topics[0]), .int4(Int32(rows)), .int4(Int32(keys))])
+        return try (0..<r.rowCount).map { try r.int64($0, 0) }
+    }
+
+    func verify(_ s: Setup, topics: [String]? = nil, ids: Set<Int64>) throws -> Verification {
+        var v = Verification()
+        var merged = Verification()
+        for topic in topics ?? s.topics {
+            let messages = try KafkaTopicReader.readAll(topic: topic, configuration: KafkaConfiguration([("bootstrap.servers", s.cluster.bootstrapServers)]))
+            var lastByKey: [String: Int64] = [:]
+            var first = Set<Int64>()
+            for m in messages.sorted(by: { ($0.partition, $0.offset) < ($1.partition, $1.offset) }) {
+                guard let id = m.header(ClaimedRow.idHeader).flatMap({ Int64($0) }) else { continue }
+                merged.seen[id, default: 0] += 1
+                guard first.insert(id).inserted, let key = m.key.map({ String(decoding: $0, as: UTF8.self) }) else { continue }
+                let slot = "\(m.partition)/\(key)"
+                if let last = lastByKey[slot], last > id { merged.orderInversions += 1 }
+                lastByKey[slot] = max(lastByKey[slot] ?? id, id)
+            }
+        }
+        v = merged
+        v.duplicates = v.seen.values.reduce(0) { $0 + ($1 - 1) }
+        v.lost = ids.filter { v.seen[$0] == nil }.sorted()
+        return v
+    }
+
+    @Test func retriableProduceErrorsStayInsideLibrdkafka() async throws {
+        let s = try setup()
+        s.cluster.pushRequestErrors(api: .produce, [
+            RD.notLeader, RD.leaderNotAvailable, RD.requestTimedOut, RD.notEnoughReplicas, RD.transport,
+        ])
+        let relay = try await RunningRelay.start(s.config)
+        let ids = try insert(s, rows: 500)
+        try await TestEnvironment.eventually("drained") { try TestEnvironment.count(s.table) == 0 }
+        let stats = await relay.relay.statistics()
+        try await relay.stop()
+        let v = try verify(s, ids: Set(ids))
+        let left = try leftovers(s.table)
+        FaultReport("mock: retriable produce errors (NOT_LEADER, LEADER_NOT_AVAILABLE, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS, transport)",
+                    bound: "lost 0, duplicates 0, no failed report", inserted: ids.count, verification: v,
+                    pending: left.pending, deadLettered: left.deadLettered).write()
+        #expect(v.lost.count == 0 && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
+        #expect(stats.failed == 0, "librdkafka retries these itself")
+    }
+
+    @Test func aPermanentBatchErrorIsRetriedAndDeadLettersNoInnocentRow() async throws {
+        let s = try setup()
+        let relay = try await RunningRelay.start(s.config)
+        s.cluster.pushRequestErrors(api: .produce, [RD.messageTooLarge])
+        let ids = try insert(s, rows: 300)
+        try await TestEnvironment.eventually("drained") { try TestEnvironment.count(s.table) == 0 }
+        let stats = await relay.relay.statistics()
+        try await relay.stop()
+        let v = try verify(s, ids: Set(ids))
+        let left = try leftovers(s.table)
+        FaultReport("mock: one batch fails MSG_SIZE_TOO_LARGE (no row is really too large)",
+                    bound: "lost 0, dead-lettered 0 (a batch error blames each row once, then retries)",
+                    inserted: ids.count, verification: v, pending: left.pending, deadLettered: left.deadLettered).write()
+        #expect(stats.failed > 0, "the pushed error must have failed a batch")
+        #expect(left.deadLettered == 0)
+        #expect(v.lost.count == 0 && v.duplicates == 0, "\(v)")
+        #expect(v.orderInversions == 0, "\(v)")
+    }
+
+    @Test func topicAuthorizationFailureKeepsRowsWhileOtherTopicsFlow() async throws {
+        let s = try setup(topics: 2)
+        let denied = s.topics[0], open = s.topics[1]
+        s.cluster.setTopicError(denied, RD.topicAuthorizationFailed)
+        let relay = try await RunningRelay.start(s.config)
+        let deniedIds = try insert(s, rows: 100, topic: denied)
+        let openIds = try insert(s, rows: 100, topic: open)
+        try await TestEnvironment.eventually("open topic drained") {
+            try TestEnvironment.connect().query("SELECT count(*) FROM \(s.table.sql) WHERE topic = $1", [.text(open)]).int64(0, 0) == 0
+        }
+        let stuck = try TestEnvironment.connect().query("SELECT count(*) FROM \(s.table.sql) WHERE topic = $1", [.text(denied)]).int64(0, 0)
+        #expect(stuck == 100, "rows of the denied topic are kept, none dead-lettered")
+        let started = Date()
+        s.cluster.setTopicError(denied, 0)
+        try await TestEnvironment.eventually("denied topic drains once authorized") { try TestEnvironment.count(s.table) == 0 }
+        let recovery = Date().timeIntervalSince(started)
+        try await relay.stop()
+        let v = try verify(s, ids: Set(deniedIds + openIds))
+        let left = try leftovers(s.table)
+        FaultReport("mock: TOPIC_AUTHORIZATION_FAILED on one topic, then granted", bound: "denied rows kept, other topic flows, lost 0",
+                    inserted: 200, verification: v, pending: left.pending, deadLettered: left.deadLettered, recoverySeconds: recovery).write()
+        #expect(left.deadLettered == 0)
+        #expect(v.lost.count == 0, "\(v)")
+        #expect(v.orderInversions == 0, "\(v)")
+    }
+
+    @Test func aFatalSequenceErrorRecreatesTheProducer() async throws {
+        let s = try setup()
+        let relay = try await RunningRelay.start(s.config)
+        let first = try insert(s, rows: 200)
+        try await TestEnvironment.eventually("first rows drained") { try TestEnvironment.count(s.table) == 0 }
+        s.cluster.pushRequestErrors(api: .produce, [RD.outOfOrderSequence])
+        let started = Date()
+        let second = try insert(s, rows: 200)
+        try await TestEnvironment.eventually("drained after the fatal error") { try TestEnvironment.count(s.table) == 0 }
+        let recovery = Date().timeIntervalSince(started)
+        let stats = await relay.relay.statistics()
+        try await relay.stop()
+        let v = try verify(s, ids: Set(first + second))
+        let left = try leftovers(s.table)
+        FaultReport("mock: OUT_OF_ORDER_SEQUENCE_NUMBER (fatal producer)", bound: "producer re-created, lost 0, duplicates <= in flight",
+                    inserted: 400, verification: v, pending: left.pending, deadLettered: left.deadLettered, recoverySeconds: recovery).write()
+        #expect(stats.producerRecreations >= 1)
+        #expect(v.lost.count == 0, "\(v)")
+        #expect(v.duplicates <= 200, "\(v)")
+        #expect(left.deadLettered == 0)
+    }
+}
+
+/// Error codes used with the mock cluster.
+enum RD {
+    static let notLeader: Int32 = 6
+    static let leaderNotAvailable: Int32 = 5
+    static let requestTimedOut: Int32 = 7
+    static let notEnoughReplicas: Int32 = 19
+    static let transport: Int32 = -195
+    static let messageTooLarge: Int32 = 10
+    static let topicAuthorizationFailed: Int32 = 29
+    static let outOfOrderSequence: Int32 = 45
+}

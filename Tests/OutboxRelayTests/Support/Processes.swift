@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+
+/// The `outbox-relay` executable, run as a child process with its output captured to a file.
+final class RelayProcess {
+    let process = Process()
+    let outputPath: String
+
+    static var binary: String {
+        ProcessInfo.processInfo.environment["OUTBOX_RELAY_BINARY"] ?? ".build/debug/outbox-relay"
+    }
+
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+        outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("relay-\(UUID().uuidString).log").path
+        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        let out = FileHandle(forWritingAtPath: outputPath)!
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = arguments
+        var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    func signal(_ sig: Int32) { kill(pid, sig) }
+
+    /// Sends SIGTERM and waits for the exit status.
+    @discardableResult
+    func terminate() -> Int32 {
+        signal(SIGTERM)
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    func kill9() {
+        signal(SIGKILL)
+        process.waitUntilExit()
+    }
+
+    var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }
+
+    /// `run` arguments for a table with the test's timings.
+    static func runArguments(table: String, brokers: String = TestEnvironment.brokers, extra: [String] = []) -> [String] {
+        ["run", "--database-url", TestEnvironment.databaseURL, "--brokers", brokers, "--table", table,
+         "--lease-duration-ms", "6000", "--heartbeat-interval-ms", "300", "--message-timeout-ms", "2000",
+         "--statement-timeout-ms", "1000", "--poll-interval-ms", "200", "--batch-size", "500",
+         "--max-in-flight-rows", "2000", "--shutdown-timeout-ms", "5000"] + extra
+    }
+}
+
+/// A Tansu broker of the test's own (to pause or kill without disturbing other tests).
+final class PrivateBroker {
+    let process = Process()
+    let port: Int
+
+    init() throws {
+        let tansu = ProcessInfo.processInfo.environment["OUTBOX_TEST_TANSU"] ?? ".tools/bin/tansu"
+        port = try freePort()
+        process.executableURL = URL(fileURLWithPath: tansu)
+        process.arguments = ["broker", "--listener-url", "tcp://127.0.0.1:\(port)",
+                             "--advertised-listener-url", "tcp://127.0.0.1:\(port)", "--storage-engine", "memory://tansu/"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        while !canConnect(port) {
+            if Date() > deadline { throw TestFailure("private Tansu did not listen on \(port)") }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+    }
+
+    var brokers: String { "127.0.0.1:\(port)" }
+    func pause() { kill(process.processIdentifier, SIGSTOP) }
+    func resume() { kill(process.processIdentifier, SIGCONT) }
+
+    /// Stops the broker (SIGKILL: its memory storage needs no shutdown).
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+    }
+    guard ok else { throw TestFailure("no free port") }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+func canConnect(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+}
