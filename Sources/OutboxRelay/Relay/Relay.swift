@@ -300,6 +300,7 @@ public actor Relay: Service {
                 }
             } catch {
                 logger.warning("claim failed; retrying", metadata: [LogKey.error: "\(error)"])
+                if error.isConnectionLoss { resyncAfterConnectionLoss() }
                 backOff()
                 continue
             }
@@ -394,6 +395,14 @@ public actor Relay: Service {
         deleteWake.signal()
         metadata["outbox.retry_in_ms"] = "\(Int(delay * 1000))"
         logger.warning("delivery failed; the row stays in the outbox and is retried", metadata: metadata)
+    }
+
+    /// After a lost connection the relay cannot be sure what the database kept: a crash with
+    /// `synchronous_commit = off` can bring back rows whose DELETE had been reported committed.
+    /// Read everything again from the start (rows in flight excluded); a resurrected row is
+    /// re-sent — a bounded duplicate — rather than left behind the cursor for ever.
+    private func resyncAfterConnectionLoss() {
+        cursor.reset()
     }
 
     private func backOff() {
@@ -526,6 +535,7 @@ public actor Relay: Service {
             } catch {
                 // The DELETE is idempotent: keep the ids and try again.
                 pendingDeletes.insert(contentsOf: seqs, at: 0)
+                if error.isConnectionLoss { resyncAfterConnectionLoss() }
                 logger.warning("delete failed; retrying", metadata: [LogKey.error: "\(error)"])
                 try? await Task.sleep(nanoseconds: 200_000_000)
                 if terminated && stopFlag.isSet && deleteAttemptsExhausted() { return }

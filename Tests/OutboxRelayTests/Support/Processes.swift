@@ -117,3 +117,43 @@ func canConnect(_ port: Int) -> Bool {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
     }
 }
+
+/// A PostgreSQL cluster of the test's own (to restart or crash without disturbing other tests),
+/// started with the same script functions scripts/test uses.
+final class PrivatePostgres {
+    let runDir: String
+    let url: String
+    private static var servicesScript: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("scripts/lib/services.sh").path
+    }
+
+    init() throws {
+        runDir = "/tmp/outbox-pg-\(UUID().uuidString.prefix(8))"
+        url = try Self.shell("source \(Self.servicesScript); export OUTBOX_RUN_DIR=\(runDir); mkdir -p $OUTBOX_RUN_DIR; start_postgres; echo $OUTBOX_TEST_DATABASE_URL")
+            .split(separator: "\n").last.map(String.init) ?? ""
+        guard url.hasPrefix("postgresql://") else { throw TestFailure("private PostgreSQL did not start: \(url)") }
+    }
+
+    /// `pg_ctl restart` with the given mode (`fast`, or `immediate` for a crash-stop).
+    func restart(mode: String) throws {
+        _ = try Self.shell("source \(Self.servicesScript); as_pg_user \"$PG_BIN/pg_ctl\" -D \(runDir)/pgdata -m \(mode) -w -t 30 -l \(runDir)/postgres.log restart >/dev/null")
+    }
+
+    deinit {
+        _ = try? Self.shell("source \(Self.servicesScript); as_pg_user \"$PG_BIN/pg_ctl\" -D \(runDir)/pgdata -m immediate stop >/dev/null 2>&1; rm -rf \(runDir)")
+    }
+
+    /// Runs a bash script and returns its output. Uses system(3): Foundation's Process can hang
+    /// in waitUntilExit when the script leaves a daemon (postgres) running.
+    @discardableResult
+    static func shell(_ script: String) throws -> String {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("sh-\(UUID().uuidString)").path
+        try script.write(toFile: base + ".sh", atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: base + ".sh"); try? FileManager.default.removeItem(atPath: base + ".out") }
+        let status = system("/bin/bash \(base).sh > \(base).out 2>&1 < /dev/null")
+        let text = ((try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        guard status == 0 else { throw TestFailure("shell failed (\(status)): \(text.suffix(500))") }
+        return text
+    }
+}
