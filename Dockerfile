@@ -49,11 +49,12 @@ FROM debian:bookworm-slim
 
 # Runtime libraries only: libpq for PostgreSQL, and what librdkafka was linked against
 # (OpenSSL, Cyrus SASL, zstd, lz4, zlib). libstdc++6/libgcc-s1 for the Swift runtime come
-# with the base image. ca-certificates for TLS to brokers and databases.
+# with the base image. ca-certificates for TLS to brokers and databases. curl for container
+# health checks against the relay's HTTP port (docker-compose.yml: GET /readyz).
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get -q update \
  && apt-get -q install -y --no-install-recommends \
-      libpq5 libssl3 libsasl2-2 libzstd1 liblz4-1 zlib1g ca-certificates \
+      libpq5 libssl3 libsasl2-2 libzstd1 liblz4-1 zlib1g ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 
 # librdkafka as built above (/usr/local/lib is already on Debian's ld.so path).
@@ -74,6 +75,7 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin relay
 USER relay
 
+# HTTP: GET /healthz (liveness), /readyz (readiness), /metrics (Prometheus); --http-port.
 EXPOSE 8080
 # The relay drains in-flight deliveries on SIGTERM (see --shutdown-timeout-ms); exec-form
 # ENTRYPOINT makes it PID 1 so it receives the signal directly.

@@ -17,7 +17,7 @@ public final class KafkaProducer: @unchecked Sendable {
         case error(KafkaError)
     }
 
-    private let handle: OpaquePointer
+    fileprivate let handle: OpaquePointer
     private let queue: OpaquePointer
     private let topics = Mutex<[String: OpaquePointer]>([:])
     private let stopping = Atomic<Bool>(false)
@@ -104,7 +104,7 @@ public final class KafkaProducer: @unchecked Sendable {
         if let failure { throw failure }
     }
 
-    private func topicHandle(_ name: String) throws(KafkaError) -> OpaquePointer {
+    fileprivate func topicHandle(_ name: String) throws(KafkaError) -> OpaquePointer {
         let result: OpaquePointer? = topics.withLock { cache in
             if let t = cache[name] { return t }
             guard let t = rd_kafka_topic_new(handle, name, nil) else { return nil }
@@ -197,4 +197,27 @@ public final class KafkaProducer: @unchecked Sendable {
         return DeliveryReport(opaque: opaque, error: error, persistence: persistence,
                               partition: m.pointee.partition, offset: m.pointee.offset)
     }
+}
+
+extension KafkaProducer {
+    /// Asks the cluster for `topic`'s metadata on a background thread, refreshing librdkafka's
+    /// cache. After a topic-level error (authorization, unknown topic) librdkafka otherwise keeps
+    /// refusing the topic until its periodic refresh (`topic.metadata.refresh.interval.ms`).
+    public func refreshMetadata(topic: String, timeoutMilliseconds: Int32 = 5_000) {
+        guard let rkt = try? topicHandle(topic) else { return }
+        let box = UncheckedBox((handle, rkt))
+        let thread = Thread {
+            var metadata: UnsafePointer<rd_kafka_metadata>?
+            if rd_kafka_metadata(box.value.0, 0, box.value.1, &metadata, timeoutMilliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR,
+               let metadata {
+                rd_kafka_metadata_destroy(metadata)
+            }
+        }
+        thread.start()
+    }
+}
+
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }

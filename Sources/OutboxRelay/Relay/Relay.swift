@@ -55,6 +55,7 @@ public actor Relay: Service {
     private var failureStreak = 0
     private var terminated = false
     private var lastEnvironmentFailureAt: Double = 0
+    private var metadataRefreshedAt: [String: Double] = [:]
     private var stats = RelayStatistics()
     private var shardCount = 0
 
@@ -357,6 +358,12 @@ public actor Relay: Service {
             counts = false
             stats.environmentFailures += 1
             lastEnvironmentFailureAt = now
+            // librdkafka caches a topic-level error until its next metadata refresh: ask again
+            // (at most once a second per topic) so a fixed ACL or a created topic is seen soon.
+            if (metadataRefreshedAt[row.message.topic] ?? -.infinity) + 1 < now {
+                metadataRefreshedAt[row.message.topic] = now
+                producer?.refreshMetadata(topic: row.message.topic)
+            }
         case .badRow, .ambiguous:
             let previous = retries.history[row.id]
             // A repeated failure counts only if the topic delivered something since the last

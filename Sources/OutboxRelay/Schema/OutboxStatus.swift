@@ -20,6 +20,7 @@ public struct OutboxStatus: Sendable, Codable {
     public let oldestAgeSeconds: Double?
     public let shardCount: Int
     public let unownedShards: Int
+    public let deadLetters: Int64
     public let replicas: [Replica]
     public let topics: [Topic]
 
@@ -52,8 +53,10 @@ public struct OutboxStatus: Sendable, Codable {
         let shards = try conn.query("""
             SELECT count(*), count(*) FILTER (WHERE owner IS NULL OR expires_at <= now()) FROM \(table.leasesSQL)
             """)
+        let deadLetters = try conn.query("SELECT count(*) FROM \(table.deadLetterSQL)").int64(0, 0)
         return OutboxStatus(table: table.description, backlog: backlog, oldestAgeSeconds: oldest,
                             shardCount: Int(try shards.int64(0, 0)), unownedShards: Int(try shards.int64(0, 1)),
+                            deadLetters: deadLetters,
                             replicas: replicaList, topics: topicList)
     }
 
@@ -64,7 +67,7 @@ public struct OutboxStatus: Sendable, Codable {
     }
 
     public func text() -> String {
-        var lines = ["table \(table): backlog \(backlog) rows, oldest \(oldestAgeSeconds.map { String(format: "%.1f s", $0) } ?? "-"), \(shardCount) shards (\(unownedShards) unowned)"]
+        var lines = ["table \(table): backlog \(backlog) rows, oldest \(oldestAgeSeconds.map { String(format: "%.1f s", $0) } ?? "-"), \(shardCount) shards (\(unownedShards) unowned), \(deadLetters) dead letter(s)"]
         for r in replicas {
             lines.append("  replica \(r.id) \(r.alive ? "alive" : "dead"), heartbeat \(String(format: "%.1f", r.heartbeatAgeSeconds)) s ago, \(r.shards) shards")
         }

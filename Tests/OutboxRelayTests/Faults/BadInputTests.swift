@@ -13,6 +13,8 @@ import Testing
         var config = TestEnvironment.configuration(table: table)
         config.kafkaProperties = [("message.max.bytes", "10000")]
         config.retryBackoffMillis = 50
+        let deadLetterTopic = try TestEnvironment.topics(1)[0]
+        config.deadLetterTopic = deadLetterTopic
         let relay = try await RunningRelay.start(config)
         let conn = try TestEnvironment.connect()
         func insert(_ topic: String, _ key: String?, _ value: [UInt8]?, _ headers: String? = nil) throws -> Int64 {
@@ -56,6 +58,12 @@ import Testing
         #expect(m.headers.count == 101, "100 headers and outbox-id")
         #expect(m.header("h7") == "v7 é\t\"q\"")
         #expect(stats.deadLettered == 2)
+        // The dead-letter topic gets a copy with the reason (the oversized row cannot be copied:
+        // the same size limit applies; the table keeps it).
+        let copies = try KafkaTopicReader.readAll(topic: deadLetterTopic, configuration: TestEnvironment.kafka)
+        let copy = try #require(copies.first { $0.header(ClaimedRow.idHeader) == String(badTopic) })
+        #expect(copy.header("outbox-original-topic") == "bad topic name!")
+        #expect(copy.header("outbox-dead-letter-reason")?.isEmpty == false)
         let left = try leftovers(table)
         FaultReport("bad rows: value above message.max.bytes, invalid topic name, typed and 100 header values, non-object headers",
                     bound: "only the bad rows dead-lettered (with reason), other keys and later rows of the key flow, lost 0",

@@ -53,37 +53,91 @@ final class RelayProcess {
 
 /// A Tansu broker of the test's own (to pause or kill without disturbing other tests).
 final class PrivateBroker {
-    let process = Process()
+    private(set) var process = Process()
     let port: Int
+    let storage: String
+    let environment: [String: String]
 
-    init() throws {
-        let tansu = ProcessInfo.processInfo.environment["OUTBOX_TEST_TANSU"] ?? ".tools/bin/tansu"
+    static var tools: String { ProcessInfo.processInfo.environment["OUTBOX_TEST_TOOLS"] ?? ".tools" }
+
+    init(storage: String = "memory://tansu/", environment: [String: String] = [:]) throws {
         port = try freePort()
-        process.executableURL = URL(fileURLWithPath: tansu)
+        self.storage = storage
+        self.environment = environment
+        try launch()
+    }
+
+    private func launch() throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.tools + "/bin/tansu")
         process.arguments = ["broker", "--listener-url", "tcp://127.0.0.1:\(port)",
-                             "--advertised-listener-url", "tcp://127.0.0.1:\(port)", "--storage-engine", "memory://tansu/"]
+                             "--advertised-listener-url", "tcp://127.0.0.1:\(port)", "--storage-engine", storage]
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        let deadline = Date().addingTimeInterval(20)
-        while !canConnect(port) {
-            if Date() > deadline { throw TestFailure("private Tansu did not listen on \(port)") }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
+        try waitForPort(port, what: "Tansu")
     }
 
     var brokers: String { "127.0.0.1:\(port)" }
     func pause() { kill(process.processIdentifier, SIGSTOP) }
     func resume() { kill(process.processIdentifier, SIGCONT) }
 
-    /// Stops the broker (SIGKILL: its memory storage needs no shutdown).
+    /// Stops the broker (SIGKILL: a crash; memory storage needs no shutdown).
     func stop() {
         guard process.isRunning else { return }
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
 
+    /// kill -9, then start again on the same port with the same storage.
+    func crashAndRestart() throws {
+        stop()
+        try launch()
+    }
+
     deinit { stop() }
+}
+
+/// A loopback S3 (moto_server) with a `tansu` bucket, so Tansu keeps its data across restarts.
+final class MotoS3 {
+    let process = Process()
+    let port: Int
+
+    init() throws {
+        port = try freePort()
+        let venv = PrivateBroker.tools + "/venv/bin"
+        process.executableURL = URL(fileURLWithPath: venv + "/moto_server")
+        process.arguments = ["-H", "127.0.0.1", "-p", String(port)]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        try waitForPort(port, what: "moto_server")
+        try PrivatePostgres.shell("""
+            AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_DEFAULT_REGION=us-east-1 \(venv)/python -c \
+              "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:\(port)').create_bucket(Bucket='tansu')"
+            """)
+    }
+
+    var tansuEnvironment: [String: String] {
+        ["AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+         "AWS_ENDPOINT": "http://127.0.0.1:\(port)", "AWS_ALLOW_HTTP": "true"]
+    }
+
+    deinit {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+}
+
+func waitForPort(_ port: Int, what: String) throws {
+    let deadline = Date().addingTimeInterval(30)
+    while !canConnect(port) {
+        if Date() > deadline { throw TestFailure("\(what) did not listen on \(port)") }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
 }
 
 struct TestFailure: Error, CustomStringConvertible {

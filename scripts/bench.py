@@ -1,0 +1,967 @@
+#!/usr/bin/env python3
+"""outbox-relay benchmark (driven by scripts/bench, which builds the relay in release mode and
+starts a throwaway PostgreSQL 15 cluster and a Tansu broker via scripts/lib/services.sh).
+
+Python 3 standard library only. It talks to PostgreSQL through a minimal frontend/backend
+protocol v3 client below (trust authentication, simple query protocol), so polling and paced
+inserts do not fork a psql per statement; pgbench is used for the database ceiling.
+
+Scenarios (each on a fresh table and a fresh topic):
+  drain    backlog of --rows rows inserted before the relay starts; time from relay start to an
+           empty table; verified by consuming the topic (lost, duplicates, per-key order)
+  ceiling  the relay's own claim SELECT and lease-checked DELETE, 1000 rows a round, run by
+           pgbench on the same backlog without Kafka: the database's serial upper bound
+  steady   single-row autocommit INSERTs at fixed rates while the relay runs; per-row latency
+           from the row's created_at (clock_timestamp() at INSERT) to the relay's DELETE of it,
+           recorded by a bench-only AFTER DELETE row trigger
+  scale    drain of --scale-rows rows with 1, 2, 4 relay processes on one table
+It prints a human-readable table and one line `BENCH_JSON {...}`.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SHARDS = 256  # migrate's default shard count; the ceiling passes all of them like one relay would
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Minimal PostgreSQL client (protocol v3, trust auth, simple query protocol)
+# --------------------------------------------------------------------------------------------
+
+class PGError(Exception):
+    pass
+
+
+class PG:
+    def __init__(self, host, port, user, database, application_name="outbox-bench"):
+        self.sock = socket.create_connection((host, port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.sock.makefile("rb", buffering=1 << 16)
+        self.queries = 0  # statements sent (each a transaction of its own unless in BEGIN)
+        params = b""
+        for k, v in (("user", user), ("database", database), ("application_name", application_name)):
+            params += k.encode() + b"\0" + v.encode() + b"\0"
+        params += b"\0"
+        self.sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+        while True:
+            t, body = self._read()
+            if t == b"R":
+                code = struct.unpack("!i", body[:4])[0]
+                if code != 0:
+                    raise PGError(f"authentication method {code} not supported (needs trust)")
+            elif t == b"E":
+                raise PGError(self._err(body))
+            elif t == b"K":
+                self.backend_pid = struct.unpack("!i", body[:4])[0]
+            elif t == b"Z":
+                break
+
+    @classmethod
+    def from_url(cls, url, **kw):
+        u = urllib.parse.urlparse(url)
+        return cls(u.hostname or "127.0.0.1", u.port or 5432, u.username or "postgres",
+                   (u.path or "/postgres").lstrip("/") or "postgres", **kw)
+
+    def _read(self):
+        head = self.rfile.read(5)
+        if len(head) < 5:
+            raise PGError("connection closed")
+        t, n = head[:1], struct.unpack("!i", head[1:])[0]
+        return t, self.rfile.read(n - 4)
+
+    @staticmethod
+    def _err(body):
+        fields = {}
+        for part in body.split(b"\0"):
+            if part:
+                fields[part[:1]] = part[1:].decode(errors="replace")
+        return f"{fields.get(b'S', 'ERROR')}: {fields.get(b'M', '?')} (SQLSTATE {fields.get(b'C', '?')})"
+
+    def send(self, sql):
+        """Sends one simple-protocol Query without waiting (pipelining); read with result()."""
+        data = sql.encode() + b"\0"
+        self.sock.sendall(b"Q" + struct.pack("!i", len(data) + 4) + data)
+        self.queries += 1
+
+    @staticmethod
+    def encode(sql):
+        data = sql.encode() + b"\0"
+        return b"Q" + struct.pack("!i", len(data) + 4) + data
+
+    def result(self):
+        rows, error = [], None
+        while True:
+            t, body = self._read()
+            if t == b"D":
+                ncol = struct.unpack("!h", body[:2])[0]
+                pos, row = 2, []
+                for _ in range(ncol):
+                    n = struct.unpack("!i", body[pos:pos + 4])[0]
+                    pos += 4
+                    if n < 0:
+                        row.append(None)
+                    else:
+                        row.append(body[pos:pos + n].decode())
+                        pos += n
+                rows.append(row)
+            elif t == b"E":
+                error = self._err(body)
+            elif t == b"Z":
+                if error:
+                    raise PGError(error)
+                return rows
+            # T (row description), C (complete), N (notice), S, A, I: ignored
+
+    def query(self, sql):
+        self.send(sql)
+        return self.result()
+
+    def scalar(self, sql):
+        rows = self.query(sql)
+        return rows[0][0] if rows else None
+
+    def close(self):
+        try:
+            self.sock.sendall(b"X" + struct.pack("!i", 4))
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def qident(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qlit(s):
+    return "'" + s.replace("'", "''") + "'"
+
+
+# --------------------------------------------------------------------------------------------
+# /proc helpers
+# --------------------------------------------------------------------------------------------
+
+def proc_cpu(pid):
+    """utime+stime of a process in seconds, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    except (OSError, IndexError):
+        return None
+
+
+def proc_hwm_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def all_cpu():
+    """{pid: (start time, ppid, cpu seconds)} of every process on the machine (the start time
+    tells a reused pid apart; kernel workers rename themselves, so the name cannot)."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                raw = f.read()
+            rest = raw.rsplit(")", 1)[1].split()
+            cpu = int(rest[11]) + int(rest[12])
+            if int(d) == CpuWindow.postmaster_pid:
+                # The postmaster reaps the backends: children's times hold those that exited
+                # (e.g. pgbench's backend) — counted in full, also any CPU used before the window.
+                cpu += int(rest[13]) + int(rest[14])
+            out[int(d)] = (int(rest[19]), int(rest[1]), cpu / CLK_TCK)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def parent_pid(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def self_cpu():
+    t = os.times()
+    return t.user + t.system
+
+
+def children_cpu():
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+class CpuWindow:
+    """CPU used in a window by the relay(s), the postgres processes, Tansu, this bench, and all
+    processes of the machine (from /proc/PID/stat of the processes alive at the end; a process
+    that started and ended inside the window is missed — the bench keeps its own connections
+    open until after finish()). /proc/stat's machine-wide counters proved unreliable on the
+    benchmark VM (busy ticks far below the processes' own CPU time), so they are not used."""
+
+    postmaster_pid = None  # set once by Bench: this cluster's postmaster (its children are its backends)
+
+    def __init__(self, tansu_pid, relay_pids=()):
+        self.tansu_pid = tansu_pid
+        self.self0 = self_cpu()
+        self.children0 = children_cpu()
+        self.relay0 = {p: proc_cpu(p) or 0.0 for p in relay_pids}
+        self.all0 = all_cpu()
+        self.t0 = time.monotonic()
+
+    def finish(self, relay_pids):
+        all1 = all_cpu()
+        wall = time.monotonic() - self.t0
+        delta = {pid: (start, ppid, c - self.all0[pid][2] if pid in self.all0 and self.all0[pid][0] == start else c)
+                 for pid, (start, ppid, c) in all1.items()}
+        pm = CpuWindow.postmaster_pid
+        pg = sum(c for pid, (_, ppid, c) in delta.items() if pid == pm or ppid == pm)
+        tansu = delta[self.tansu_pid][2] if self.tansu_pid in delta else None
+        relay = [proc_cpu(p) for p in relay_pids]
+        relay_s = sum(c - self.relay0.get(p, 0.0) for p, c in zip(relay_pids, relay) if c is not None)
+        bench_s = self_cpu() - self.self0
+        kids = children_cpu() - self.children0
+        everything = sum(c for _, _, c in delta.values()) + kids
+        return {
+            "bench_cpu_s": round(bench_s, 3),
+            # Programs the bench ran and waited for in the window (pgbench in the ceiling).
+            "bench_children_cpu_s": round(kids, 3),
+            "relay_cpu_s": round(relay_s, 3),
+            "relay_peak_rss_mib": round(max(((proc_hwm_kib(p) or 0) for p in relay_pids), default=0) / 1024, 1),
+            "postgres_cpu_s": round(pg, 3),
+            "tansu_cpu_s": None if tansu is None else round(tansu, 3),
+            # Every process's CPU (including anything else running on the machine) against
+            # wall time × CPUs.
+            "machine_busy_cpu_s": round(everything, 3),
+            # The machine's other processes (and kernel threads): on a shared machine, the noise.
+            "others_cpu_s": round(everything - relay_s - pg - (tansu or 0) - bench_s - kids, 3),
+            "machine_cpu_capacity_s": round(wall * (os.cpu_count() or 1), 3),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# The bench
+# --------------------------------------------------------------------------------------------
+
+CONSUME_RE = re.compile(r"^topic=(\S+) partition=(\d+) offset=(\d+) key=(.*?) headers=\{(.*)\}")
+OUTBOX_ID_RE = re.compile(r"(?:^|, )outbox-id=(\d+)")
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.run_dir = a.run_dir
+        self.admin_url = a.database_url
+        u = urllib.parse.urlparse(a.database_url)
+        self.pg_host, self.pg_port = u.hostname, u.port
+        self.dbname = (u.path or "/postgres").lstrip("/") or "postgres"
+        # The relay connects as its own role so its statements can be told apart from the bench's.
+        self.relay_user = "bench_relay"
+        self.relay_url = f"postgresql://{self.relay_user}@{self.pg_host}:{self.pg_port}/{self.dbname}"
+        self.relays = []  # live Popen objects, stopped in cleanup()
+        self.admin = PG.from_url(self.admin_url)
+        self.admin.query(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{self.relay_user}') "
+                         f"THEN CREATE ROLE {self.relay_user} LOGIN SUPERUSER; END IF; END $$")
+        self.admin.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        self.relay_oid = self.admin.scalar(f"SELECT oid FROM pg_roles WHERE rolname = '{self.relay_user}'")
+        CpuWindow.postmaster_pid = parent_pid(self.admin.backend_pid)
+        self.seq = 0
+
+    # ---- helpers --------------------------------------------------------------------------
+    def relay_args(self):
+        args = ["--log-level", self.a.log_level]
+        if self.a.batch_size:
+            args += ["--batch-size", str(self.a.batch_size)]
+        if self.a.max_in_flight_rows:
+            args += ["--max-in-flight-rows", str(self.a.max_in_flight_rows)]
+        for p in self.a.kafka_property:
+            args += ["--kafka-property", p]
+        return args
+
+    def migrate(self, table):
+        subprocess.run([self.a.relay, "migrate", "--database-url", self.admin_url, "--table", table],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def create_topic(self, topic, partitions=8):
+        subprocess.run([self.a.tansu, "topic", "create", topic, "--broker", f"tcp://{self.a.brokers}",
+                        "--partitions", str(partitions)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def load(self, table, topic, rows):
+        """rows rows, 256-byte values, 1000 distinct keys, one small header, in one INSERT."""
+        t0 = time.monotonic()
+        self.admin.query(f"""
+            INSERT INTO {qident(table)} (topic, key, value, headers)
+            SELECT {qlit(topic)}, convert_to('key-' || (g % {self.a.keys}), 'UTF8'),
+                   substring(decode(repeat(md5(g::text), 16), 'hex') FROM 1 FOR {self.a.value_bytes}),
+                   '{{"type": "BenchEvent"}}'::jsonb
+            FROM generate_series(1, {rows}) AS g""")
+        # Same preparation for the relay's table and the ceiling's: statistics, hint bits, a
+        # visibility map and no pending dirty pages before the clock starts.
+        self.admin.query(f"VACUUM (ANALYZE) {qident(table)}")
+        self.admin.query("CHECKPOINT")
+        lo, hi, n = self.admin.query(f"SELECT min(id), max(id), count(*) FROM {qident(table)}")[0]
+        log(f"loaded {n} rows into {table} in {time.monotonic() - t0:.1f}s")
+        return int(lo), int(hi), int(n)
+
+    def start_relay(self, table, name):
+        logf = open(os.path.join(self.run_dir, f"relay-{name}.log"), "wb")
+        p = subprocess.Popen([self.a.relay, "run", "--database-url", self.relay_url, "--brokers", self.a.brokers,
+                              "--table", table, "--replica-name", name] + self.relay_args(),
+                             stdout=logf, stderr=subprocess.STDOUT)
+        p.bench_log = logf.name
+        self.relays.append(p)
+        return p
+
+    def stop_relays(self, procs):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                log(f"relay pid {p.pid} did not stop within 30 s of SIGTERM; killing it")
+                p.kill()
+                codes.append(p.wait())
+            if p in self.relays:
+                self.relays.remove(p)
+        for p, c in zip(procs, codes):
+            if c != 0:
+                log(f"relay pid {p.pid} exited with {c}; log tail:\n" + self.tail(p.bench_log))
+        return codes
+
+    @staticmethod
+    def tail(path, n=30):
+        try:
+            with open(path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def check_alive(self, procs):
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"relay pid {p.pid} exited early with {p.returncode}:\n" + self.tail(p.bench_log))
+
+    def wait_no_relay_backends(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if int(self.admin.scalar(f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{self.relay_user}'")) == 0:
+                return
+            time.sleep(0.05)
+
+    def wait_backend_gone(self, pid, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if int(self.admin.scalar(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")) == 0:
+                return
+            time.sleep(0.02)
+
+    def xact_commit(self):
+        return int(self.admin.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+
+    def relay_statements(self, table):
+        """pg_stat_statements calls of the relay's role: those naming the outbox table itself
+        (claims, deletes) and all of them (also leases, replicas, LISTEN, heartbeats)."""
+        rows = self.admin.query(f"SELECT query, calls FROM pg_stat_statements WHERE userid = {self.relay_oid}")
+        pat = re.compile(r'(?<![\w"])"?' + re.escape(table) + r'"?(?![\w"])')
+        on_table = sum(int(c) for q, c in rows if pat.search(q))
+        return on_table, sum(int(c) for _, c in rows)
+
+    def consume(self, topic):
+        t0 = time.monotonic()
+        out = subprocess.run([self.a.relay, "consume", "--brokers", self.a.brokers, "--topic", topic],
+                             check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True).stdout
+        msgs = []
+        for line in out.splitlines():
+            m = CONSUME_RE.match(line)
+            if not m:
+                continue
+            idm = OUTBOX_ID_RE.search(m.group(5))
+            msgs.append((int(m.group(2)), int(m.group(3)), m.group(4), int(idm.group(1)) if idm else None))
+        log(f"consumed {len(msgs)} messages of {topic} in {time.monotonic() - t0:.1f}s")
+        return msgs
+
+    @staticmethod
+    def verify(msgs, expected_ids):
+        ids = [m[3] for m in msgs if m[3] is not None]
+        seen = set(ids)
+        expected = set(expected_ids)
+        # Per-key order: within a partition, in offset order, the first appearance of each id of
+        # a key must be above every id of that key seen before (a re-sent duplicate is counted
+        # as a duplicate, not as an order violation).
+        order_violations = 0
+        key_partitions = {}
+        last = {}
+        first_seen = set()
+        for part, _off, key, oid in sorted(msgs, key=lambda m: (m[0], m[1])):
+            key_partitions.setdefault(key, set()).add(part)
+            if oid is None or oid in first_seen:
+                continue
+            first_seen.add(oid)
+            prev = last.get((part, key))
+            if prev is not None and oid < prev:
+                order_violations += 1
+            else:
+                last[(part, key)] = oid
+        return {
+            "messages": len(msgs),
+            "lost": len(expected - seen),
+            "duplicates": len(ids) - len(seen),
+            "unexpected": len(seen - expected),
+            "without_outbox_id": sum(1 for m in msgs if m[3] is None),
+            "key_order_violations": order_violations,
+            "keys_on_several_partitions": sum(1 for s in key_partitions.values() if len(s) > 1),
+        }
+
+    def expected_ids(self, lo, hi, n, table):
+        if hi - lo + 1 == n:
+            return range(lo, hi + 1)
+        return [int(r[0]) for r in self.admin.query(f"SELECT id FROM {qident(table)}")]
+
+    def name(self, kind):
+        self.seq += 1
+        return f"bench_{kind}_{self.seq}"
+
+    # ---- a timed drain with k relays ------------------------------------------------------
+    def timed_drain(self, kind, rows, replicas):
+        table = self.name(kind)
+        topic = table.replace("_", "-")
+        self.create_topic(topic, 8)
+        self.migrate(table)
+        lo, hi, n = self.load(table, topic, rows)
+        expected = self.expected_ids(lo, hi, n, table)
+
+        poller = PG.from_url(self.admin_url, application_name="outbox-bench-poller")
+        self.admin.query("SELECT pg_stat_statements_reset()")
+        # Transactions: pg_stat_database counts every committed transaction of the database, but
+        # a backend publishes its counts lazily (when idle, at most once a second, and at exit).
+        # So: flush the bench's own connection now, take the baseline, and at the end have the
+        # relays' and the poller's backends exit and flush the bench's connection again; then
+        # subtract the bench's own statements (each its own transaction) from the delta.
+        self.admin.query("SELECT pg_stat_force_next_flush()")
+        admin_q0 = self.admin.queries
+        xact0 = self.xact_commit()
+        cpu = CpuWindow(self.a.tansu_pid)
+        t0 = time.monotonic()
+        procs = [self.start_relay(table, f"{table}-r{i}") for i in range(replicas)]
+        first_delete = None
+        left_at_first_delete = None
+        cpu_at_first_delete = None
+        leased = None
+        # min(id) is index-backed and NULL exactly when the table is empty (count(*) would scan
+        # the whole heap 50 times a second). Until every shard is leased, also watch the leases.
+        poll_sql = f"SELECT min(id) FROM {qident(table)}"
+        lease_sql = (f"SELECT (SELECT min(id) FROM {qident(table)}), "
+                     f"(SELECT count(*) FROM {qident(table + '_leases')} WHERE owner IS NOT NULL)")
+        polls = 0
+        deadline = t0 + self.a.timeout
+        while True:
+            if leased is None:
+                m, held = poller.query(lease_sql)[0]
+            else:
+                m, held = poller.scalar(poll_sql), None
+            now = time.monotonic()
+            polls += 1
+            if leased is None and int(held) >= SHARDS:
+                leased = now
+            if m is None:
+                t1 = now
+                break
+            if first_delete is None and int(m) != lo:
+                first_delete = now
+                # One full count, once: how much was left when the deleting started.
+                left_at_first_delete = int(poller.scalar(f"SELECT count(*) FROM {qident(table)}"))
+                polls += 1
+                cpu_at_first_delete = sum(proc_cpu(p.pid) or 0.0 for p in procs)
+            if now > deadline:
+                raise RuntimeError(f"{table} not empty after {self.a.timeout}s (min id {m})")
+            if polls % 50 == 0:
+                self.check_alive(procs)
+            time.sleep(0.02)
+        res = cpu.finish([p.pid for p in procs])
+        codes = self.stop_relays(procs)
+        elapsed = t1 - t0
+        poller_pid = poller.backend_pid
+        poller.close()
+        self.wait_no_relay_backends()
+        self.wait_backend_gone(poller_pid)
+        self.admin.query("SELECT pg_stat_force_next_flush()")
+        own = polls + (self.admin.queries - admin_q0)
+        xact = self.xact_commit() - xact0 - own
+        st_table, st_all = self.relay_statements(table)
+        ver = self.verify(self.consume(topic), expected)
+        res.update({
+            "table": table, "topic": topic, "replicas": replicas, "rows": n,
+            "seconds": round(elapsed, 3),
+            "rows_per_s": round(n / elapsed, 1),
+            "seconds_to_all_shards_leased": None if leased is None else round(leased - t0, 3),
+            "seconds_to_first_delete": None if first_delete is None else round(first_delete - t0, 3),
+            "rows_per_s_after_first_delete": None if first_delete is None or t1 <= first_delete
+            else round(left_at_first_delete / (t1 - first_delete), 1),
+            "relay_cpu_s_before_first_delete": None if cpu_at_first_delete is None else round(cpu_at_first_delete, 3),
+            "relay_exit_codes": codes,
+            "db_statements_on_table_per_1000_rows": round(st_table * 1000 / n, 2),
+            "db_statements_all_relay_per_1000_rows": round(st_all * 1000 / n, 2),
+            "db_transactions_per_1000_rows": round(xact * 1000 / n, 2),
+            "verify": ver,
+        })
+        res["rows_per_relay_cpu_s"] = round(n / res["relay_cpu_s"], 1) if res["relay_cpu_s"] else None
+        res["relay_cpu_share_of_wall"] = round(res["relay_cpu_s"] / elapsed, 3)
+        res["machine_busy_share"] = round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3) \
+            if res["machine_cpu_capacity_s"] else None
+        self.admin.query(f"DROP TABLE IF EXISTS {qident(table)}")
+        return res
+
+    # ---- scenario 1 -------------------------------------------------------------------------
+    def drain(self):
+        log(f"drain: {self.a.rows} rows, 1 relay")
+        return self.timed_drain("drain", self.a.rows, 1)
+
+    # ---- scenario 4 -------------------------------------------------------------------------
+    def ceiling(self):
+        """The relay's two statements per 1000 rows, serially, by pgbench, without Kafka.
+        The claim is the relay's claim SELECT (OutboxQueries.swift) with every shard, the cursor
+        and LIMIT 1000; the DELETE is its lease-checked DELETE … WHERE id = ANY(array) with the
+        1000 ids the claim returned (the backlog's ids are contiguous, so the array is built as
+        generate_series(cursor+1, cursor+1000) — pgbench cannot carry the claim's result)."""
+        rows = self.a.rows
+        table = self.name("ceiling")
+        topic = table.replace("_", "-")
+        self.migrate(table)
+        lo, hi, n = self.load(table, topic, rows)
+        if hi - lo + 1 != n:
+            raise RuntimeError("ceiling table ids are not contiguous")
+        leases = qident(table + "_leases")
+        self.admin.query(f"UPDATE {leases} SET owner = 'bench-ceiling', epoch = 1, "
+                         f"expires_at = now() + interval '1 hour', acquired_at = now()")
+        shards = "{" + ",".join(str(i) for i in range(SHARDS)) + "}"
+        epochs = "{" + ",".join("1" for _ in range(SHARDS)) + "}"
+        b = 1000
+        script = f"""\
+SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, h.names, h.vals FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax FROM pg_current_snapshot() AS c) AS s LEFT JOIN LATERAL (SELECT id, shard, topic, key, value, created_at, headers FROM {qident(table)} WHERE shard = ANY('{shards}'::integer[]) AND id > :cursor AND id <> ALL('{{}}'::bigint[]) ORDER BY id LIMIT {b}) AS o ON true LEFT JOIN LATERAL (SELECT array_agg(e.key) AS names, array_agg(e.value) AS vals FROM jsonb_each_text(o.headers) AS e) AS h ON true ORDER BY o.id;
+DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELECT generate_series(:cursor + 1, :cursor + {b})::bigint)) AND l.shard = o.shard AND l.owner = 'bench-ceiling' AND l.epoch = ('{epochs}'::bigint[])[o.shard + 1];
+\\set cursor :cursor + {b}
+"""
+        path = os.path.join(self.run_dir, "ceiling.sql")
+        with open(path, "w") as f:
+            f.write(script)
+        txs = math.ceil(n / b)
+        cmd = [os.path.join(self.a.pg_bin, "pgbench"), "-n", "-M", "prepared", "-f", path, "-c", "1", "-j", "1",
+               "-t", str(txs), "-D", f"cursor={lo - 1}",
+               f"host={self.pg_host} port={self.pg_port} user=postgres dbname={self.dbname}"]
+        log(f"ceiling: pgbench {txs} transactions over {n} rows")
+        xact0 = self.xact_commit()
+        cpu = CpuWindow(None)
+        t0 = time.monotonic()
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+        elapsed = time.monotonic() - t0
+        res = cpu.finish([])
+        left = int(self.admin.scalar(f"SELECT count(*) FROM {qident(table)}"))
+        deleted = n - left
+        tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+        lat = re.search(r"latency average = ([\d.]+) ms", out)
+        time.sleep(0.2)
+        self.admin.query(f"DROP TABLE IF EXISTS {qident(table)}")
+        return {
+            "table": table, "rows": n, "rows_deleted": deleted, "rows_left": left,
+            "seconds": round(elapsed, 3), "rows_per_s": round(deleted / elapsed, 1),
+            "pgbench_tps": float(tps.group(1)) if tps else None,
+            "pgbench_rows_per_s": round(float(tps.group(1)) * b, 1) if tps else None,
+            "pgbench_latency_ms": float(lat.group(1)) if lat else None,
+            "postgres_cpu_s": res["postgres_cpu_s"], "pgbench_cpu_s": res["bench_children_cpu_s"],
+            "machine_busy_cpu_s": res["machine_busy_cpu_s"], "others_cpu_s": res["others_cpu_s"],
+            "method": "pgbench -M prepared -c 1 -j 1: relay claim SELECT (all shards, cursor, LIMIT 1000) + "
+                      "lease-checked DELETE ... WHERE id = ANY(1000 ids), one autocommit transaction each",
+        }
+
+    # ---- scenario 2 -------------------------------------------------------------------------
+    def paced_inserts(self, table, topic, rate, seconds):
+        """Single-row autocommit INSERTs at `rate` rows/s for `seconds`, on one connection,
+        pipelined: this thread sends every INSERT due (1 ms pacing granularity), a reader
+        thread consumes the responses, so a slow response does not delay the next send unless
+        the socket's buffers are full (the database is not keeping up; see max_send_lag_ms).
+        Returns the open connection (close it after measuring CPU: its backend's CPU counts
+        only while it lives) and the timings."""
+        ins = PG.from_url(self.admin_url, application_name="outbox-bench-inserter")
+        total = int(rate * seconds)
+        errors = []
+
+        def reader():
+            try:
+                for _ in range(total):
+                    ins.result()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        rt = threading.Thread(target=reader, daemon=True)
+        rt.start()
+        max_lag = 0.0
+        t0 = time.monotonic()
+        i = 0
+        while i < total:
+            now = time.monotonic()
+            due = min(total, int((now - t0) * rate) + 1)
+            if due > i:
+                buf = b"".join(PG.encode(
+                    f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ({qlit(topic)}, "
+                    f"convert_to('key-{j % self.a.keys}', 'UTF8'), "
+                    f"substring(decode(repeat(md5('{j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
+                    f"'{{\"type\": \"BenchEvent\"}}')") for j in range(i, due))
+                max_lag = max(max_lag, now - (t0 + i / rate))
+                ins.sock.sendall(buf)
+                ins.queries += due - i
+                i = due
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        send_done = time.monotonic()
+        rt.join(timeout=300)
+        if errors:
+            raise RuntimeError(f"insert failed: {errors[0]}")
+        if rt.is_alive():
+            raise RuntimeError("inserts not answered within 300 s")
+        return ins, total, t0, send_done, time.monotonic(), max_lag
+
+    def insert_only(self, rate):
+        """The load generator and the database alone (no relay, no Kafka, no latency trigger):
+        can this machine take `rate` single-row INSERT transactions a second at all?"""
+        seconds = self.a.steady_seconds
+        table = self.name(f"insertonly{rate}")
+        self.migrate(table)
+        self.admin.query("CHECKPOINT")
+        cpu = CpuWindow(None)
+        ins, total, t0, send_done, ins_done, max_lag = self.paced_inserts(table, "bench-insert-only", rate, seconds)
+        res = cpu.finish([])
+        ins.close()
+        n = int(self.admin.scalar(f"SELECT count(*) FROM {qident(table)}"))
+        self.admin.query(f"DROP TABLE IF EXISTS {qident(table)}")
+        return {
+            "table": table, "rate_target": rate, "seconds": seconds, "rows": n,
+            "rate_achieved": round(total / (ins_done - t0), 1),
+            "max_send_lag_ms": round(max_lag * 1000, 2),
+            "postgres_cpu_s": res["postgres_cpu_s"], "bench_cpu_s": res["bench_cpu_s"], "others_cpu_s": res["others_cpu_s"],
+            "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
+        }
+
+    def steady(self, rate):
+        seconds = self.a.steady_seconds
+        table = self.name(f"steady{rate}")
+        topic = table.replace("_", "-")
+        lat = qident(table + "_latency")
+        self.create_topic(topic, 8)
+        self.migrate(table)
+        # Bench-only: record, in the relay's DELETE, how long ago each row was inserted.
+        self.admin.query(f"CREATE TABLE {lat} (id bigint, ms double precision)")
+        if self.a.latency_trigger:
+            self.admin.query(f"""
+            CREATE FUNCTION {qident(table + '_bench_latency')}() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN
+                INSERT INTO {lat} VALUES (OLD.id, extract(epoch FROM clock_timestamp() - OLD.created_at) * 1000);
+                RETURN NULL;
+            END $f$""")
+            self.admin.query(f"CREATE TRIGGER bench_latency AFTER DELETE ON {qident(table)} "
+                             f"FOR EACH ROW EXECUTE FUNCTION {qident(table + '_bench_latency')}()")
+        self.admin.query("CHECKPOINT")
+        self.admin.query("SELECT pg_stat_statements_reset()")
+
+        proc = self.start_relay(table, f"{table}-r0")
+        # Ready when it holds every shard's lease.
+        deadline = time.monotonic() + 30
+        while int(self.admin.scalar(f"SELECT count(*) FROM {qident(table + '_leases')} WHERE owner IS NOT NULL")) < SHARDS:
+            self.check_alive([proc])
+            if time.monotonic() > deadline:
+                raise RuntimeError("relay did not lease all shards within 30 s")
+            time.sleep(0.05)
+        time.sleep(0.5)
+        # Idle cost: the relay's CPU while the table stays empty.
+        idle0, idle_t0 = proc_cpu(proc.pid), time.monotonic()
+        time.sleep(self.a.idle_seconds)
+        idle_cpu = (proc_cpu(proc.pid) - idle0) / (time.monotonic() - idle_t0)
+
+        cpu = CpuWindow(self.a.tansu_pid, [proc.pid])
+        ins, total, t0, send_done, ins_done, max_lag = self.paced_inserts(table, topic, rate, seconds)
+        # Let the relay finish the tail.
+        deadline = time.monotonic() + 120
+        while self.admin.scalar(f"SELECT min(id) FROM {qident(table)}") is not None:
+            self.check_alive([proc])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{table} not empty 120 s after the last insert")
+            time.sleep(0.02)
+        drained = time.monotonic()
+        res = cpu.finish([proc.pid])  # before the inserter's backend exits, so its CPU counts
+        ins.close()
+        codes = self.stop_relays([proc])
+        r = self.admin.query(f"""
+            SELECT count(*), percentile_cont(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY ms),
+                   max(ms), avg(ms), min(ms) FROM {lat}""")[0]
+        pct = [float(x) for x in r[1].strip("{}").split(",")] if r[1] else [None] * 4
+        st_table, st_all = self.relay_statements(table)
+        msgs = self.consume(topic)
+        if self.a.latency_trigger:
+            ids = [int(x[0]) for x in self.admin.query(f"SELECT id FROM {lat}")]
+        else:  # no record of the deleted ids: every id consumed is expected, lost = inserted - distinct
+            ids = {m[3] for m in msgs if m[3] is not None}
+        ver = self.verify(msgs, ids)
+        if not self.a.latency_trigger:
+            ver["lost"] = total - len(ids)
+        ver["rows_inserted"] = total
+        ver["latency_rows_recorded"] = int(r[0])
+        res.update({
+            "table": table, "rate_target": rate, "seconds": seconds, "rows": total,
+            "rate_achieved": round(total / (ins_done - t0), 1),
+            "send_seconds": round(send_done - t0, 3),
+            "max_send_lag_ms": round(max_lag * 1000, 2),
+            "tail_drain_seconds_after_last_insert": round(drained - ins_done, 3),
+            "latency_ms": {"p50": pct[0], "p90": pct[1], "p99": pct[2], "p999": pct[3],
+                           "max": float(r[2]) if r[2] else None, "mean": float(r[3]) if r[3] else None,
+                           "min": float(r[4]) if r[4] else None},
+            "relay_cpu_s_per_s": round(res["relay_cpu_s"] / (drained - t0), 3),
+            "relay_idle_cpu_s_per_s": round(idle_cpu, 4),
+            "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
+            "db_statements_on_table_per_1000_rows": round(st_table * 1000 / total, 1),
+            "db_statements_all_relay_per_1000_rows": round(st_all * 1000 / total, 1),
+            "latency_trigger": self.a.latency_trigger,
+            "relay_exit_codes": codes,
+            "verify": ver,
+        })
+        for k in res["latency_ms"]:
+            if res["latency_ms"][k] is not None:
+                res["latency_ms"][k] = round(res["latency_ms"][k], 3)
+        self.admin.query(f"DROP TABLE IF EXISTS {qident(table)}")
+        self.admin.query(f"DROP TABLE IF EXISTS {lat}")
+        return res
+
+    # ---- scenario 3 -------------------------------------------------------------------------
+    def scale(self, replicas):
+        log(f"scale: {self.a.scale_rows} rows, {replicas} relay(s)")
+        return self.timed_drain(f"scale{replicas}", self.a.scale_rows, replicas)
+
+    def cleanup(self):
+        for p in list(self.relays):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in list(self.relays):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.relays.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+def fmt(v, nd=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def ver_s(v):
+    return (f"lost {v['lost']}, dup {v['duplicates']}, order violations {v['key_order_violations']}"
+            + (f", unexpected {v['unexpected']}" if v.get("unexpected") else "")
+            + (f", keys on >1 partition {v['keys_on_several_partitions']}" if v.get("keys_on_several_partitions") else ""))
+
+
+def report(out):
+    lines = []
+    cfg = out["config"]
+    lines.append("")
+    lines.append(f"outbox-relay benchmark — {cfg['cpus']} CPUs, relay args: {' '.join(cfg['relay_args'])}")
+    lines.append("")
+    d = out.get("drain")
+    c = out.get("ceiling")
+    if d:
+        lines.append(f"1. Backlog drain ({fmt(d['rows'])} rows, 256-byte values, 1000 keys, 8 partitions, 1 relay)")
+        rows = [
+            ("relay start → empty table", f"{fmt(d['seconds'], 2)} s"),
+            ("throughput", f"{fmt(d['rows_per_s'], 0)} rows/s"),
+            ("time to all shards leased / first delete", f"{fmt(d['seconds_to_all_shards_leased'], 2)} s / "
+                                                         f"{fmt(d['seconds_to_first_delete'], 2)} s"),
+            ("throughput after the first delete", f"{fmt(d['rows_per_s_after_first_delete'], 0)} rows/s"),
+            ("relay CPU", f"{fmt(d['relay_cpu_s'], 2)} s ({fmt(100 * d['relay_cpu_share_of_wall'], 0)}% of one core)"),
+            ("rows per relay CPU second", fmt(d["rows_per_relay_cpu_s"], 0)),
+            ("relay peak RSS (VmHWM)", f"{fmt(d['relay_peak_rss_mib'], 1)} MiB"),
+            ("postgres / tansu / bench CPU", f"{fmt(d['postgres_cpu_s'], 2)} s / {fmt(d['tansu_cpu_s'], 2)} s / "
+                                             f"{fmt(d['bench_cpu_s'], 2)} s"),
+            ("machine busy (other processes)", f"{fmt(100 * d['machine_busy_share'], 0)}% of {cfg['cpus']} CPUs "
+                                               f"({fmt(d['others_cpu_s'], 2)} s)"),
+            ("DB statements on the table / 1000 rows", fmt(d["db_statements_on_table_per_1000_rows"], 2)),
+            ("DB statements, all relay / 1000 rows", fmt(d["db_statements_all_relay_per_1000_rows"], 2)),
+            ("DB transactions / 1000 rows", fmt(d["db_transactions_per_1000_rows"], 2)),
+            ("verification (consumed topic)", ver_s(d["verify"])),
+        ]
+        lines += [f"   {k:<42} {v}" for k, v in rows]
+        lines.append("")
+    if c:
+        lines.append(f"4. Database ceiling (same {fmt(c['rows'])}-row backlog, relay's claim + DELETE via pgbench, no Kafka)")
+        lines.append(f"   {'rows deleted / elapsed':<42} {fmt(c['rows_deleted'])} / {fmt(c['seconds'], 2)} s = "
+                     f"{fmt(c['rows_per_s'], 0)} rows/s (pgbench: {fmt(c['pgbench_rows_per_s'], 0)} rows/s)")
+        lines.append(f"   {'postgres / pgbench CPU':<42} {fmt(c['postgres_cpu_s'], 2)} s / {fmt(c['pgbench_cpu_s'], 2)} s")
+        if d:
+            lines.append(f"   {'drain ÷ ceiling':<42} {fmt(out['drain_over_ceiling'], 2)} "
+                         f"(after the first delete: {fmt(out.get('drain_after_first_delete_over_ceiling'), 2)})")
+        lines.append("")
+    if out.get("steady"):
+        lines.append("2. Steady state (single-row autocommit INSERTs at a fixed rate; latency = INSERT's clock_timestamp()"
+                     " → relay's DELETE of the row)")
+        lines.append(f"   {'rate (target/achieved)':<24}{'rows':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9':>9}"
+                     f"{'max ms':>9}{'relay CPU/s':>13}{'idle CPU/s':>12}{'machine':>9}{'others s':>10}{'stmts/1k':>10}  verification")
+        for s in out["steady"]:
+            L = s["latency_ms"]
+            lines.append(f"   {str(s['rate_target']) + '/' + fmt(s['rate_achieved'], 0):<24}{fmt(s['rows']):>8}"
+                         f"{fmt(L['p50'], 2):>9}{fmt(L['p90'], 2):>9}{fmt(L['p99'], 2):>9}{fmt(L['p999'], 2):>9}"
+                         f"{fmt(L['max'], 1):>9}{fmt(s['relay_cpu_s_per_s'], 3):>13}{fmt(s['relay_idle_cpu_s_per_s'], 4):>12}"
+                         f"{fmt(100 * s['machine_busy_share'], 0) + '%':>9}{fmt(s['others_cpu_s'], 1):>10}"
+                         f"{fmt(s['db_statements_on_table_per_1000_rows'], 0):>10}  {ver_s(s['verify'])}")
+        if any(s["rate_achieved"] < 0.95 * s["rate_target"] for s in out["steady"]):
+            lines.append("   (a rate below its target: the INSERTs were answered more slowly than sent — the database"
+                         " and machine did not keep up; see max_send_lag_ms)")
+        lines.append("")
+    io = out.get("insert_only")
+    if io:
+        lines.append(f"   without relay (INSERTs only, no trigger): {io['rate_target']}/{fmt(io['rate_achieved'], 0)} rows/s, "
+                     f"machine {fmt(100 * io['machine_busy_share'], 0)}% busy, postgres CPU {fmt(io['postgres_cpu_s'], 1)} s, "
+                     f"bench CPU {fmt(io['bench_cpu_s'], 1)} s, other processes {fmt(io['others_cpu_s'], 1)} s")
+        lines.append("")
+    if out.get("scale"):
+        lines.append(f"3. Scale-out (drain of {fmt(out['scale'][0]['rows'])} rows, relays on one table)")
+        lines.append(f"   {'relays':<8}{'seconds':>9}{'rows/s':>10}{'1st delete s':>14}{'relay CPU s':>13}{'pg CPU s':>10}"
+                     f"{'machine':>9}{'others s':>10}  verification")
+        for s in out["scale"]:
+            lines.append(f"   {s['replicas']:<8}{fmt(s['seconds'], 2):>9}{fmt(s['rows_per_s'], 0):>10}"
+                         f"{fmt(s['seconds_to_first_delete'], 2):>14}"
+                         f"{fmt(s['relay_cpu_s'], 2):>13}{fmt(s['postgres_cpu_s'], 2):>10}"
+                         f"{fmt(100 * s['machine_busy_share'], 0) + '%':>9}{fmt(s['others_cpu_s'], 2):>10}  {ver_s(s['verify'])}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--relay", required=True)
+    ap.add_argument("--database-url", required=True)
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--tansu", required=True)
+    ap.add_argument("--tansu-pid", type=int)
+    ap.add_argument("--pg-bin", default="/usr/lib/postgresql/15/bin")
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--source", default="", help="what the relay binary was built from (for the record)")
+    ap.add_argument("--rows", type=int, default=200000, help="drain and ceiling backlog (default 200000)")
+    ap.add_argument("--scale-rows", type=int, default=100000, help="scale-out backlog (default 100000)")
+    ap.add_argument("--replicas", default="1,2,4", help="scale-out relay counts (default 1,2,4)")
+    ap.add_argument("--steady-seconds", type=float, default=30)
+    ap.add_argument("--rates", default="500,5000", help="steady-state insert rates, rows/s (default 500,5000)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20000 rows, 10000 scale rows, 5 s steady")
+    ap.add_argument("--scenarios", default="drain,ceiling,steady,insert_only,scale")
+    ap.add_argument("--no-latency-trigger", dest="latency_trigger", action="store_false",
+                    help="steady state without the bench's AFTER DELETE trigger (no latency figures; "
+                         "shows what the trigger itself costs)")
+    ap.add_argument("--idle-seconds", type=float, default=3, help="relay idle-CPU probe before each steady run")
+    ap.add_argument("--keys", type=int, default=1000)
+    ap.add_argument("--value-bytes", type=int, default=256)
+    ap.add_argument("--timeout", type=float, default=900, help="per drain, seconds")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--max-in-flight-rows", type=int)
+    ap.add_argument("--kafka-property", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--json-out", help="also write the JSON to this file")
+    a = ap.parse_args()
+    if a.quick:
+        a.rows = min(a.rows, 20000)
+        a.scale_rows = min(a.scale_rows, 10000)
+        a.steady_seconds = min(a.steady_seconds, 5)
+        a.idle_seconds = min(a.idle_seconds, 1)
+    scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+
+    bench = Bench(a)
+    stop = {"sig": None}
+
+    def on_signal(sig, _frame):
+        stop["sig"] = sig
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    out = {"config": {
+        "cpus": os.cpu_count(), "rows": a.rows, "scale_rows": a.scale_rows, "steady_seconds": a.steady_seconds,
+        "rates": [int(x) for x in a.rates.split(",")], "keys": a.keys, "value_bytes": a.value_bytes,
+        "partitions": 8, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
+        "postgres": bench.admin.scalar("SHOW server_version"),
+        "quick": a.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }}
+    try:
+        if "drain" in scenarios:
+            out["drain"] = bench.drain()
+        if "ceiling" in scenarios:
+            out["ceiling"] = bench.ceiling()
+            if out.get("drain"):
+                out["drain_over_ceiling"] = round(out["drain"]["rows_per_s"] / out["ceiling"]["rows_per_s"], 3)
+                if out["drain"]["rows_per_s_after_first_delete"]:
+                    out["drain_after_first_delete_over_ceiling"] = round(
+                        out["drain"]["rows_per_s_after_first_delete"] / out["ceiling"]["rows_per_s"], 3)
+        if "steady" in scenarios:
+            out["steady"] = []
+            for r in out["config"]["rates"]:
+                log(f"steady: {r} rows/s for {a.steady_seconds} s")
+                out["steady"].append(bench.steady(r))
+        if "insert_only" in scenarios:
+            r = max(out["config"]["rates"])
+            log(f"insert-only: {r} rows/s for {a.steady_seconds} s, no relay")
+            out["insert_only"] = bench.insert_only(r)
+        if "scale" in scenarios:
+            out["scale"] = [bench.scale(int(k)) for k in a.replicas.split(",")]
+    except KeyboardInterrupt:
+        log("interrupted")
+        bench.cleanup()
+        return 130
+    finally:
+        bench.cleanup()
+    print(report(out))
+    line = json.dumps(out, separators=(",", ":"), default=list)
+    print("BENCH_JSON " + line, flush=True)
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            f.write(line + "\n")
+    ok = True
+    for r in [out.get("drain")] + out.get("steady", []) + out.get("scale", []):
+        if r and (r["verify"]["lost"] or r["verify"]["duplicates"] or r["verify"]["key_order_violations"]):
+            ok = False
+    if not ok:
+        log("VERIFICATION FAILED: lost, duplicate or out-of-order messages (see above)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
