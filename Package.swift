@@ -12,6 +12,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         // C stays in one place: two thin system-library targets, one Swift module over each.
@@ -26,16 +29,23 @@ let package = Package(
         .target(name: "OutboxRelay", dependencies: [
             "PGClient", "Kafka",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
-        .executableTarget(name: "outbox-relay", dependencies: [
+        // The operator-facing HTTP endpoints (/healthz, /readyz, /metrics).
+        .target(name: "RelayHTTP", dependencies: [
             "OutboxRelay",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
+        .executableTarget(name: "outbox-relay", dependencies: [
+            "OutboxRelay", "RelayHTTP",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .testTarget(name: "OutboxRelayTests", dependencies: [
-            "OutboxRelay", "PGClient", "Kafka",
+            "OutboxRelay", "PGClient", "Kafka", "RelayHTTP",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

@@ -221,3 +221,20 @@ struct UncheckedBox<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
 }
+
+extension KafkaProducer {
+    /// Asks a broker for cluster metadata (on a thread of its own); nil when a broker answered
+    /// within the timeout. Used for readiness: "connected to a broker".
+    public func probe(timeoutMilliseconds: Int32 = 1_000) async -> KafkaError? {
+        let box = UncheckedBox(handle)
+        return await withCheckedContinuation { (c: CheckedContinuation<KafkaError?, Never>) in
+            let thread = Thread {
+                var metadata: UnsafePointer<rd_kafka_metadata>?
+                let err = rd_kafka_metadata(box.value, 0, nil, &metadata, timeoutMilliseconds)
+                if let metadata { rd_kafka_metadata_destroy(metadata) }
+                c.resume(returning: err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(.client, err))
+            }
+            thread.start()
+        }
+    }
+}

@@ -21,13 +21,22 @@ func fail(_ message: String, code: Int32 = 2) -> Never {
     exit(code)
 }
 
-func bootstrapLogging(level: String?) -> Logger {
+func bootstrapLogging(level: String?, format: String? = nil, file: [String: String] = [:]) -> Logger {
     let env = ProcessInfo.processInfo.environment
-    let levelText = level ?? env["OUTBOX_LOG_LEVEL"] ?? "info"
+    let levelText = level ?? env["OUTBOX_LOG_LEVEL"] ?? file["log-level"] ?? "info"
     guard let parsed = Logger.Level(rawValue: levelText.lowercased()) else {
         fail("invalid --log-level \"\(levelText)\": use trace, debug, info, notice, warning, error or critical")
     }
+    let formatText = (format ?? env["OUTBOX_LOG_FORMAT"] ?? file["log-format"] ?? "text").lowercased()
+    guard formatText == "text" || formatText == "json" else {
+        fail("invalid --log-format \"\(formatText)\": use text or json")
+    }
     LoggingSystem.bootstrap { label in
+        if formatText == "json" {
+            var handler = JSONLogHandler(label: label)
+            handler.logLevel = parsed
+            return handler
+        }
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = parsed
         return handler

@@ -1,7 +1,10 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
 import OutboxRelay
+import Prometheus
+import RelayHTTP
 import ServiceLifecycle
 
 private func help(_ flag: String) -> ArgumentHelp {
@@ -27,6 +30,15 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("shutdown-timeout-ms"), help: help("shutdown-timeout-ms")) var shutdownTimeoutMs: String?
     @Option(name: .customLong("retry-backoff-ms"), help: help("retry-backoff-ms")) var retryBackoffMs: String?
     @Option(name: .customLong("replica-name"), help: help("replica-name")) var replicaName: String?
+    @Option(name: .customLong("retry-backoff-max-ms"), help: help("retry-backoff-max-ms")) var retryBackoffMaxMs: String?
+    @Option(name: .customLong("max-attempts"), help: help("max-attempts")) var maxAttempts: String?
+    @Option(name: .customLong("dead-letter-topic"), help: help("dead-letter-topic")) var deadLetterTopic: String?
+    @Option(name: .customLong("watchdog-ms"), help: help("watchdog-ms")) var watchdogMs: String?
+    @Option(name: .customLong("http-port"), help: help("http-port")) var httpPort: String?
+    @Option(name: .customLong("http-host"), help: help("http-host")) var httpHost: String?
+    @Option(name: .customLong("log-format"), help: "text|json [env: OUTBOX_LOG_FORMAT] (default: text)") var logFormat: String?
+    @Option(name: .customLong("config"), help: "File of `name = value` settings; flags > environment > file > defaults [env: OUTBOX_CONFIG] (default: none)")
+    var config: String?
     @Option(name: .customLong("kafka-property"), help: "librdkafka property NAME=VALUE, repeatable; wins over the relay's defaults [env: OUTBOX_KAFKA_<NAME>]")
     var kafkaProperty: [String] = []
     @Option(name: .customLong("log-level"), help: "trace|debug|info|notice|warning|error [env: OUTBOX_LOG_LEVEL] (default: info)")
@@ -40,6 +52,9 @@ struct Run: AsyncParsableCommand {
             ("heartbeat-interval-ms", heartbeatIntervalMs), ("message-timeout-ms", messageTimeoutMs),
             ("statement-timeout-ms", statementTimeoutMs), ("shutdown-timeout-ms", shutdownTimeoutMs),
             ("retry-backoff-ms", retryBackoffMs), ("replica-name", replicaName),
+            ("retry-backoff-max-ms", retryBackoffMaxMs), ("max-attempts", maxAttempts),
+            ("dead-letter-topic", deadLetterTopic), ("watchdog-ms", watchdogMs),
+            ("http-port", httpPort), ("http-host", httpHost),
         ]
         var out: [String: String] = [:]
         for (k, v) in pairs { if let v { out[k] = v } }
@@ -47,18 +62,30 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let logger = bootstrapLogging(level: logLevel)
+        let env = ProcessInfo.processInfo.environment
+        var file: [String: String] = [:]
+        if let path = config ?? env["OUTBOX_CONFIG"] {
+            do { file = try Settings.readFile(path) } catch { fail(error.description) }
+        }
+        let logger = bootstrapLogging(level: logLevel, format: logFormat, file: file)
+        // Prometheus is bootstrapped here, in main only; the relay records through swift-metrics.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let relay: Relay
+        let configuration: RelayConfiguration
         do {
-            let config = try Settings.resolve(flags: flagValues, kafkaProperties: kafkaProperty,
-                                              environment: ProcessInfo.processInfo.environment)
-            relay = try Relay(configuration: config, logger: logger)
+            configuration = try Settings.resolve(flags: flagValues, kafkaProperties: kafkaProperty, environment: env, file: file)
+            relay = try Relay(configuration: configuration, logger: logger)
             try await relay.start()
-        } catch let error as RelayError {
+        } catch {
             fail(error.description)
         }
+        let http = RelayHTTPServer(relay: relay, registry: registry, host: configuration.httpHost,
+                                   port: configuration.httpPort, logger: logger)
+        // The HTTP server is listed first so it is shut down last: /readyz answers 503 while
+        // the relay drains.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: relay)],
+            services: [.init(service: http), .init(service: relay)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {

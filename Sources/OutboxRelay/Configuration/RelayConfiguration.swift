@@ -39,6 +39,10 @@ public struct RelayConfiguration: Sendable {
     /// Re-create the producer when messages are outstanding but no delivery report arrived for
     /// this long, in milliseconds. Default: 2 × message timeout + 5000.
     public var watchdogMillis: Int?
+    /// Port of the HTTP endpoints (/healthz, /readyz, /metrics); 0 picks a free port. Default 8080.
+    public var httpPort: Int = 8080
+    /// Address the HTTP endpoints bind to. Default 0.0.0.0 (probes and scrapers come from outside the pod).
+    public var httpHost: String = "0.0.0.0"
     /// Name of this replica in the replicas table. Default `HOSTNAME-PID-RANDOM`.
     public var replicaName: String?
     /// librdkafka properties passed through by name (they win over the relay's defaults,
@@ -75,6 +79,7 @@ public struct RelayConfiguration: Sendable {
         try positive(retryBackoffMaxMillis, "--retry-backoff-max-ms")
         try positive(maxAttempts, "--max-attempts")
         if let w = watchdogMillis { try positive(w, "--watchdog-ms") }
+        if !(0...65535).contains(httpPort) { throw RelayError(.configuration, "invalid --http-port \(httpPort): must be 0-65535") }
         if let t = deadLetterTopic, t.isEmpty { throw RelayError(.configuration, "invalid --dead-letter-topic: empty") }
         if shutdownTimeoutMillis < 0 { throw RelayError(.configuration, "invalid --shutdown-timeout-ms \(shutdownTimeoutMillis): must not be negative") }
         if let h = heartbeatIntervalMillis {

@@ -49,17 +49,28 @@ public enum Settings {
         Setting(flag: "max-attempts", defaultText: "10", help: "Failed attempts after which a row is dead-lettered (environment failures such as an unreachable broker never count)") { c, v throws(RelayError) in c.maxAttempts = try int("max-attempts", v) },
         Setting(flag: "dead-letter-topic", defaultText: "none", help: "Also produce dead-lettered rows to this topic, with the reason in headers") { c, v in c.deadLetterTopic = v },
         Setting(flag: "watchdog-ms", defaultText: "2 x message timeout + 5000", help: "Re-create the producer when messages are outstanding but no delivery report came for this long") { c, v throws(RelayError) in c.watchdogMillis = try int("watchdog-ms", v) },
+        Setting(flag: "http-port", defaultText: "8080", help: "Port of /healthz, /readyz and /metrics (0 picks a free port)") { c, v throws(RelayError) in c.httpPort = try int("http-port", v) },
+        Setting(flag: "http-host", defaultText: "0.0.0.0", help: "Address the HTTP endpoints bind to") { c, v in c.httpHost = v },
         Setting(flag: "replica-name", defaultText: "HOST-PID-RANDOM", help: "This replica's name in the replicas table") { c, v in c.replicaName = v },
     ]
 
     /// Resolves flags (by flag name), the environment and defaults into a configuration.
     public static func resolve(flags: [String: String], kafkaProperties: [String] = [],
-                               environment: [String: String]) throws(RelayError) -> RelayConfiguration {
+                               environment: [String: String], file: [String: String] = [:]) throws(RelayError) -> RelayConfiguration {
         var config = RelayConfiguration(databaseURL: "", brokers: "")
+        for key in file.keys where !key.hasPrefix("kafka.") && !all.contains(where: { $0.flag == key }) && !["log-level", "log-format"].contains(key) {
+            throw RelayError(.configuration, "unknown setting \"\(key)\" in the configuration file")
+        }
+        // librdkafka properties from the file come first: environment and flags win over them.
+        for (key, value) in file.sorted(by: { $0.key < $1.key }) where key.hasPrefix("kafka.") {
+            config.kafkaProperties.append((String(key.dropFirst("kafka.".count)), value))
+        }
         for setting in all {
             if let v = flags[setting.flag] {
                 try setting.apply(&config, v)
             } else if let v = try environmentValue(setting.environmentVariable, environment) {
+                try setting.apply(&config, v)
+            } else if let v = file[setting.flag] {
                 try setting.apply(&config, v)
             }
         }
@@ -80,6 +91,26 @@ public enum Settings {
             config.kafkaProperties.append((String(entry[..<eq]), String(entry[entry.index(after: eq)...])))
         }
         return config
+    }
+
+    /// Reads a configuration file: one `name = value` per line (`#` comments), names as the flags
+    /// without dashes in front (`batch-size = 500`), librdkafka properties as `kafka.<name>`.
+    public static func readFile(_ path: String) throws(RelayError) -> [String: String] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RelayError(.configuration, "cannot read --config file \"\(path)\"")
+        }
+        var out: [String: String] = [:]
+        for (n, raw) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let eq = line.firstIndex(of: "=") else {
+                throw RelayError(.configuration, "--config \(path) line \(n + 1): expected name = value")
+            }
+            var value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            out[line[..<eq].trimmingCharacters(in: .whitespaces)] = value
+        }
+        return out
     }
 
     /// `OUTBOX_KAFKA_SASL_PASSWORD` → `sasl.password`.
@@ -109,6 +140,8 @@ extension Settings {
         }
         lines.append("| `--kafka-property NAME=VALUE` | `OUTBOX_KAFKA_<NAME>` | — | any librdkafka property, by its librdkafka name (dots as underscores in the variable) |")
         lines.append("| `--log-level` | `OUTBOX_LOG_LEVEL` | info | trace, debug, info, notice, warning, error |")
+        lines.append("| `--log-format` | `OUTBOX_LOG_FORMAT` | text | text, or json (one object per line, dotted metadata keys) |")
+        lines.append("| `--config FILE` | `OUTBOX_CONFIG` | none | a file of `name = value` lines (flag names; `kafka.<property>` for librdkafka); flags > environment > file > defaults |")
         return lines.joined(separator: "\n")
     }
 }

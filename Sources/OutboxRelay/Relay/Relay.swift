@@ -26,6 +26,8 @@ public actor Relay: Service {
     private let outbox: OutboxQueries
     private let leaseQueries: LeaseQueries
     private let deadLetters: DeadLetterQueries
+    private let metrics: RelayMetrics
+    private let backlog: BacklogQueries
 
     // Wake-ups and the stop flag, usable from any thread.
     private nonisolated let claimWake = WakeSignal()
@@ -56,6 +58,15 @@ public actor Relay: Service {
     private var terminated = false
     private var lastEnvironmentFailureAt: Double = 0
     private var metadataRefreshedAt: [String: Double] = [:]
+    // Health: loop heartbeats, last successful lease round, broker probe, assignment.
+    private var claimLoopBeat: Double = 0
+    private var leaseLoopBeat: Double = 0
+    private var lastLeaseOK: Double = 0
+    private var lastDatabaseError: String?
+    private var brokerError: String? = "not probed yet"
+    private var probing = false
+    private var desiredShardCount = 0
+    private var desiredSince: Double = 0
     private var stats = RelayStatistics()
     private var shardCount = 0
 
@@ -75,6 +86,8 @@ public actor Relay: Service {
         self.outbox = OutboxQueries(table: table)
         self.leaseQueries = LeaseQueries(table: table)
         self.deadLetters = DeadLetterQueries(table: table)
+        self.metrics = RelayMetrics(table: table.description)
+        self.backlog = BacklogQueries(table: table)
         self.replicaId = configuration.replicaName ?? Self.defaultReplicaName()
         var logger = logger
         logger[metadataKey: LogKey.replica] = .string(replicaId)
@@ -274,6 +287,7 @@ public actor Relay: Service {
         let poll = Double(configuration.pollIntervalMillis) / 1000
         while !stopFlag.isSet {
             let now = monotonicSeconds()
+            claimLoopBeat = now
             if now < pausedUntil {
                 await claimWake.wait(timeout: pausedUntil - now)
                 continue
@@ -307,6 +321,8 @@ public actor Relay: Service {
             }
             stats.claims += 1
             if request.mode == .sweep { stats.sweeps += 1 }
+            metrics.claimDuration.recordSeconds(monotonicSeconds() - now)
+            metrics.batchRows.record(batch.rows.count)
             cursor.observe(request, .init(snapshotXmin: batch.snapshotXmin, snapshotXmax: batch.snapshotXmax,
                                           lastRowId: batch.rows.last?.id, rowCount: batch.rows.count),
                            now: monotonicSeconds())
@@ -371,6 +387,7 @@ public actor Relay: Service {
             counts = previous.map { (topicLastSuccess[row.message.topic] ?? -.infinity) > $0.lastFailureAt } ?? true
         }
         let history = retries.recordFailure(rowId: row.id, counts: counts, badRow: kind == .badRow, now: now)
+        metrics.deliveryFailed(code: error.name)
         var metadata: Logger.Metadata = [
             LogKey.rowId: "\(row.id)", LogKey.shard: "\(row.shard)", LogKey.topic: "\(row.message.topic)",
             LogKey.errorCode: "\(error.name)", LogKey.error: "\(error)", "outbox.failure_class": "\(kind.rawValue)",
@@ -398,6 +415,7 @@ public actor Relay: Service {
         let cap = Double(configuration.retryBackoffMaxMillis) / 1000
         let delay = min(cap, base * pow(2, Double(min(attempt - 1, 30)))) * Double.random(in: 0.8...1.2)
         retries.hold(RetryBook.holdKey(key: row.message.keyBytes, rowId: row.id), rowId: row.id, until: now + delay)
+        metrics.retried(topic: row.message.topic)
         pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
         deleteWake.signal()
         metadata["outbox.retry_in_ms"] = "\(Int(delay * 1000))"
@@ -439,6 +457,9 @@ public actor Relay: Service {
 
     private func handle(_ reports: [DeliveryReport]) {
         let now = monotonicSeconds()
+        let wallMicros = Int64(Date().timeIntervalSince1970 * 1_000_000)
+        var producedByTopic: [String: Int] = [:]
+        defer { for (topic, n) in producedByTopic { metrics.produced(topic: topic, count: n) } }
         var anyFailure = false
         let tracking = !retries.history.isEmpty
         for report in reports {
@@ -455,6 +476,10 @@ public actor Relay: Service {
                 consecutiveFencing = 0
                 lastSuccessAt = now
                 pendingDeletes.append(report.opaque)
+                if let row = entry.row {
+                    producedByTopic[row.message.topic, default: 0] += 1
+                    metrics.commitToAck.recordMicroseconds(max(0, wallMicros - row.createdAtMicros))
+                }
                 if tracking, let row = entry.row {
                     topicLastSuccess[row.message.topic] = now
                     retries.forget(rowId: row.id)
@@ -489,6 +514,7 @@ public actor Relay: Service {
         let lost = window.failAllUnreported()
         if let lowest = lost.first?.rowId { cursor.rewind(below: lowest) }
         stats.producerRecreations += 1
+        metrics.producerRecreations.increment()
         while !terminated {
             do {
                 producer = try makeProducer()
@@ -524,9 +550,13 @@ public actor Relay: Service {
             let queries = outbox
             guard let session = deleteSession else { return }
             do {
+                let started = monotonicSeconds()
                 let deleted = try await session.withConnection { conn throws(PGError) in
                     try queries.delete(conn, ids: ids, owner: owner, epochs: epochs)
                 }
+                metrics.deleteDuration.recordSeconds(monotonicSeconds() - started)
+                metrics.rowsDeleted.increment(by: deleted)
+                if deleted < ids.count { metrics.lostLeaseRows.increment(by: ids.count - deleted) }
                 stats.deleted += deleted
                 if deleted < ids.count {
                     stats.lostLeaseRows += ids.count - deleted
@@ -536,6 +566,8 @@ public actor Relay: Service {
                 }
                 let drainingBefore = Set(leases.leases.filter { $0.value.phase == .draining }.keys)
                 for s in seqs { window.settle(s) }
+                metrics.inFlightRows.record(window.rows)
+                metrics.inFlightBytes.record(window.bytes)
                 if drainingBefore.contains(where: { window.byShard[$0] == nil }) { leaseWake.signal() }
                 claimWake.signal()
                 windowWake.signal()
@@ -575,6 +607,7 @@ public actor Relay: Service {
                 retries.forget(rowId: entry.rowId)
                 if moved {
                     stats.deadLettered += 1
+                    metrics.deadLettered(topic: entry.row?.message.topic ?? "")
                     logger.error("row dead-lettered", metadata: [
                         LogKey.rowId: "\(entry.rowId)", LogKey.topic: "\(entry.row?.message.topic ?? "")",
                         "outbox.reason": "\(info.reason)",
@@ -618,7 +651,10 @@ public actor Relay: Service {
         let interval = Double(configuration.effectiveHeartbeatMillis) / 1000
         var first = true
         while !terminated {
+            leaseLoopBeat = monotonicSeconds()
             await leaseTick(announce: first)
+            await sampleBacklog()
+            probeBroker()
             first = false
             await leaseWake.wait(timeout: interval)
         }
@@ -651,6 +687,10 @@ public actor Relay: Service {
                 return (live, renewed.map { RenewedLease(shard: $0.shard, epoch: $0.epoch) })
             }
             stats.liveReplicas = live.count
+            lastLeaseOK = monotonicSeconds()
+            lastDatabaseError = nil
+            metrics.leaseDuration.recordSeconds(lastLeaseOK - sentAt)
+            metrics.liveReplicas.record(live.count)
             // Shards acquired while the renewal ran are not in `held`; keep them.
             let lost = leases.renewed(renewed.map { ($0.shard, $0.epoch) } + leases.leases.filter { !held.contains($0.key) }.map { ($0.key, $0.value.epoch) },
                                       sentAt: sentAt, duration: duration, margin: margin)
@@ -659,6 +699,10 @@ public actor Relay: Service {
             }
             if stopFlag.isSet { return }
             let desired = ShardAssignment.shards(for: replica, among: live, shardCount: shardCount)
+            if desired.count != desiredShardCount {
+                desiredShardCount = desired.count
+                desiredSince = monotonicSeconds()
+            }
             let plan = leases.plan(desired: desired, inFlightByShard: window.byShard)
             leases.drain(plan.drain)
             leases.reactivate(plan.reactivate)
@@ -684,9 +728,67 @@ public actor Relay: Service {
             // Wake the claim loop only when what it may claim changed (new or resumed shards):
             // an idle relay is otherwise woken by NOTIFY or its poll timer alone.
             if leases.claimable(now: monotonicSeconds()) != lastClaimable { claimWake.signal() }
+            metrics.shardsHeld.record(leases.heldShards.count)
         } catch {
+            lastDatabaseError = "\(error)"
             logger.warning("lease heartbeat failed", metadata: [LogKey.error: "\(error)"])
         }
+    }
+}
+
+extension Relay {
+    /// Backlog and oldest-row age for the metrics, once per heartbeat.
+    private func sampleBacklog() async {
+        guard let session = leaseSession, !terminated else { return }
+        let queries = backlog
+        do {
+            let (rows, age) = try await session.withConnection { conn throws(PGError) in try queries.sample(conn) }
+            metrics.backlogRows.record(rows)
+            metrics.oldestRowAge.record(age)
+        } catch {
+            lastDatabaseError = "\(error)"
+        }
+    }
+
+    /// Checks, off the actor, that a broker answers; the result feeds readiness.
+    private func probeBroker() {
+        guard !probing, let producer else { return }
+        probing = true
+        let timeout = Int32(min(2_000, max(200, configuration.effectiveHeartbeatMillis)))
+        Task {
+            let error = await producer.probe(timeoutMilliseconds: timeout)
+            await self.brokerProbed(error)
+        }
+    }
+
+    private func brokerProbed(_ error: KafkaError?) {
+        probing = false
+        brokerError = error.map { "no broker answered: \($0)" }
+    }
+
+    /// Liveness and readiness, with the reason for each check.
+    public func health() -> RelayHealth {
+        let now = monotonicSeconds()
+        let poll = Double(configuration.pollIntervalMillis) / 1000
+        let heartbeat = Double(configuration.effectiveHeartbeatMillis) / 1000
+        let alive = !terminated && claimLoopBeat > 0 && now - claimLoopBeat < poll + 60 && now - leaseLoopBeat < heartbeat + 60
+        let dbFresh = lastLeaseOK > 0 && now - lastLeaseOK < max(3 * heartbeat, 3)
+        let database = RelayHealth.Check(
+            ok: dbFresh,
+            detail: dbFresh ? "lease heartbeat \(String(format: "%.1f", now - lastLeaseOK)) s ago"
+                : "no successful lease heartbeat\(lastLeaseOK > 0 ? " for \(Int(now - lastLeaseOK)) s" : " yet")\(lastDatabaseError.map { ": \($0)" } ?? "")")
+        let kafka = RelayHealth.Check(ok: brokerError == nil, detail: brokerError ?? "a broker answered")
+        let held = leases.heldShards.count
+        let waiting = now - desiredSince < Double(configuration.leaseDurationMillis) / 1000 + 2 * heartbeat
+        let shardsOK = dbFresh && (held >= desiredShardCount || waiting)
+        let shards = RelayHealth.Check(
+            ok: shardsOK,
+            detail: "holds \(held) of \(desiredShardCount) assigned shards\(held < desiredShardCount && waiting ? " (acquiring)" : "")")
+        let stopping = RelayHealth.Check(ok: !stopFlag.isSet, detail: stopFlag.isSet ? "shutting down" : "running")
+        let checks = ["database": database, "kafka": kafka, "shards": shards, "lifecycle": stopping]
+        let ready = alive && checks.values.allSatisfy(\.ok)
+        metrics.ready.record(ready ? 1 : 0)
+        return RelayHealth(alive: alive, ready: ready, checks: checks, replica: replicaId)
     }
 }
 

@@ -15,7 +15,8 @@ final class RelayProcess {
         FileManager.default.createFile(atPath: outputPath, contents: nil)
         let out = FileHandle(forWritingAtPath: outputPath)!
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = arguments
+        // Several relays run at once in the tests: let each pick a free HTTP port.
+        process.arguments = arguments.first == "run" && !arguments.contains("--http-port") ? arguments + ["--http-port", "0"] : arguments
         var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
         for (k, v) in environment { env[k] = v }
         process.environment = env

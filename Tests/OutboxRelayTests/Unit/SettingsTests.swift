@@ -109,3 +109,31 @@ import Testing
         #expect(Librdkafka.version >= Librdkafka.minimumVersion, "the linked librdkafka is \(Librdkafka.versionString)")
     }
 }
+
+@Suite struct ConfigurationFileTests {
+    @Test func aSettingGivenThreeWaysResolvesFlagOverEnvironmentOverFile() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("relay-\(UUID()).conf").path
+        try """
+            # relay settings
+            batch-size = 111
+            poll-interval-ms = 222
+            lease-duration-ms = 40000
+            kafka.linger.ms = 9
+            kafka.compression.type = "lz4"
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let file = try Settings.readFile(path)
+        let c = try Settings.resolve(flags: ["batch-size": "333"], kafkaProperties: ["compression.type=zstd"],
+                                     environment: ["OUTBOX_BATCH_SIZE": "444", "OUTBOX_POLL_INTERVAL_MS": "555"], file: file)
+        #expect(c.batchSize == 333, "flag wins")
+        #expect(c.pollIntervalMillis == 555, "environment wins over the file")
+        #expect(c.leaseDurationMillis == 40_000, "file wins over the default")
+        #expect(c.heartbeatIntervalMillis == nil)
+        let k = c.kafkaConfiguration()
+        #expect(k["linger.ms"] == "9")
+        #expect(k["compression.type"] == "zstd", "flag wins over the file")
+    }
+
+    @Test func unknownFileSettingsAreRefusedByName() throws {
+        #expect { try Settings.resolve(flags: [:], environment: [:], file: ["batch-sise": "1"]) } throws: { "\($0)".contains("batch-sise") }
+    }
+}

@@ -1,0 +1,61 @@
+import Metrics
+
+/// The relay's metrics, created once per relay through swift-metrics (the process chooses the
+/// backend: Prometheus in `outbox-relay run`). Every name has the `outbox_relay_` prefix and
+/// follows Prometheus conventions (`_total` counters, `_seconds` durations).
+final class RelayMetrics: Sendable {
+    static let prefix = "outbox_relay_"
+    let table: String
+
+    let rowsDeleted: Counter
+    let lostLeaseRows: Counter
+    let producerRecreations: Counter
+    let batchRows: Recorder
+    let inFlightRows: Gauge
+    let inFlightBytes: Gauge
+    let shardsHeld: Gauge
+    let liveReplicas: Gauge
+    let backlogRows: Gauge
+    let oldestRowAge: Gauge
+    let commitToAck: Timer
+    let claimDuration: Timer
+    let deleteDuration: Timer
+    let leaseDuration: Timer
+    let ready: Gauge
+
+    init(table: String) {
+        self.table = table
+        let t = [("table", table)]
+        rowsDeleted = Counter(label: Self.prefix + "rows_deleted_total", dimensions: t)
+        lostLeaseRows = Counter(label: Self.prefix + "lost_lease_rows_total", dimensions: t)
+        producerRecreations = Counter(label: Self.prefix + "producer_recreations_total", dimensions: t)
+        batchRows = Recorder(label: Self.prefix + "batch_rows", dimensions: t, aggregate: true)
+        inFlightRows = Gauge(label: Self.prefix + "in_flight_rows", dimensions: t)
+        inFlightBytes = Gauge(label: Self.prefix + "in_flight_bytes", dimensions: t)
+        shardsHeld = Gauge(label: Self.prefix + "shards_held", dimensions: t)
+        liveReplicas = Gauge(label: Self.prefix + "live_replicas", dimensions: t)
+        backlogRows = Gauge(label: Self.prefix + "backlog_rows", dimensions: t)
+        oldestRowAge = Gauge(label: Self.prefix + "oldest_row_age_seconds", dimensions: t)
+        commitToAck = Timer(label: Self.prefix + "commit_to_ack_seconds", dimensions: t, preferredDisplayUnit: .seconds)
+        claimDuration = Timer(label: Self.prefix + "db_statement_duration_seconds", dimensions: t + [("statement", "claim")], preferredDisplayUnit: .seconds)
+        deleteDuration = Timer(label: Self.prefix + "db_statement_duration_seconds", dimensions: t + [("statement", "delete")], preferredDisplayUnit: .seconds)
+        leaseDuration = Timer(label: Self.prefix + "db_statement_duration_seconds", dimensions: t + [("statement", "lease")], preferredDisplayUnit: .seconds)
+        ready = Gauge(label: Self.prefix + "ready", dimensions: t)
+    }
+
+    func produced(topic: String, count: Int) {
+        Counter(label: Self.prefix + "rows_produced_total", dimensions: [("table", table), ("topic", topic)]).increment(by: count)
+    }
+
+    func retried(topic: String) {
+        Counter(label: Self.prefix + "rows_retried_total", dimensions: [("table", table), ("topic", topic)]).increment()
+    }
+
+    func deadLettered(topic: String) {
+        Counter(label: Self.prefix + "rows_dead_lettered_total", dimensions: [("table", table), ("topic", topic)]).increment()
+    }
+
+    func deliveryFailed(code: String) {
+        Counter(label: Self.prefix + "delivery_failures_total", dimensions: [("table", table), ("code", code)]).increment()
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import Kafka
+import Logging
+import OutboxRelay
+import PGClient
+import RelayHTTP
+import Testing
+
+@Suite(.serialized) struct EndpointTests {
+    struct Running {
+        let relay: RunningRelay
+        let server: RelayHTTPServer
+        let serverTask: Task<Void, Error>
+        let port: Int
+        func stop() async throws {
+            try await relay.stop()
+            serverTask.cancel()
+            _ = try? await serverTask.value
+        }
+    }
+
+    func start(_ config: RelayConfiguration) async throws -> Running {
+        let registry = TestMetrics.registry
+        let relay = try await RunningRelay.start(config)
+        let server = RelayHTTPServer(relay: relay.relay, registry: registry, host: "127.0.0.1", port: 0, logger: TestEnvironment.logger)
+        let task = Task { try await server.run() }
+        var port = 0
+        try await TestEnvironment.eventually("HTTP server listening") {
+            port = server.listeningPort ?? 0
+            return port > 0
+        }
+        return Running(relay: relay, server: server, serverTask: task, port: port)
+    }
+
+    @Test func readinessFollowsTheBrokerAndMetricsFollowTheRows() async throws {
+        let broker = try PrivateBroker()
+        let table = try TestEnvironment.migratedTable()
+        let topic = "ep-\(UUID().uuidString.prefix(8).lowercased())"
+        let kafka = KafkaConfiguration([("bootstrap.servers", broker.brokers)])
+        try KafkaAdmin.createTopic(topic, partitions: 2, configuration: kafka)
+        var config = TestEnvironment.configuration(table: table)
+        config.brokers = broker.brokers
+        let r = try await start(config)
+
+        #expect(try httpGet(port: r.port, path: "/healthz").status == 200)
+        try await TestEnvironment.eventually("ready") { try httpGet(port: r.port, path: "/readyz").status == 200 }
+        let ready = try httpGet(port: r.port, path: "/readyz").body
+        #expect(ready.contains("\"database\"") && ready.contains("\"kafka\"") && ready.contains("\"shards\""), "\(ready)")
+
+        // Rows flow: produced count equals rows inserted, backlog falls to 0.
+        try TestEnvironment.connect().query("""
+            INSERT INTO \(table.sql) (topic, key, value) SELECT $1, convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 250) i
+            """, [.text(topic)])
+        try await TestEnvironment.eventually("drained") { try TestEnvironment.count(table) == 0 }
+        let labels = "table=\"\(table.description)\""
+        try await TestEnvironment.eventually("metrics show the rows") {
+            let m = try httpGet(port: r.port, path: "/metrics").body
+            return TestMetrics.value(m, "outbox_relay_rows_produced_total{\(labels),topic=\"\(topic)\"}") == 250
+                && TestMetrics.value(m, "outbox_relay_rows_deleted_total{\(labels)}") == 250
+                && TestMetrics.value(m, "outbox_relay_backlog_rows{\(labels)}") == 0
+        }
+        let metrics = try httpGet(port: r.port, path: "/metrics").body
+        for name in ["outbox_relay_commit_to_ack_seconds_bucket", "outbox_relay_batch_rows", "outbox_relay_in_flight_rows",
+                     "outbox_relay_shards_held{\(labels)} 256", "outbox_relay_live_replicas", "outbox_relay_oldest_row_age_seconds",
+                     "outbox_relay_db_statement_duration_seconds_bucket"] {
+            #expect(metrics.contains(name), "missing \(name)")
+        }
+
+        // Broker paused: unready, saying why; resumed: ready again.
+        broker.pause()
+        try await TestEnvironment.eventually("unready while the broker is paused", timeout: 30) {
+            let res = try httpGet(port: r.port, path: "/readyz")
+            return res.status == 503 && res.body.contains("no broker answered")
+        }
+        #expect(try httpGet(port: r.port, path: "/healthz").status == 200, "liveness does not depend on the broker")
+        broker.resume()
+        let resumed = Date()
+        try await TestEnvironment.eventually("ready again after the broker resumed", timeout: 30) {
+            try httpGet(port: r.port, path: "/readyz").status == 200
+        }
+        FaultReport("readiness: broker paused, then resumed", bound: "/readyz 503 naming kafka while paused, 200 after",
+                    inserted: 0, verification: Verification(), pending: 0, deadLettered: 0,
+                    recoverySeconds: Date().timeIntervalSince(resumed), note: "recovery = resume to /readyz 200").write()
+        try await r.stop()
+    }
+
+    @Test func statusJSONMatchesTheTables() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let conn = try TestEnvironment.connect()
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 'status-a', 'k', 'v' FROM generate_series(1, 7)")
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 'status-b', 'k', 'v' FROM generate_series(1, 3)")
+        let p = try RelayProcess(["status", "--json", "--table", table.description, "--database-url", TestEnvironment.databaseURL])
+        p.process.waitUntilExit()
+        #expect(p.process.terminationStatus == 0)
+        let status = try JSONDecoder().decode(OutboxStatus.self, from: Data(p.output.utf8))
+        #expect(status.backlog == 10)
+        #expect(status.topics.map { "\($0.topic)=\($0.rows)" } == ["status-a=7", "status-b=3"])
+        #expect(status.shardCount == 256)
+        #expect(status.deadLetters == 0)
+        #expect(status.unownedShards == 256)
+    }
+}
