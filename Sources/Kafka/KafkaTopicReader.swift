@@ -9,6 +9,8 @@ public struct ConsumedMessage: Sendable {
     public let key: [UInt8]?
     public let value: [UInt8]?
     public let headers: [(name: String, value: [UInt8]?)]
+    /// Message timestamp in milliseconds since the epoch (CreateTime: when it was produced).
+    public var timestampMillis: Int64 = -1
 
     /// The first header named `name`, as UTF-8 text.
     public func header(_ name: String) -> String? {
@@ -70,8 +72,10 @@ public enum KafkaTopicReader {
                     i += 1
                 }
             }
-            out.append(ConsumedMessage(topic: topic, partition: msg.partition, offset: msg.offset,
-                                       key: key, value: value, headers: headers))
+            var consumed = ConsumedMessage(topic: topic, partition: msg.partition, offset: msg.offset,
+                                           key: key, value: value, headers: headers)
+            consumed.timestampMillis = rd_kafka_message_timestamp(m, nil)
+            out.append(consumed)
         }
         return out
     }

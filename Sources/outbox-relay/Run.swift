@@ -34,6 +34,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("max-attempts"), help: help("max-attempts")) var maxAttempts: String?
     @Option(name: .customLong("dead-letter-topic"), help: help("dead-letter-topic")) var deadLetterTopic: String?
     @Option(name: .customLong("watchdog-ms"), help: help("watchdog-ms")) var watchdogMs: String?
+    @Option(name: .customLong("created-at-header"), help: help("created-at-header")) var createdAtHeader: String?
+    @Option(name: .customLong("relay-header"), help: help("relay-header")) var relayHeader: String?
+    @Option(name: .customLong("cloudevents-source"), help: help("cloudevents-source")) var cloudEventsSource: String?
     @Option(name: .customLong("http-port"), help: help("http-port")) var httpPort: String?
     @Option(name: .customLong("http-host"), help: help("http-host")) var httpHost: String?
     @Option(name: .customLong("log-format"), help: "text|json [env: OUTBOX_LOG_FORMAT] (default: text)") var logFormat: String?
@@ -54,7 +57,8 @@ struct Run: AsyncParsableCommand {
             ("retry-backoff-ms", retryBackoffMs), ("replica-name", replicaName),
             ("retry-backoff-max-ms", retryBackoffMaxMs), ("max-attempts", maxAttempts),
             ("dead-letter-topic", deadLetterTopic), ("watchdog-ms", watchdogMs),
-            ("http-port", httpPort), ("http-host", httpHost),
+            ("http-port", httpPort), ("http-host", httpHost), ("created-at-header", createdAtHeader),
+            ("relay-header", relayHeader), ("cloudevents-source", cloudEventsSource),
         ]
         var out: [String: String] = [:]
         for (k, v) in pairs { if let v { out[k] = v } }

@@ -7,6 +7,8 @@ public struct ClaimedRow: Sendable {
     /// `created_at` in microseconds since the Unix epoch.
     public let createdAtMicros: Int64
     public let message: KafkaMessage
+    /// Milliseconds until the row's `not_before` (delayed delivery); 0 when due.
+    public var notBeforeDelayMillis: Int64 = 0
 
     /// Header carrying the row id (decimal text) so consumers can de-duplicate.
     public static let idHeader = "outbox-id"

@@ -8,15 +8,19 @@ public struct OutboxQueries: Sendable {
     let claimSQL: String
     let deleteSQL: String
 
-    public init(table: OutboxTable) {
+    public let shape: MessageShape
+
+    public init(table: OutboxTable, shape: MessageShape = MessageShape()) {
         self.table = table
+        self.shape = shape
         // The snapshot's xmin/xmax come from the same statement as the rows (one snapshot);
         // the LEFT JOIN keeps one row with them when nothing is waiting.
         claimSQL = """
-            SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, h.names, h.vals
-            FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax FROM pg_current_snapshot() AS c) AS s
+            SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, h.names, h.vals,
+                   CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END
+            FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax, clock_timestamp() AS now FROM pg_current_snapshot() AS c) AS s
             LEFT JOIN LATERAL (
-                SELECT id, shard, topic, key, value, created_at, headers FROM \(table.sql)
+                SELECT id, shard, topic, key, value, created_at, headers, not_before FROM \(table.sql)
                 WHERE shard = ANY($1::integer[]) AND id > $2 AND id <> ALL($3::bigint[])
                 ORDER BY id LIMIT $4
             ) AS o ON true
@@ -46,12 +50,12 @@ public struct OutboxQueries: Sendable {
         var rows: [ClaimedRow] = []
         rows.reserveCapacity(result.rowCount)
         for r in 0..<result.rowCount where !result.isNull(r, 2) {
-            rows.append(try Self.row(result, r))
+            rows.append(try Self.row(result, r, shape: shape))
         }
         return ClaimBatch(snapshotXmin: xmin, snapshotXmax: xmax, rows: rows)
     }
 
-    static func row(_ result: PGResult, _ r: Int) throws(PGError) -> ClaimedRow {
+    static func row(_ result: PGResult, _ r: Int, shape: MessageShape) throws(PGError) -> ClaimedRow {
         let id = try result.int64(r, 2)
         let shard = try result.int32(r, 3)
         let topic = result.string(r, 4) ?? ""
@@ -71,7 +75,9 @@ public struct OutboxQueries: Sendable {
             }
         }
         message.addHeader(name: ClaimedRow.idHeader, value: String(id))
-        return ClaimedRow(id: id, shard: shard, createdAtMicros: created, message: message)
+        shape.addHeaders(to: &message, id: id, topic: topic, createdAtMicros: created, rowHeaders: names)
+        let delay = try result.int64(r, 10)
+        return ClaimedRow(id: id, shard: shard, createdAtMicros: created, message: message, notBeforeDelayMillis: delay)
     }
 
     /// Deletes acknowledged rows whose lease this replica still holds at `epochs[shard]`.

@@ -39,6 +39,8 @@ public struct RelayConfiguration: Sendable {
     /// Re-create the producer when messages are outstanding but no delivery report arrived for
     /// this long, in milliseconds. Default: 2 × message timeout + 5000.
     public var watchdogMillis: Int?
+    /// Optional message headers (created_at, relay name, CloudEvents). Default: none.
+    public var shape = MessageShape()
     /// Port of the HTTP endpoints (/healthz, /readyz, /metrics); 0 picks a free port. Default 8080.
     public var httpPort: Int = 8080
     /// Address the HTTP endpoints bind to. Default 0.0.0.0 (probes and scrapers come from outside the pod).

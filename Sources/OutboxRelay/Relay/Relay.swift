@@ -83,12 +83,16 @@ public actor Relay: Service {
         try configuration.validate()
         self.configuration = configuration
         self.table = try OutboxTable(configuration.table)
-        self.outbox = OutboxQueries(table: table)
+        var shape = configuration.shape
+        shape.relayName = configuration.replicaName ?? ""
+
         self.leaseQueries = LeaseQueries(table: table)
         self.deadLetters = DeadLetterQueries(table: table)
         self.metrics = RelayMetrics(table: table.description)
         self.backlog = BacklogQueries(table: table)
         self.replicaId = configuration.replicaName ?? Self.defaultReplicaName()
+        shape.relayName = replicaId
+        self.outbox = OutboxQueries(table: table, shape: shape)
         var logger = logger
         logger[metadataKey: LogKey.replica] = .string(replicaId)
         logger[metadataKey: LogKey.table] = .string(table.description)
@@ -346,6 +350,11 @@ public actor Relay: Service {
                 continue
             }
             let holdKey = RetryBook.holdKey(key: row.message.keyBytes, rowId: row.id)
+            if row.notBeforeDelayMillis > 0 {
+                // Delayed delivery: the row (and later rows of its key) wait until its not_before.
+                retries.hold(holdKey, rowId: row.id, until: now + Double(row.notBeforeDelayMillis) / 1000)
+                continue
+            }
             if !retries.isEmpty, retries.isHeld(holdKey, rowId: row.id) {
                 // An earlier row of this key waits for its retry: this one must not overtake it.
                 // The hold's release rewinds the cursor to the held row, which re-reads this one.

@@ -62,6 +62,7 @@ public enum Migration {
             last_error text,
             PRIMARY KEY (id)
         );
+        ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS not_before timestamptz NOT NULL DEFAULT now();
         ALTER SEQUENCE \(t.sequenceSQL) OWNED BY \(t.sql).id;
         ALTER TABLE \(t.sql) SET (\(autovacuumSettings.map { "\($0.0) = \($0.1)" }.joined(separator: ", ")));
         CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS $outbox_relay$

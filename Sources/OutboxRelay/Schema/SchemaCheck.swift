@@ -13,7 +13,7 @@ public enum SchemaCheck {
     static let expectedColumns: [(String, String)] = [
         ("id", "bigint"), ("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("headers", "jsonb"),
         ("shard", "integer"), ("created_at", "timestamp with time zone"), ("attempts", "integer"),
-        ("last_error", "text"),
+        ("last_error", "text"), ("not_before", "timestamp with time zone"),
     ]
 
     /// Privileges the relay's database user needs, per table.
