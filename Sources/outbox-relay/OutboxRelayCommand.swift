@@ -12,7 +12,7 @@ struct OutboxRelayCommand: AsyncParsableCommand {
             Every option of `run` also reads an environment variable: --some-name <=> OUTBOX_SOME_NAME \
             (OUTBOX_SOME_NAME_FILE reads it from a file). Flags win over the environment.
             """,
-        subcommands: [Migrate.self, Run.self, Status.self, DeadLetter.self, Consume.self, ConfigTable.self])
+        subcommands: [Migrate.self, Run.self, Status.self, Validate.self, DeadLetter.self, Consume.self, ConfigTable.self])
 }
 
 /// Prints a clear one-line error (no stack, no secrets) and exits non-zero.

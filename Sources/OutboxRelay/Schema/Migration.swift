@@ -34,6 +34,25 @@ public enum Migration {
         "ELSE ((('x' || substr(md5(key), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
     }
 
+    static func notifyFunctionSQL(_ t: OutboxTable) -> String {
+        """
+        CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS $outbox_relay$
+        BEGIN
+            PERFORM pg_notify(\(quoteLiteral(t.channel)), '');
+            RETURN NULL;
+        END
+        $outbox_relay$;
+        """
+    }
+
+    static func notifyTriggerSQL(_ t: OutboxTable) -> String {
+        "CREATE OR REPLACE TRIGGER \(quoteIdentifier(t.notifyTriggerName)) AFTER INSERT ON \(t.sql) FOR EACH STATEMENT EXECUTE FUNCTION \(t.notifyFunctionSQL)();"
+    }
+
+    static func autovacuumSQL(_ t: OutboxTable) -> String {
+        "ALTER TABLE \(t.sql) SET (\(autovacuumSettings.map { "\($0.0) = \($0.1)" }.joined(separator: ", ")));"
+    }
+
     /// The migration script for `table` with `shards` shards.
     public static func script(for table: OutboxTable, shards: Int) -> String {
         let t = table
@@ -64,15 +83,9 @@ public enum Migration {
         );
         ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS not_before timestamptz NOT NULL DEFAULT now();
         ALTER SEQUENCE \(t.sequenceSQL) OWNED BY \(t.sql).id;
-        ALTER TABLE \(t.sql) SET (\(autovacuumSettings.map { "\($0.0) = \($0.1)" }.joined(separator: ", ")));
-        CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS $outbox_relay$
-        BEGIN
-            PERFORM pg_notify(\(quoteLiteral(t.channel)), '');
-            RETURN NULL;
-        END
-        $outbox_relay$;
-        CREATE OR REPLACE TRIGGER \(quoteIdentifier(t.notifyTriggerName))
-            AFTER INSERT ON \(t.sql) FOR EACH STATEMENT EXECUTE FUNCTION \(t.notifyFunctionSQL)();
+        \(autovacuumSQL(t))
+        \(notifyFunctionSQL(t))
+        \(notifyTriggerSQL(t))
         CREATE TABLE IF NOT EXISTS \(t.leasesSQL) (
             shard integer PRIMARY KEY,
             owner text,

@@ -10,14 +10,14 @@ public struct OutboxSchemaInfo: Sendable {
 /// Errors name the table or column at fault and suggest `outbox-relay migrate`.
 public enum SchemaCheck {
     /// Expected columns of the outbox table and their types (`format_type` spelling).
-    static let expectedColumns: [(String, String)] = [
+    public static let expectedColumns: [(String, String)] = [
         ("id", "bigint"), ("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("headers", "jsonb"),
         ("shard", "integer"), ("created_at", "timestamp with time zone"), ("attempts", "integer"),
         ("last_error", "text"), ("not_before", "timestamp with time zone"),
     ]
 
     /// Privileges the relay's database user needs, per table.
-    static func requiredPrivileges(_ t: OutboxTable) -> [(String, [String])] {
+    public static func requiredPrivileges(_ t: OutboxTable) -> [(String, [String])] {
         [(t.sql, ["SELECT", "DELETE", "UPDATE"]), (t.deadLetterSQL, ["SELECT", "INSERT"]),
          (t.leasesSQL, ["SELECT", "UPDATE"]), (t.replicasSQL, ["SELECT", "INSERT", "UPDATE", "DELETE"]),
          (t.metaSQL, ["SELECT"])]

@@ -1,0 +1,45 @@
+import ArgumentParser
+import Foundation
+import OutboxRelay
+import PGClient
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check the outbox table and the relay's tables against this version; print each difference with the statement that fixes it.")
+
+    @Option(name: .customLong("database-url"), help: "PostgreSQL URL [env: OUTBOX_DATABASE_URL]") var databaseURL: String?
+    @Option(name: .customLong("table"), help: "Outbox table [env: OUTBOX_TABLE] (default: outbox)") var table: String?
+    @Flag(name: .customLong("json"), help: "Print a JSON array of {problem, fix}") var json = false
+
+    func run() throws {
+        let url = resolveDatabaseURL(databaseURL)
+        let diffs: [SchemaValidation.Difference]
+        let t: OutboxTable
+        do {
+            t = try OutboxTable(table ?? ProcessInfo.processInfo.environment["OUTBOX_TABLE"] ?? "outbox")
+            diffs = try Self.differences(url: url, table: t)
+        } catch {
+            fail(error.description)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(diffs), as: UTF8.self))
+        } else if diffs.isEmpty {
+            print("\(t): matches what this version expects")
+        } else {
+            for d in diffs { print(d.description) }
+            print("\(diffs.count) difference(s)")
+        }
+        if !diffs.isEmpty { throw ExitCode(1) }
+    }
+
+    static func differences(url: String, table: OutboxTable) throws(RelayError) -> [SchemaValidation.Difference] {
+        do {
+            let conn = try PGConnection(url: url, applicationName: "outbox-relay-validate")
+            return try SchemaValidation.differences(conn, table: table)
+        } catch {
+            throw RelayError(database: error, context: "validate")
+        }
+    }
+}
