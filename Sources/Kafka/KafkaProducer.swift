@@ -238,3 +238,12 @@ extension KafkaProducer {
         }
     }
 }
+
+extension KafkaProducer {
+    /// Drops every message this instance still holds — queued or in flight — so it cannot send
+    /// them any more (their reports come back as purged). For abandoning a wedged producer whose
+    /// rows are re-sent by a new one; never used to drop rows: they stay in the outbox.
+    public func purgeAll() {
+        _ = rd_kafka_purge(handle, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT | RD_KAFKA_PURGE_F_NON_BLOCKING))
+    }
+}

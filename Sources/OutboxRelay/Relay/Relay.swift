@@ -52,6 +52,7 @@ public actor Relay: Service {
     private var lastSuccessAt: Double = 0
     private var deadLetterSequence: UInt64 = 1 << 63
     private var recreating = false
+    private var recreationScheduled = false
     private var lastClaimable: [Int32] = []
     private var pausedUntil: Double = 0
     private var failureStreak = 0
@@ -77,6 +78,7 @@ public actor Relay: Service {
     private var listener: PGListener?
 
     static let sweepInterval = 0.25
+    static let claimGatherNanoseconds: UInt64 = 1_000_000
     static let maxRetryBackoff = 30.0
 
     public init(configuration: RelayConfiguration, logger: Logger) throws(RelayError) {
@@ -163,7 +165,7 @@ public actor Relay: Service {
         deleteSession = PGSession(url: url, applicationName: app, label: "delete", setup: setup)
         leaseSession = PGSession(url: url, applicationName: app, label: "lease", setup: setup)
 
-        let (stream, continuation) = AsyncStream.makeStream(of: KafkaProducer.Event.self)
+        let (stream, continuation) = AsyncStream.makeStream(of: ProducerEvent.self)
         reportStream = stream
         reportContinuation = continuation
         do {
@@ -194,13 +196,22 @@ public actor Relay: Service {
         guard let continuation = reportContinuation else {
             throw KafkaError(.client, message: "report stream missing")
         }
+        producerGeneration += 1
+        let generation = producerGeneration
         return try KafkaProducer(configuration: configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")) { event in
-            continuation.yield(event)
+            continuation.yield(ProducerEvent(generation: generation, event: event))
         }
     }
 
-    private var reportStream: AsyncStream<KafkaProducer.Event>?
-    private var reportContinuation: AsyncStream<KafkaProducer.Event>.Continuation?
+    /// An event tagged with the producer instance it came from; events of a replaced producer
+    /// are ignored (its rows were already taken back).
+    struct ProducerEvent: Sendable {
+        let generation: Int
+        let event: KafkaProducer.Event
+    }
+    private var producerGeneration = 0
+    private var reportStream: AsyncStream<ProducerEvent>?
+    private var reportContinuation: AsyncStream<ProducerEvent>.Continuation?
 
     // MARK: Run
 
@@ -336,6 +347,9 @@ public actor Relay: Service {
                 var wait = cursor.ripeTarget > cursor.floor ? min(poll, Self.sweepInterval) : poll
                 if let due = retries.nextDue { wait = max(0.001, min(wait, due - monotonicSeconds())) }
                 await claimWake.wait(timeout: wait)
+                // Rows committed one by one each send a NOTIFY: gather what arrives within a
+                // millisecond into one claim instead of one claim per row.
+                try? await Task.sleep(nanoseconds: Self.claimGatherNanoseconds)
             }
         }
     }
@@ -448,9 +462,10 @@ public actor Relay: Service {
 
     // MARK: Delivery reports
 
-    private func reportLoop(_ stream: AsyncStream<KafkaProducer.Event>) async {
-        for await event in stream {
-            switch event {
+    private func reportLoop(_ stream: AsyncStream<ProducerEvent>) async {
+        for await tagged in stream {
+            guard tagged.generation == producerGeneration else { continue }
+            switch tagged.event {
             case .deliveryReports(let reports):
                 handle(reports)
             case .error(let error):
@@ -500,8 +515,9 @@ public actor Relay: Service {
             claimWake.signal()
             windowWake.signal()
         }
-        if consecutiveFencing >= Self.fencingStormThreshold {
+        if consecutiveFencing >= Self.fencingStormThreshold, !recreationScheduled {
             consecutiveFencing = 0
+            recreationScheduled = true
             Task { await self.recreateProducer(reason: "producer fenced repeatedly") }
         }
     }
@@ -512,14 +528,16 @@ public actor Relay: Service {
     /// outstanding messages without any report. Messages the old instance still held are
     /// discarded without reports, so their rows are re-read and re-sent in id order.
     private func recreateProducer(reason: String) async {
+        recreationScheduled = false
         guard !recreating, !terminated, let old = producer else { return }
         recreating = true
         producer = nil
         logger.error("re-creating the Kafka producer", metadata: ["outbox.reason": "\(reason)"])
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let thread = Thread { old.close(); c.resume() }
-            thread.start()
-        }
+        // The old instance must not send anything more (a zombie within the process): purge
+        // what it holds, then let it shut down on a thread of its own — rd_kafka_destroy can
+        // block for a socket timeout when a broker is wedged, and nothing needs to wait for it.
+        old.purgeAll()
+        Thread { old.close() }.start()
         let lost = window.failAllUnreported()
         if let lowest = lost.first?.rowId { cursor.rewind(below: lowest) }
         stats.producerRecreations += 1

@@ -7,7 +7,7 @@ final class WakeSignal: Sendable {
     private struct State {
         var pending = false
         var waiter: CheckedContinuation<Void, Never>?
-        var cancelled = false
+        var generation: UInt64 = 0
     }
     private let state = Mutex(State())
 
@@ -20,43 +20,36 @@ final class WakeSignal: Sendable {
         waiter?.resume()
     }
 
-    /// Returns when signalled (consuming the signal) or after `timeout` seconds.
+    /// Returns when signalled (consuming the signal) or after `timeout` seconds. One waiter at a
+    /// time. The timeout is a Dispatch timer rather than a task group with a sleeping child:
+    /// this wait sits on the hot path of an idle relay woken per row.
     func wait(timeout: Double) async {
-        if state.withLock({ s in
-            if s.pending { s.pending = false; return true }
-            return false
-        }) { return }
-        if timeout <= 0 { return }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.waitForSignal() }
-            group.addTask { try? await Task.sleep(nanoseconds: UInt64(timeout * 1_000_000_000)) }
-            await group.next()
-            group.cancelAll()
+        if timeout <= 0 {
+            state.withLock { $0.pending = false }
+            return
         }
-    }
-
-    private func waitForSignal() async {
-        state.withLock { $0.cancelled = false }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let now = state.withLock { s -> Bool in
-                    if s.pending || s.cancelled {
-                        if s.pending { s.pending = false }
-                        return true
-                    }
-                    s.waiter = c
-                    return false
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let generation = state.withLock { s -> UInt64? in
+                if s.pending {
+                    s.pending = false
+                    return nil
                 }
-                if now { c.resume() }
+                s.generation &+= 1
+                s.waiter = c
+                return s.generation
             }
-        } onCancel: {
-            let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-                s.cancelled = true
-                let w = s.waiter
-                s.waiter = nil
-                return w
+            guard let generation else {
+                c.resume()
+                return
             }
-            waiter?.resume()
+            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [self] in
+                let expired = self.state.withLock { s -> CheckedContinuation<Void, Never>? in
+                    guard s.generation == generation, let w = s.waiter else { return nil }
+                    s.waiter = nil
+                    return w
+                }
+                expired?.resume()
+            }
         }
     }
 }
