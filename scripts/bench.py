@@ -14,8 +14,11 @@ Scenarios (each on a fresh table and a fresh topic):
   steady   single-row autocommit INSERTs at fixed rates while the relay runs; per-row latency
            from the row's created_at (clock_timestamp() at INSERT) to the relay's DELETE of it,
            recorded by a bench-only AFTER DELETE row trigger
+  insert_only  the same paced INSERTs at the highest rate without any relay: can the machine
+           and the database take that rate at all?
   scale    drain of --scale-rows rows with 1, 2, 4 relay processes on one table
-It prints a human-readable table and one line `BENCH_JSON {...}`.
+It prints a human-readable table and one line `BENCH_JSON {...}`. The method, and what each
+figure does and does not measure, is in docs/BENCHMARKS.md.
 """
 import argparse
 import json
@@ -24,7 +27,6 @@ import os
 import re
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -563,7 +565,7 @@ class Bench:
         epochs = "{" + ",".join("1" for _ in range(SHARDS)) + "}"
         b = 1000
         script = f"""\
-SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, h.names, h.vals FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax FROM pg_current_snapshot() AS c) AS s LEFT JOIN LATERAL (SELECT id, shard, topic, key, value, created_at, headers FROM {qident(table)} WHERE shard = ANY('{shards}'::integer[]) AND id > :cursor AND id <> ALL('{{}}'::bigint[]) ORDER BY id LIMIT {b}) AS o ON true LEFT JOIN LATERAL (SELECT array_agg(e.key) AS names, array_agg(e.value) AS vals FROM jsonb_each_text(o.headers) AS e) AS h ON true ORDER BY o.id;
+SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, h.names, h.vals, CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax, clock_timestamp() AS now FROM pg_current_snapshot() AS c) AS s LEFT JOIN LATERAL (SELECT id, shard, topic, key, value, created_at, headers, not_before FROM {qident(table)} WHERE shard = ANY('{shards}'::integer[]) AND id > :cursor AND id <> ALL('{{}}'::bigint[]) ORDER BY id LIMIT {b}) AS o ON true LEFT JOIN LATERAL (SELECT array_agg(e.key) AS names, array_agg(e.value) AS vals FROM jsonb_each_text(o.headers) AS e) AS h ON true ORDER BY o.id;
 DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELECT generate_series(:cursor + 1, :cursor + {b})::bigint)) AND l.shard = o.shard AND l.owner = 'bench-ceiling' AND l.epoch = ('{epochs}'::bigint[])[o.shard + 1];
 \\set cursor :cursor + {b}
 """

@@ -24,6 +24,21 @@ public final class KafkaProducer: @unchecked Sendable {
     private let closed = Atomic<Bool>(false)
     private let pollerExited = DispatchSemaphore(value: 0)
     private let onEvent: @Sendable (Event) -> Void
+    /// Threads using the handle outside the poller (metadata probes); `close` waits for them.
+    private let users = Mutex<(count: Int, closing: Bool)>((0, false))
+
+    /// Runs `body` with the handle unless the producer is closing; `close` waits for it.
+    fileprivate func withHandle(_ body: (OpaquePointer) -> Void) -> Bool {
+        let ok = users.withLock { u -> Bool in
+            if u.closing { return false }
+            u.count += 1
+            return true
+        }
+        guard ok else { return false }
+        body(handle)
+        users.withLock { $0.count -= 1 }
+        return true
+    }
 
     /// Creates the producer. `configuration` is applied on top of the relay's required settings
     /// only where the caller put them; this type sets the event mask and nothing else.
@@ -143,6 +158,9 @@ public final class KafkaProducer: @unchecked Sendable {
     /// reports (their rows remain in the outbox). Safe to call twice.
     public func close() {
         guard closed.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        // Wait for metadata probes on other threads (each bounded by its timeout).
+        users.withLock { $0.closing = true }
+        while users.withLock({ $0.count }) > 0 { usleep(1_000) }
         stopping.store(true, ordering: .releasing)
         rd_kafka_queue_yield(queue)
         pollerExited.wait()
@@ -205,12 +223,14 @@ extension KafkaProducer {
     /// refusing the topic until its periodic refresh (`topic.metadata.refresh.interval.ms`).
     public func refreshMetadata(topic: String, timeoutMilliseconds: Int32 = 5_000) {
         guard let rkt = try? topicHandle(topic) else { return }
-        let box = UncheckedBox((handle, rkt))
-        let thread = Thread {
-            var metadata: UnsafePointer<rd_kafka_metadata>?
-            if rd_kafka_metadata(box.value.0, 0, box.value.1, &metadata, timeoutMilliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR,
-               let metadata {
-                rd_kafka_metadata_destroy(metadata)
+        let box = UncheckedBox(rkt)
+        let thread = Thread { [self] in
+            _ = withHandle { handle in
+                var metadata: UnsafePointer<rd_kafka_metadata>?
+                if rd_kafka_metadata(handle, 0, box.value, &metadata, timeoutMilliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR,
+                   let metadata {
+                    rd_kafka_metadata_destroy(metadata)
+                }
             }
         }
         thread.start()
@@ -226,13 +246,16 @@ extension KafkaProducer {
     /// Asks a broker for cluster metadata (on a thread of its own); nil when a broker answered
     /// within the timeout. Used for readiness: "connected to a broker".
     public func probe(timeoutMilliseconds: Int32 = 1_000) async -> KafkaError? {
-        let box = UncheckedBox(handle)
         return await withCheckedContinuation { (c: CheckedContinuation<KafkaError?, Never>) in
-            let thread = Thread {
-                var metadata: UnsafePointer<rd_kafka_metadata>?
-                let err = rd_kafka_metadata(box.value, 0, nil, &metadata, timeoutMilliseconds)
-                if let metadata { rd_kafka_metadata_destroy(metadata) }
-                c.resume(returning: err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(.client, err))
+            let thread = Thread { [self] in
+                var result: KafkaError? = KafkaError(.client, message: "producer closed")
+                _ = withHandle { handle in
+                    var metadata: UnsafePointer<rd_kafka_metadata>?
+                    let err = rd_kafka_metadata(handle, 0, nil, &metadata, timeoutMilliseconds)
+                    if let metadata { rd_kafka_metadata_destroy(metadata) }
+                    result = err == RD_KAFKA_RESP_ERR_NO_ERROR ? nil : KafkaError(.client, err)
+                }
+                c.resume(returning: result)
             }
             thread.start()
         }
@@ -244,6 +267,6 @@ extension KafkaProducer {
     /// them any more (their reports come back as purged). For abandoning a wedged producer whose
     /// rows are re-sent by a new one; never used to drop rows: they stay in the outbox.
     public func purgeAll() {
-        _ = rd_kafka_purge(handle, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT | RD_KAFKA_PURGE_F_NON_BLOCKING))
+        _ = withHandle { rd_kafka_purge($0, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT | RD_KAFKA_PURGE_F_NON_BLOCKING)) }
     }
 }

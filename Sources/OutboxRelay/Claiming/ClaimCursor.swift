@@ -24,6 +24,9 @@ public struct ClaimCursor: Sendable, Equatable {
     /// A sweep is owed right away (a fresh start, a row was rewound, or the shard set grew).
     public private(set) var sweepForced = true
     private var lastSweepAt: Double = -.infinity
+    /// Bumped by every rewind/reset. A read requested before a rewind must not move the floor
+    /// back above the rewound row (the relay awaits the read, and a failure can arrive meanwhile).
+    public private(set) var generation = 0
 
     struct Checkpoint: Sendable, Equatable {
         let upTo: Int64
@@ -40,6 +43,8 @@ public struct ClaimCursor: Sendable, Equatable {
         /// … except these (rows in flight or awaiting their DELETE).
         public let excluded: [Int64]
         public let limit: Int
+        /// The cursor's generation when the request was made.
+        public var generation = 0
     }
 
     /// The outcome of a claim read.
@@ -66,7 +71,9 @@ public struct ClaimCursor: Sendable, Equatable {
         let sweep = sweepForced || (ripeTarget > floor && now - lastSweepAt >= sweepInterval)
         let lower = sweep ? floor : cursor
         let excluded = inFlight.filter { $0 > lower }.sorted()
-        return Request(mode: sweep ? .sweep : .forward, lowerBound: lower, excluded: excluded, limit: limit)
+        var request = Request(mode: sweep ? .sweep : .forward, lowerBound: lower, excluded: excluded, limit: limit)
+        request.generation = generation
+        return request
     }
 
     /// Records what a read returned.
@@ -74,6 +81,11 @@ public struct ClaimCursor: Sendable, Equatable {
         let truncated = result.rowCount >= request.limit
         let cursorBefore = cursor
         if let last = result.lastRowId { cursor = max(cursor, last) }
+        if request.generation != generation {
+            // Rewound while this read was in flight: keep the lowered floor and sweep again.
+            sweepForced = true
+            return
+        }
         if request.mode == .sweep {
             lastSweepAt = now
             // The sweep saw every visible row above the floor up to `covered`.
@@ -109,6 +121,7 @@ public struct ClaimCursor: Sendable, Equatable {
     /// A row that was claimed but not delivered (failed, or its lease was not valid) must be read
     /// again: lower the floor below it and sweep.
     public mutating func rewind(below id: Int64) {
+        generation += 1
         floor = min(floor, id - 1)
         ripeTarget = max(ripeTarget, floor)
         sweepForced = true
@@ -116,6 +129,8 @@ public struct ClaimCursor: Sendable, Equatable {
 
     /// Start over (the set of shards grew: their older rows were never read by this replica).
     public mutating func reset() {
+        let next = generation + 1
         self = ClaimCursor()
+        generation = next
     }
 }

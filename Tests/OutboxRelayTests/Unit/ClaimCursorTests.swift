@@ -100,4 +100,20 @@ import Testing
         #expect(again.lowerBound == 0)
         #expect(again.excluded == [40, 45])
     }
+
+    @Test func aRewindDuringAReadIsNotUndoneByThatRead() {
+        var c = ClaimCursor()
+        let r = c.nextRequest(limit: 100, inFlight: [], now: 0, sweepInterval: 1)
+        c.observe(r, Obs(snapshotXmin: 1, snapshotXmax: 1, lastRowId: 50, rowCount: 50), now: 0)
+        #expect(c.floor == 50)
+        // A sweep is in flight (row 20 excluded as in flight) when row 20's delivery fails.
+        c.rewind(below: 60)
+        let sweep = c.nextRequest(limit: 100, inFlight: [20], now: 0, sweepInterval: 1)
+        c.rewind(below: 20)
+        c.observe(sweep, Obs(snapshotXmin: 2, snapshotXmax: 2, lastRowId: 70, rowCount: 10), now: 0)
+        #expect(c.floor == 19, "the read that could not see row 20 must not settle past it")
+        #expect(c.sweepForced)
+        let again = c.nextRequest(limit: 100, inFlight: [], now: 0, sweepInterval: 1)
+        #expect(again.mode == .sweep && again.lowerBound == 19)
+    }
 }
