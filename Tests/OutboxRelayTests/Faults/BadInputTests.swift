@@ -149,11 +149,43 @@ import Testing
         try await TestEnvironment.eventually("relay registered") {
             try TestEnvironment.connect().query("SELECT count(*) FROM \(table.replicasSQL) WHERE pid = $1", [.int4(pid)]).int64(0, 0) == 1
         }
-        // 3. status and dead-letter commands with the password-bearing URL.
+        // 3. The same secrets from a configuration file and from *_FILE variables, with the
+        //    endpoints read while the broker refuses the SASL handshake.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("secrets-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "\(url)\n".write(toFile: dir + "/db-url", atomically: true, encoding: .utf8)
+        try """
+            table = \(table.description)
+            lease-duration-ms = 6000
+            message-timeout-ms = 2000
+            statement-timeout-ms = 1000
+            kafka.security.protocol = SASL_PLAINTEXT
+            kafka.sasl.mechanism = PLAIN
+            kafka.sasl.username = relay
+            kafka.sasl.password = \(saslSecret)
+            """.write(toFile: dir + "/relay.conf", atomically: true, encoding: .utf8)
+        let fromFiles = try RelayProcess(["run", "--log-level", "trace", "--config", dir + "/relay.conf"],
+                                         environment: ["OUTBOX_DATABASE_URL_FILE": dir + "/db-url", "OUTBOX_BROKERS": TestEnvironment.brokers])
+        var port = 0
+        try await TestEnvironment.eventually("endpoints listening") {
+            port = fromFiles.output.components(separatedBy: "http.port=").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) } ?? 0
+            return port > 0
+        }
+        var endpointBodies: [String] = []
+        try await TestEnvironment.eventually("unready: no broker accepts the SASL handshake") {
+            let ready = try httpGet(port: port, path: "/readyz")
+            endpointBodies = [ready.body, try httpGet(port: port, path: "/metrics").body, try httpGet(port: port, path: "/healthz").body]
+            return ready.status == 503 && ready.body.contains("kafka")
+        }
+        fromFiles.terminate()
+        // 4. status and dead-letter commands with the password-bearing URL.
         let status = try RelayProcess(["status", "--json", "--table", table.description, "--database-url", url])
         status.process.waitUntilExit()
+        let deadLetters = try RelayProcess(["dead-letter", "list", "--table", table.description, "--database-url", url])
+        deadLetters.process.waitUntilExit()
         running.terminate()
-        let outputs = [refused.output, running.output, status.output]
+        let outputs = [refused.output, running.output, status.output, fromFiles.output, deadLetters.output] + endpointBodies
         #expect(refused.process.terminationStatus != 0)
         #expect(refused.output.contains("cannot connect to the database"), "\(refused.output.suffix(500))")
         #expect(status.process.terminationStatus == 0)

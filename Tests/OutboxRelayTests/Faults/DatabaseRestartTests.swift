@@ -47,3 +47,49 @@ import Testing
         #expect(v.orderInversions == 0, "\(v)")
     }
 }
+
+/// The database turns read-only (25006): the relay's DELETEs and lease renewals fail, it stops
+/// claiming, loses nothing, and drains once the database is writable again.
+@Suite(.serialized) struct ReadOnlyDatabaseTests {
+    @Test func relayWaitsOutAReadOnlyDatabase() async throws {
+        let pg = try PrivatePostgres()
+        let admin = try PGConnection(url: pg.url, applicationName: "test")
+        let table = try OutboxTable("outbox")
+        try Migration.run(on: admin, table: table)
+        let topic = try TestEnvironment.topics(1)[0]
+        var args = RelayProcess.runArguments(table: "outbox")
+        args[args.firstIndex(of: "--database-url")! + 1] = pg.url
+        let relay = try RelayProcess(args)
+        func count() throws -> Int64 { try PGConnection(url: pg.url, applicationName: "t").query("SELECT count(*) FROM outbox").int64(0, 0) }
+        var ids = Set<Int64>()
+        func insert(_ n: Int32) throws {
+            let r = try PGConnection(url: pg.url, applicationName: "t").query("""
+                INSERT INTO outbox (topic, key, value) SELECT $1, convert_to('k' || (i % 50), 'UTF8'), 'v' FROM generate_series(1, $2::int) i RETURNING id
+                """, [.text(topic), .int4(n)])
+            for i in 0..<r.rowCount { ids.insert(try r.int64(i, 0)) }
+        }
+        try insert(2_000)
+        try await TestEnvironment.eventually("first rows relayed") { try count() == 0 }
+        try insert(3_000)
+        try admin.executeScript("ALTER SYSTEM SET default_transaction_read_only = on")
+        try admin.executeScript("SELECT pg_reload_conf()")
+        // While read-only, rows are kept: the relay may produce what it already claimed, but it
+        // can delete nothing, so everything inserted is still in the table or in Kafka.
+        try await TestEnvironment.eventually("the relay reports the read-only database") { relay.output.contains("25006") }
+        let kept = try count()
+        #expect(kept > 0)
+        try admin.executeScript("ALTER SYSTEM RESET default_transaction_read_only")
+        try admin.executeScript("SELECT pg_reload_conf()")
+        let writable = Date()
+        try await TestEnvironment.eventually("drained once writable", timeout: 60) { try count() == 0 }
+        let recovery = Date().timeIntervalSince(writable)
+        #expect(relay.terminate() == 0)
+        let v = try Verification.verify(topics: [topic], expectedIds: ids)
+        FaultReport("PostgreSQL read-only (default_transaction_read_only, SQLSTATE 25006), then writable",
+                    bound: "lost 0, duplicates <= in-flight window (2000)", inserted: ids.count, verification: v,
+                    pending: 0, deadLettered: 0, recoverySeconds: recovery, note: "recovery = writable to backlog 0").write()
+        #expect(v.lost.count == 0, "\(v)")
+        #expect(v.duplicates <= 2_000, "\(v)")
+        #expect(v.orderInversions == 0, "\(v)")
+    }
+}
