@@ -56,36 +56,32 @@ struct DeadLetter: ParsableCommand {
         }
     }
 
-    struct Requeue: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Put dead letters back into the outbox (as new rows, in id order; the old id goes in the outbox-requeued-from header).")
+    /// Requeue and purge take the same arguments: ids, or --all (of --topic).
+    struct Selection: ParsableArguments {
         @OptionGroup var target: Target
-        @Argument(help: "Row ids to requeue") var ids: [Int64] = []
-        @Flag(name: .customLong("all"), help: "Requeue every dead letter (of --topic, if given)") var all = false
+        @Argument(help: "Row ids") var ids: [Int64] = []
+        @Flag(name: .customLong("all"), help: "Every dead letter (of --topic, if given)") var all = false
 
-        func run() {
+        func run(_ verb: String, _ action: (DeadLetterQueries, PGConnection, DeadLetterQueries.Filter) throws -> Int) {
             DeadLetter.run {
-                guard all || !ids.isEmpty else { throw RelayError(.configuration, "name the ids to requeue, or pass --all") }
+                guard all || !ids.isEmpty else { throw RelayError(.configuration, "name the ids to \(verb), or pass --all") }
                 let (conn, q) = try target.open()
-                let n = try q.requeue(conn, filter: .init(topic: target.topic, ids: all ? [] : ids))
-                print("requeued \(n) row(s)")
+                let n = try action(q, conn, .init(topic: target.topic, ids: all ? [] : ids))
+                print("\(verb)d \(n) row(s)")
             }
         }
     }
 
+    struct Requeue: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Put dead letters back into the outbox (as new rows, in id order; the old id goes in the outbox-requeued-from header).")
+        @OptionGroup var selection: Selection
+        func run() { selection.run("requeue") { q, conn, filter in try q.requeue(conn, filter: filter) } }
+    }
+
     struct Purge: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete dead letters for good.")
-        @OptionGroup var target: Target
-        @Argument(help: "Row ids to purge") var ids: [Int64] = []
-        @Flag(name: .customLong("all"), help: "Purge every dead letter (of --topic, if given)") var all = false
-
-        func run() {
-            DeadLetter.run {
-                guard all || !ids.isEmpty else { throw RelayError(.configuration, "name the ids to purge, or pass --all") }
-                let (conn, q) = try target.open()
-                let n = try q.purge(conn, filter: .init(topic: target.topic, ids: all ? [] : ids))
-                print("purged \(n) row(s)")
-            }
-        }
+        @OptionGroup var selection: Selection
+        func run() { selection.run("purge") { q, conn, filter in try q.purge(conn, filter: filter) } }
     }
 }

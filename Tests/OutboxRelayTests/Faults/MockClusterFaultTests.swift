@@ -35,25 +35,8 @@ import Testing
     }
 
     func verify(_ s: Setup, topics: [String]? = nil, ids: Set<Int64>) throws -> Verification {
-        var v = Verification()
-        var merged = Verification()
-        for topic in topics ?? s.topics {
-            let messages = try KafkaTopicReader.readAll(topic: topic, configuration: KafkaConfiguration([("bootstrap.servers", s.cluster.bootstrapServers)]))
-            var lastByKey: [String: Int64] = [:]
-            var first = Set<Int64>()
-            for m in messages.sorted(by: { ($0.partition, $0.offset) < ($1.partition, $1.offset) }) {
-                guard let id = m.header(ClaimedRow.idHeader).flatMap({ Int64($0) }) else { continue }
-                merged.seen[id, default: 0] += 1
-                guard first.insert(id).inserted, let key = m.key.map({ String(decoding: $0, as: UTF8.self) }) else { continue }
-                let slot = "\(m.partition)/\(key)"
-                if let last = lastByKey[slot], last > id { merged.orderInversions += 1 }
-                lastByKey[slot] = max(lastByKey[slot] ?? id, id)
-            }
-        }
-        v = merged
-        v.duplicates = v.seen.values.reduce(0) { $0 + ($1 - 1) }
-        v.lost = ids.filter { v.seen[$0] == nil }.sorted()
-        return v
+        try Verification.verify(topics: topics ?? s.topics, expectedIds: ids,
+                                configuration: KafkaConfiguration([("bootstrap.servers", s.cluster.bootstrapServers)]))
     }
 
     @Test func retriableProduceErrorsStayInsideLibrdkafka() async throws {
