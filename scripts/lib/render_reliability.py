@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Renders docs/RELIABILITY.md from the fault suite's JSON lines (written by the tests)."""
-import json, sys, datetime, platform, subprocess
+import json, os, sys, datetime, platform, subprocess
 
 src, dst = sys.argv[1], sys.argv[2]
 rows = [json.loads(l) for l in open(src) if l.strip()]
@@ -41,5 +41,6 @@ out += [
     "- After a fatal producer error the rows the old instance held are re-sent: duplicates up to the in-flight window.",
     "",
 ]
+os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
 open(dst, "w").write("\n".join(out))
 print(f"wrote {dst} ({len(rows)} cases)")
