@@ -1,13 +1,15 @@
 /// Per-key retry holds and per-row failure history: a pure struct, no I/O.
 ///
 /// When a row fails and is to be retried, its key is *held* until the row's retry time: later
-/// rows of the same key are not produced (they would overtake it), but every other key flows.
+/// rows of the same topic and key are not produced (they would overtake it); everything else flows.
 /// When the time comes, the relay rewinds its cursor to the held row and re-reads it and the
 /// deferred rows of its key in id order. Rows with a NULL key have no order to keep and hold
 /// only themselves.
 public struct RetryBook: Sendable {
+    /// Order is kept per topic and key (Kafka orders per partition of a topic), so a held key
+    /// of one topic never holds back the same key in another topic.
     public enum HoldKey: Hashable, Sendable {
-        case key([UInt8])
+        case key(topic: String, key: [UInt8])
         case row(Int64)
     }
 
@@ -30,8 +32,8 @@ public struct RetryBook: Sendable {
 
     public init() {}
 
-    public static func holdKey(key: [UInt8]?, rowId: Int64) -> HoldKey {
-        key.map { .key($0) } ?? .row(rowId)
+    public static func holdKey(topic: String, key: [UInt8]?, rowId: Int64) -> HoldKey {
+        key.map { .key(topic: topic, key: $0) } ?? .row(rowId)
     }
 
     public var isEmpty: Bool { holds.isEmpty }

@@ -363,7 +363,7 @@ public actor Relay: Service {
                 cursor.rewind(below: row.id)
                 continue
             }
-            let holdKey = RetryBook.holdKey(key: row.message.keyBytes, rowId: row.id)
+            let holdKey = RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id)
             if row.notBeforeDelayMillis > 0 {
                 // Delayed delivery: the row (and later rows of its key) wait until its not_before.
                 retries.hold(holdKey, rowId: row.id, until: now + Double(row.notBeforeDelayMillis) / 1000)
@@ -437,7 +437,7 @@ public actor Relay: Service {
         let base = Double(configuration.retryBackoffMillis) / 1000
         let cap = Double(configuration.retryBackoffMaxMillis) / 1000
         let delay = min(cap, base * pow(2, Double(min(attempt - 1, 30)))) * Double.random(in: 0.8...1.2)
-        retries.hold(RetryBook.holdKey(key: row.message.keyBytes, rowId: row.id), rowId: row.id, until: now + delay)
+        retries.hold(RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id), rowId: row.id, until: now + delay)
         metrics.retried(topic: row.message.topic)
         pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
         deleteWake.signal()
