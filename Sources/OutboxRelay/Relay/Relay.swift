@@ -314,7 +314,10 @@ public actor Relay: Service {
                 lastClaimable = shards
             }
             let room = window.rowRoom
-            guard !shards.isEmpty, room > 0, !recreating, let session = claimSession else {
+            // Claim full batches: with rows still in flight, wait until half a batch fits rather
+            // than issuing many small claims (statements per row matter to the database).
+            let minimumRoom = window.isEmpty ? 1 : max(1, min(configuration.batchSize, window.maxRows) / 2)
+            guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
                 var wait = poll
                 if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
                 await claimWake.wait(timeout: wait)
@@ -568,6 +571,11 @@ public actor Relay: Service {
                 if terminated && pendingDeadLetters.isEmpty { return }
                 await deleteWake.wait(timeout: 1)
                 continue
+            }
+            // While more reports are on their way, gather them for a moment into one DELETE
+            // (an idle relay's single row is deleted at once: nothing else is awaited).
+            if pendingDeletes.count < configuration.batchSize / 2, window.awaitingReport > 0, !terminated {
+                await deleteWake.wait(timeout: 0.002)
             }
             let seqs = pendingDeletes
             pendingDeletes.removeAll(keepingCapacity: true)
