@@ -573,8 +573,8 @@ public actor Relay: Service {
                 continue
             }
             // While more reports are on their way, gather them for a moment into one DELETE
-            // (an idle relay's single row is deleted at once: nothing else is awaited).
-            if pendingDeletes.count < configuration.batchSize / 2, window.awaitingReport > 0, !terminated {
+            // (only while a backlog drains: a steady trickle of rows is deleted at once).
+            if pendingDeletes.count < configuration.batchSize / 2, window.awaitingReport >= configuration.batchSize / 2, !terminated {
                 await deleteWake.wait(timeout: 0.002)
             }
             let seqs = pendingDeletes
