@@ -293,7 +293,9 @@ class Bench:
 
     # ---- helpers --------------------------------------------------------------------------
     def relay_args(self):
-        args = ["--log-level", self.a.log_level]
+        # Port 0: each relay binds a free port for /healthz, /readyz and /metrics; with the default
+        # 8080 the 2 and 4 relay scale-out runs would fight over one port.
+        args = ["--log-level", self.a.log_level, "--http-port", "0"]
         if self.a.batch_size:
             args += ["--batch-size", str(self.a.batch_size)]
         if self.a.max_in_flight_rows:
@@ -393,6 +395,17 @@ class Bench:
         pat = re.compile(r'(?<![\w"])"?' + re.escape(table) + r'"?(?![\w"])')
         on_table = sum(int(c) for q, c in rows if pat.search(q))
         return on_table, sum(int(c) for _, c in rows)
+
+    def relay_statement_kinds(self, table):
+        """The relay's calls on the outbox table split into claims (SELECT) and DELETEs."""
+        rows = self.admin.query(f"SELECT query, calls FROM pg_stat_statements WHERE userid = {self.relay_oid}")
+        pat = re.compile(r'(?<![\w"])"?' + re.escape(table) + r'"?(?![\w"])')
+        kinds = {"select": 0, "delete": 0, "other": 0}
+        for q, c in rows:
+            if pat.search(q):
+                head = q.lstrip().split(None, 1)[0].upper() if q.strip() else ""
+                kinds["select" if head in ("SELECT", "WITH") else "delete" if head == "DELETE" else "other"] += int(c)
+        return kinds
 
     def consume(self, topic):
         t0 = time.monotonic()
@@ -516,6 +529,7 @@ class Bench:
         own = polls + (self.admin.queries - admin_q0)
         xact = self.xact_commit() - xact0 - own
         st_table, st_all = self.relay_statements(table)
+        kinds = self.relay_statement_kinds(table)
         ver = self.verify(self.consume(topic), expected)
         res.update({
             "table": table, "topic": topic, "replicas": replicas, "rows": n,
@@ -529,6 +543,8 @@ class Bench:
             "relay_exit_codes": codes,
             "db_statements_on_table_per_1000_rows": round(st_table * 1000 / n, 2),
             "db_statements_all_relay_per_1000_rows": round(st_all * 1000 / n, 2),
+            "db_claims_per_1000_rows": round(kinds["select"] * 1000 / n, 2),
+            "db_deletes_per_1000_rows": round(kinds["delete"] * 1000 / n, 2),
             "db_transactions_per_1000_rows": round(xact * 1000 / n, 2),
             "verify": ver,
         })
@@ -821,6 +837,7 @@ def report(out):
                                                f"({fmt(d['others_cpu_s'], 2)} s)"),
             ("DB statements on the table / 1000 rows", fmt(d["db_statements_on_table_per_1000_rows"], 2)),
             ("DB statements, all relay / 1000 rows", fmt(d["db_statements_all_relay_per_1000_rows"], 2)),
+            ("  of them claims / DELETEs", f"{fmt(d.get('db_claims_per_1000_rows'), 2)} / {fmt(d.get('db_deletes_per_1000_rows'), 2)}"),
             ("DB transactions / 1000 rows", fmt(d["db_transactions_per_1000_rows"], 2)),
             ("verification (consumed topic)", ver_s(d["verify"])),
         ]
