@@ -57,7 +57,6 @@ public actor Relay: Service {
     private var pausedUntil: Double = 0
     private var failureStreak = 0
     private var terminated = false
-    private var lastEnvironmentFailureAt: Double = 0
     private var metadataRefreshedAt: [String: Double] = [:]
     // Health: loop heartbeats, last successful lease round, broker probe, assignment.
     private var claimLoopBeat: Double = 0
@@ -399,7 +398,6 @@ public actor Relay: Service {
         case .environment:
             counts = false
             stats.environmentFailures += 1
-            lastEnvironmentFailureAt = now
             // librdkafka caches a topic-level error until its next metadata refresh: ask again
             // (at most once a second per topic) so a fixed ACL or a created topic is seen soon.
             if (metadataRefreshedAt[row.message.topic] ?? -.infinity) + 1 < now {
