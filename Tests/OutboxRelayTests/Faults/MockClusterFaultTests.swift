@@ -40,7 +40,12 @@ import Testing
     }
 
     @Test func retriableProduceErrorsStayInsideLibrdkafka() async throws {
-        let s = try setup()
+        var s = try setup()
+        // Five failed attempts in a row cost librdkafka ~1.5 s of exponential retry backoff
+        // (plus a reconnect): the message timeout must leave room for them, or a slow machine
+        // turns a retriable error into a timed-out report — not what this test is about.
+        s.config.messageTimeoutMillis = 15_000
+        s.config.leaseDurationMillis = 20_000
         s.cluster.pushRequestErrors(api: .produce, [
             RD.notLeader, RD.leaderNotAvailable, RD.requestTimedOut, RD.notEnoughReplicas, RD.transport,
         ])
