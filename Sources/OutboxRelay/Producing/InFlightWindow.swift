@@ -101,6 +101,9 @@ public struct InFlightWindow: Sendable {
         return unreported.values.sorted { $0.rowId < $1.rowId }
     }
 
+    /// Rows produced whose delivery report has not arrived yet.
+    public var unreported: [Entry] { entries.values.filter { !$0.acknowledged } }
+
     /// Ids of every row in the window (claims must not read them again).
     public var rowIds: [Int64] { entries.values.map(\.rowId) }
 }

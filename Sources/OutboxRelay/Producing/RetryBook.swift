@@ -55,14 +55,27 @@ public struct RetryBook: Sendable {
     }
 
     /// Releases holds whose time has come; returns the lowest released row id (rewind below it).
-    public mutating func releaseDue(now: Double) -> Int64? {
+    ///
+    /// A due hold whose key still has rows awaiting their delivery report (`busy`) is kept and
+    /// looked at again after `recheck` seconds (or at the next call): those rows were produced
+    /// before the failure and may fail too, and re-producing the held row now would let the
+    /// key's later rows (read again with it) overtake them. Once they are reported, the retry
+    /// re-reads every failed row of the key together, in id order.
+    public mutating func releaseDue(now: Double, recheck: Double = 0.02, busy: (HoldKey) -> Bool = { _ in false }) -> Int64? {
         var lowest: Int64?
         for (k, h) in holds where h.notBefore <= now {
+            if busy(k) {
+                holds[k]?.notBefore = now + recheck
+                continue
+            }
             holds[k] = nil
             lowest = min(lowest ?? h.rowId, h.rowId)
         }
         return lowest
     }
+
+    /// True when some hold's time has come.
+    public func anyDue(now: Double) -> Bool { holds.values.contains { $0.notBefore <= now } }
 
     /// When the next hold expires.
     public var nextDue: Double? { holds.values.map(\.notBefore).min() }

@@ -236,10 +236,15 @@ public actor Relay: Service {
             group.addTask { await self.leaseLoop() }
             await self.claimLoop()
             await self.drain()
-            await self.terminate()
+            self.terminate()
             await group.waitForAll()
         }
         await leave()
+        if configuration.deadLetterTopic != nil, deadLetterSequence > 1 << 63 {
+            // Dead-letter copies are not in the window (the table is the record), so drain()
+            // did not wait for them: give them a moment to leave before the producer is closed.
+            _ = producer?.flush(timeoutMilliseconds: Int32(min(configuration.shutdownTimeoutMillis, 2_000)))
+        }
         producer?.close()
         producer = nil
         listener?.stop()
@@ -306,7 +311,14 @@ public actor Relay: Service {
                 await claimWake.wait(timeout: pausedUntil - now)
                 continue
             }
-            if let lowest = retries.releaseDue(now: now) { cursor.rewind(below: lowest) }
+            if !retries.isEmpty, retries.anyDue(now: now) {
+                // Keys with rows still awaiting their report stay held (see releaseDue).
+                var busy = Set<RetryBook.HoldKey>()
+                for e in window.unreported {
+                    if let row = e.row { busy.insert(RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id)) }
+                }
+                if let lowest = retries.releaseDue(now: now, busy: { busy.contains($0) }) { cursor.rewind(below: lowest) }
+            }
             let shards = leases.claimable(now: now)
             if shards != lastClaimable {
                 if !Set(shards).isSubset(of: Set(lastClaimable)) { cursor.reset() }
@@ -524,6 +536,8 @@ public actor Relay: Service {
     }
 
     static let fencingStormThreshold = 10
+    /// Longest a DELETE waits for more delivery reports to fill its batch.
+    static let deleteGatherSeconds = 0.005
 
     /// Replaces the producer: after a fatal error, a fencing storm, or when the watchdog sees
     /// outstanding messages without any report. Messages the old instance still held are
@@ -570,10 +584,15 @@ public actor Relay: Service {
                 await deleteWake.wait(timeout: 1)
                 continue
             }
-            // While more reports are on their way, gather them for a moment into one DELETE
-            // (only while a backlog drains: a steady trickle of rows is deleted at once).
-            if pendingDeletes.count < configuration.batchSize / 2, window.awaitingReport >= configuration.batchSize / 2, !terminated {
-                await deleteWake.wait(timeout: 0.002)
+            // While enough reports to fill a whole batch are still on their way, gather them
+            // (for a few milliseconds at most) into one DELETE per batch. Only a draining backlog
+            // has that many outstanding; a steady trickle of rows is deleted at once.
+            let gatherUntil = monotonicSeconds() + Self.deleteGatherSeconds
+            while !terminated, pendingDeletes.count < configuration.batchSize,
+                  window.awaitingReport >= configuration.batchSize - pendingDeletes.count {
+                let left = gatherUntil - monotonicSeconds()
+                if left <= 0 { break }
+                await deleteWake.wait(timeout: left)
             }
             let seqs = pendingDeletes
             pendingDeletes.removeAll(keepingCapacity: true)
@@ -747,10 +766,15 @@ public actor Relay: Service {
                 leases.released(plan.release)
                 logger.info("released shards", metadata: ["outbox.shards": "\(plan.release.count)"])
             }
-            if !plan.acquire.isEmpty {
+            // A shard this replica lost (paused past its lease, say) may still have rows of that
+            // old tenure awaiting reports here. Take it again only once they are settled: until
+            // then claims would skip them (they are in the window) and read the key's later rows,
+            // which a late failure of theirs would then have overtaken.
+            let acquire = plan.acquire.filter { window.byShard[$0] == nil }
+            if !acquire.isEmpty {
                 let acquireAt = monotonicSeconds()
                 let got = try await session.withConnection { conn throws(PGError) in
-                    try queries.acquire(conn, replica: replica, shards: plan.acquire, leaseMillis: leaseMillis)
+                    try queries.acquire(conn, replica: replica, shards: acquire, leaseMillis: leaseMillis)
                         .map { RenewedLease(shard: $0.shard, epoch: $0.epoch) }
                 }
                 if !got.isEmpty {
@@ -790,7 +814,7 @@ extension Relay {
         let timeout = Int32(min(2_000, max(200, configuration.effectiveHeartbeatMillis)))
         Task {
             let error = await producer.probe(timeoutMilliseconds: timeout)
-            await self.brokerProbed(error)
+            self.brokerProbed(error)
         }
     }
 
