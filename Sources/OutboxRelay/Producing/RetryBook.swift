@@ -74,6 +74,12 @@ public struct RetryBook: Sendable {
         return lowest
     }
 
+    /// Drops the hold on `key` at once, whatever its time; returns the row it held from.
+    @discardableResult
+    public mutating func clear(_ key: HoldKey) -> Int64? {
+        holds.removeValue(forKey: key)?.rowId
+    }
+
     /// True when some hold's time has come.
     public func anyDue(now: Double) -> Bool { holds.values.contains { $0.notBefore <= now } }
 

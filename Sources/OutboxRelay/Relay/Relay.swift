@@ -45,6 +45,12 @@ public actor Relay: Service {
     /// Failed attempts to record on the rows (ids, last error).
     private var pendingAttempts: [(ids: [Int64], error: String)] = []
     private var retries = RetryBook()
+    /// Rows a batch-level bad-row error blamed along with the rest of their batch. Each is
+    /// produced alone (lowest id first, nothing else in flight) before claiming resumes, so a
+    /// second failure names the culprit exactly and innocent rows are never dead-lettered.
+    private var suspects: [Int64: ClaimedRow] = [:]
+    /// Window sequence of the suspect being probed.
+    private var probeSeq: UInt64?
     /// Last successful delivery per topic, tracked while rows are failing (attempt counting).
     private var topicLastSuccess: [String: Double] = [:]
     private var consecutiveFencing = 0
@@ -311,6 +317,12 @@ public actor Relay: Service {
                 await claimWake.wait(timeout: pausedUntil - now)
                 continue
             }
+            if !suspects.isEmpty {
+                // Probe phase: one suspect at a time, alone in the producer.
+                if probeSeq == nil, window.awaitingReport == 0, !recreating, let producer { probeNext(producer, now: now) }
+                await claimWake.wait(timeout: poll)
+                continue
+            }
             if !retries.isEmpty, retries.anyDue(now: now) {
                 // Keys with rows still awaiting their report stay held (see releaseDue).
                 var busy = Set<RetryBook.HoldKey>()
@@ -388,6 +400,11 @@ public actor Relay: Service {
                 // The hold's release rewinds the cursor to the held row, which re-reads this one.
                 continue
             }
+            if !retries.history.isEmpty, (retries.history[row.id]?.badRowStrikes ?? 0) > 0 {
+                // Blamed before with its batch and read again after a retry: probe it alone.
+                suspect(row)
+                continue
+            }
             let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
                                    createdAtMicros: row.createdAtMicros, row: row)
             do {
@@ -404,6 +421,12 @@ public actor Relay: Service {
     /// Decides what happens to a row whose delivery failed (one place, by classification).
     private func failed(_ entry: InFlightWindow.Entry, error: KafkaError, persistence: DeliveryReport.Persistence, now: Double) {
         guard let row = entry.row else { return }
+        if recreating, [KafkaErrorCode.purgeQueue, KafkaErrorCode.purgeInflight, KafkaErrorCode.fatal].contains(error.errorCode) {
+            // Taken back from the producer being replaced: read again and re-sent in id order
+            // by the new instance; not a failed attempt.
+            cursor.rewind(below: row.id)
+            return
+        }
         let kind = FailureClass.classify(error, persistence: persistence)
         let counts: Bool
         switch kind {
@@ -446,6 +469,14 @@ public actor Relay: Service {
             logger.error("dead-lettering row", metadata: metadata)
             return
         }
+        if kind == .badRow {
+            // A batch-level refusal blames every row of the batch: produce this one alone next.
+            suspect(row)
+            pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
+            deleteWake.signal()
+            logger.warning("the broker refused this row's batch; the row will be produced alone to find the culprit", metadata: metadata)
+            return
+        }
         let attempt = max(history.countedAttempts, 1) + (kind == .environment ? Int(min(stats.environmentFailures, 8)) : 0)
         let base = Double(configuration.retryBackoffMillis) / 1000
         let cap = Double(configuration.retryBackoffMaxMillis) / 1000
@@ -456,6 +487,49 @@ public actor Relay: Service {
         deleteWake.signal()
         metadata["outbox.retry_in_ms"] = "\(Int(delay * 1000))"
         logger.warning("delivery failed; the row stays in the outbox and is retried", metadata: metadata)
+    }
+
+    /// Marks `row` for a solo probe; its key (from this row on) is held until the probe settles.
+    private func suspect(_ row: ClaimedRow) {
+        suspects[row.id] = row
+        retries.hold(RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id), rowId: row.id, until: .infinity)
+        claimWake.signal()
+    }
+
+    /// Produces the lowest suspect alone (the caller checked nothing else is awaiting a report).
+    private func probeNext(_ producer: KafkaProducer, now: Double) {
+        while let id = suspects.keys.min(), let row = suspects.removeValue(forKey: id) {
+            guard leases.producibleEpoch(row.shard, now: now) != nil else {
+                // No longer ours: the shard's owner reads it again.
+                settleProbe(row)
+                continue
+            }
+            let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
+                                   createdAtMicros: row.createdAtMicros, row: row)
+            stats.probes += 1
+            do {
+                try producer.produce(row.message, opaque: seq)
+                probeSeq = seq
+                return
+            } catch {
+                stats.failed += 1
+                guard let entry = window.fail(seq) else { continue }
+                settleProbe(row)
+                failed(entry, error: error, persistence: .notPersisted, now: now)
+            }
+        }
+    }
+
+    /// A probe settled (or was dropped): release its key's hold (keeping it for other suspects
+    /// of the key) and read the key's later rows again.
+    private func settleProbe(_ row: ClaimedRow) {
+        let key = RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id)
+        retries.clear(key)
+        for (id, other) in suspects where RetryBook.holdKey(topic: other.message.topic, key: other.message.keyBytes, rowId: id) == key {
+            retries.hold(key, rowId: id, until: .infinity)
+        }
+        cursor.rewind(below: row.id)
+        claimWake.signal()
     }
 
     /// After a lost connection the relay cannot be sure what the database kept: a crash with
@@ -484,7 +558,7 @@ public actor Relay: Service {
             case .error(let error):
                 if error.isFatal {
                     logger.error("fatal Kafka producer error", metadata: [LogKey.error: "\(error)"])
-                    await recreateProducer(reason: "fatal error: \(error)")
+                    scheduleRecreation(reason: "fatal error: \(error)")
                 } else {
                     logger.warning("Kafka client error", metadata: [LogKey.error: "\(error)"])
                 }
@@ -500,6 +574,10 @@ public actor Relay: Service {
         var anyFailure = false
         let tracking = !retries.history.isEmpty
         for report in reports {
+            if let seq = probeSeq, report.opaque == seq {
+                probeSeq = nil
+                if let row = window.entry(seq)?.row { settleProbe(row) }
+            }
             if let error = report.error {
                 guard let entry = window.fail(report.opaque) else { continue }
                 stats.failed += 1
@@ -530,29 +608,50 @@ public actor Relay: Service {
         }
         if consecutiveFencing >= Self.fencingStormThreshold, !recreationScheduled {
             consecutiveFencing = 0
-            recreationScheduled = true
-            Task { await self.recreateProducer(reason: "producer fenced repeatedly") }
+            scheduleRecreation(reason: "producer fenced repeatedly")
         }
     }
 
     static let fencingStormThreshold = 10
     /// Longest a DELETE waits for more delivery reports to fill its batch.
     static let deleteGatherSeconds = 0.005
+    /// How long a producer re-creation waits for the old instance's last reports.
+    static let recreationReportWait = 2.0
 
     /// Replaces the producer: after a fatal error, a fencing storm, or when the watchdog sees
-    /// outstanding messages without any report. Messages the old instance still held are
-    /// discarded without reports, so their rows are re-read and re-sent in id order.
+    /// outstanding messages without any report. The old instance's outstanding messages are
+    /// purged and their reports taken for a moment — a refused batch's own report names the
+    /// rows to probe alone — and whatever is still unreported is then written off; every such
+    /// row is read again and re-sent in id order by the new instance.
+    private func scheduleRecreation(reason: String) {
+        guard !recreationScheduled, !recreating else { return }
+        recreationScheduled = true
+        Task { await self.recreateProducer(reason: reason) }
+    }
+
     private func recreateProducer(reason: String) async {
         recreationScheduled = false
         guard !recreating, !terminated, let old = producer else { return }
         recreating = true
-        producer = nil
         logger.error("re-creating the Kafka producer", metadata: ["outbox.reason": "\(reason)"])
         // The old instance must not send anything more (a zombie within the process): purge
-        // what it holds, then let it shut down on a thread of its own — rd_kafka_destroy can
-        // block for a socket timeout when a broker is wedged, and nothing needs to wait for it.
+        // what it holds and take the reports that brings, for a bounded moment.
         old.purgeAll()
+        let deadline = monotonicSeconds() + Self.recreationReportWait
+        while window.awaitingReport > 0, !terminated {
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { break }
+            await windowWake.wait(timeout: left)
+        }
+        // Then let it shut down on a thread of its own: rd_kafka_destroy can block for a socket
+        // timeout when a broker is wedged, and nothing needs to wait for it.
+        producer = nil
         Thread { old.close() }.start()
+        if let seq = probeSeq, let row = window.entry(seq)?.row {
+            // The probe's producer is gone: probe the row again with the new one.
+            suspects[row.id] = row
+        }
+        probeSeq = nil
         let lost = window.failAllUnreported()
         if let lowest = lost.first?.rowId { cursor.rewind(below: lowest) }
         stats.producerRecreations += 1
@@ -719,7 +818,7 @@ public actor Relay: Service {
         if lastSuccessAt == 0 { lastSuccessAt = monotonicSeconds() }
         let silentFor = monotonicSeconds() - lastSuccessAt
         if window.awaitingReport > 0 || !retries.isEmpty, silentFor * 1000 > Double(configuration.effectiveWatchdogMillis) {
-            await recreateProducer(reason: "no delivery succeeded for \(Int(silentFor)) s with rows outstanding")
+            scheduleRecreation(reason: "no delivery succeeded for \(Int(silentFor)) s with rows outstanding")
         }
         let queries = leaseQueries
         let replica = replicaId

@@ -14,6 +14,8 @@ public struct RelayStatistics: Sendable, Equatable {
     public var environmentFailures = 0
     /// Producer instances replaced (fatal error, fencing storm, watchdog).
     public var producerRecreations = 0
+    /// Rows produced alone after a batch-level bad-row error blamed them with others.
+    public var probes = 0
     /// Claim reads, and how many of them were sweeps.
     public var claims = 0
     public var sweeps = 0

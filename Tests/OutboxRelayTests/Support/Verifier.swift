@@ -32,6 +32,7 @@ struct Verification: CustomStringConvertible {
     static func verify(messages: [ConsumedMessage], expectedIds: Set<Int64>) -> Verification {
         var v = Verification()
         var lastByKey: [String: Int64] = [:]
+        var lastWhere: [String: String] = [:]
         var firstSeen = Set<Int64>()
         for m in messages.sorted(by: { ($0.topic, $0.partition, $0.offset) < ($1.topic, $1.partition, $1.offset) }) {
             guard let idText = m.header(ClaimedRow.idHeader), let id = Int64(idText) else { continue }
@@ -43,8 +44,9 @@ struct Verification: CustomStringConvertible {
                 let slot = "\(m.topic)/\(m.partition)/\(key)"
                 if let last = lastByKey[slot], last > id {
                     v.orderInversions += 1
-                    if v.inversionSamples.count < 10 { v.inversionSamples.append("\(slot): \(id) at offset \(m.offset) after \(last)") }
+                    if v.inversionSamples.count < 10 { v.inversionSamples.append("\(slot): \(id) at offset \(m.offset)\(m.header("sent-by").map { " by " + $0 } ?? "") after \(last) (\(lastWhere[slot] ?? ""))") }
                 }
+                if id > (lastByKey[slot] ?? .min) { lastWhere[slot] = "offset \(m.offset)\(m.header("sent-by").map { " by " + $0 } ?? "")" }
                 lastByKey[slot] = max(lastByKey[slot] ?? id, id)
             }
         }
