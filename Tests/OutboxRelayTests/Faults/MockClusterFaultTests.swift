@@ -86,6 +86,32 @@ import Testing
         // refuses (OUT_OF_ORDER_SEQUENCE_NUMBER) once a batch before them failed.
     }
 
+    @Test func aRowRefusedAgainWhenProducedAloneIsTheOneDeadLettered() async throws {
+        let s = try setup()
+        let relay = try await RunningRelay.start(s.config)
+        // The row's first request is refused (as a batch would be), then its solo probe too:
+        // the broker has named this row as bad. (The mock refuses whole requests, so a single
+        // row keeps the request boundaries deterministic; the 300-row test above shows a refused
+        // batch of many rows costs no innocent row.)
+        s.cluster.pushRequestErrors(api: .produce, [RD.messageTooLarge, RD.messageTooLarge])
+        let culprit = try insert(s, rows: 1)
+        try await TestEnvironment.eventually("the culprit dead-lettered") { try leftovers(s.table).deadLettered == 1 }
+        let others = try insert(s, rows: 299)
+        try await TestEnvironment.eventually("drained") { try TestEnvironment.count(s.table) == 0 }
+        let stats = await relay.relay.statistics()
+        try await relay.stop()
+        let dead = try DeadLetterQueries(table: s.table).list(TestEnvironment.connect(), filter: .init(), limit: 10)
+        let v = try verify(s, ids: Set(others))
+        let left = try leftovers(s.table)
+        FaultReport("mock: a row refused (MSG_SIZE_TOO_LARGE) with its batch, then again when produced alone",
+                    bound: "that row dead-lettered after its solo probe (not on the first, batch-level refusal); later rows delivered in order, lost 0",
+                    inserted: 300, verification: v, pending: left.pending, deadLettered: left.deadLettered).write()
+        #expect(stats.probes >= 1, "the row was produced alone before being dead-lettered")
+        #expect(dead.map(\.id) == culprit, "\(dead.map(\.id))")
+        #expect(dead.first?.reason.contains("bad row") == true)
+        #expect(v.lost.count == 0 && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
+    }
+
     @Test func topicAuthorizationFailureKeepsRowsWhileOtherTopicsFlow() async throws {
         let s = try setup(topics: 2)
         let denied = s.topics[0], open = s.topics[1]
