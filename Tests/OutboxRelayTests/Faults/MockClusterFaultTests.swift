@@ -126,8 +126,10 @@ import Testing
         #expect(stuck == 100, "rows of the denied topic are kept, none dead-lettered")
         let started = Date()
         s.cluster.setTopicError(denied, 0)
-        // Recovery once granted is reported, not asserted: under heavy load the mock cluster was
-        // seen to keep answering the cleared error for a minute (new producers included).
+        // Recovery once granted: the relay refreshes the topic's metadata at most once a second
+        // while its rows fail, so the grant is seen within about a second (measured ~0.6 s).
+        // (When suites ran in parallel the mock was once seen to keep answering the cleared
+        // error for a minute; the suite now runs one test at a time.)
         var drained = false
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
@@ -141,9 +143,10 @@ import Testing
         var v = try verify(s, ids: Set(deniedIds + openIds))
         v.lost = v.lost.filter { !pendingIds.contains($0) }
         let left = try leftovers(s.table)
-        FaultReport("mock: TOPIC_AUTHORIZATION_FAILED on one topic, then granted", bound: "denied rows kept (none dead-lettered), other topic flows, lost 0",
+        FaultReport("mock: TOPIC_AUTHORIZATION_FAILED on one topic, then granted", bound: "denied rows kept (none dead-lettered), other topic flows, lost 0; all delivered within 20 s of the grant",
                     inserted: 200, verification: v, pending: left.pending, deadLettered: left.deadLettered, recoverySeconds: recovery,
                     note: drained ? "recovery = grant to backlog 0" : "not drained within 20 s of the grant (rows kept)").write()
+        #expect(drained, "the denied topic's rows flow within 20 s of the grant")
         #expect(left.deadLettered == 0)
         #expect(v.lost.count == 0, "\(v)")
         #expect(Set(openIds).isSubset(of: Set(v.seen.keys)), "every row of the open topic delivered")
@@ -164,7 +167,7 @@ import Testing
         try await relay.stop()
         let v = try verify(s, ids: Set(first + second))
         let left = try leftovers(s.table)
-        FaultReport("mock: OUT_OF_ORDER_SEQUENCE_NUMBER (fatal producer)", bound: "producer re-created, lost 0, duplicates <= in flight",
+        FaultReport("mock: OUT_OF_ORDER_SEQUENCE_NUMBER (fatal producer)", bound: "producer re-created, lost 0, duplicates <= in flight; order not asserted (the mock keeps later batches a real broker refuses)",
                     inserted: 400, verification: v, pending: left.pending, deadLettered: left.deadLettered, recoverySeconds: recovery).write()
         #expect(stats.producerRecreations >= 1)
         #expect(v.lost.count == 0, "\(v)")
