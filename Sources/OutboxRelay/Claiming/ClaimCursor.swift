@@ -86,6 +86,14 @@ public struct ClaimCursor: Sendable, Equatable {
             sweepForced = true
             return
         }
+        if request.mode == .forward, result.snapshotXmin == result.snapshotXmax, floor >= request.lowerBound {
+            // No transaction was in progress and everything up to where this read started was
+            // settled: so is what it covered. A row committed later gets its id only after its
+            // transaction has an xid, hence above every id visible here. (A backlog drain thus
+            // needs no sweeps at all.)
+            floor = cursor
+            ripeTarget = max(ripeTarget, floor)
+        }
         if request.mode == .sweep {
             lastSweepAt = now
             // The sweep saw every visible row above the floor up to `covered`.

@@ -21,7 +21,7 @@ public struct OutboxQueries: Sendable {
             FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax, clock_timestamp() AS now FROM pg_current_snapshot() AS c) AS s
             LEFT JOIN LATERAL (
                 SELECT id, shard, topic, key, value, created_at, headers, not_before FROM \(table.sql)
-                WHERE shard = ANY($1::integer[]) AND id > $2 AND id <> ALL($3::bigint[])
+                WHERE shard = ANY($1::integer[]) AND id > $2 AND id NOT IN (SELECT unnest($3::bigint[]))
                 ORDER BY id LIMIT $4
             ) AS o ON true
             LEFT JOIN LATERAL (

@@ -18,6 +18,28 @@ import Testing
         #expect(r.excluded.isEmpty, "in-flight rows below the lower bound need no exclusion")
     }
 
+    @Test func aForwardReadWithNothingInProgressSettlesWhatItCovered() {
+        var c = ClaimCursor()
+        var r = c.nextRequest(limit: 10, inFlight: [], now: 0, sweepInterval: 0.25)
+        c.observe(r, Obs(snapshotXmin: 5, snapshotXmax: 5, lastRowId: 10, rowCount: 10), now: 0)
+        r = c.nextRequest(limit: 10, inFlight: Array(1...10), now: 0.01, sweepInterval: 0.25)
+        c.observe(r, Obs(snapshotXmin: 6, snapshotXmax: 6, lastRowId: 20, rowCount: 10), now: 0.01)
+        #expect(c.floor == 20, "no transaction in progress and settled below: the floor follows the cursor")
+        #expect(c.nextRequest(limit: 10, inFlight: Array(1...20), now: 1, sweepInterval: 0.25).mode == .forward,
+                "nothing to sweep, however long ago the last sweep was")
+        // With a transaction in progress the floor stays until a sweep after it ends.
+        r = c.nextRequest(limit: 10, inFlight: [], now: 1, sweepInterval: 0.25)
+        c.observe(r, Obs(snapshotXmin: 7, snapshotXmax: 8, lastRowId: 30, rowCount: 10), now: 1)
+        #expect(c.floor == 20)
+        // A forward read with nothing in progress cannot settle past a floor that lags behind
+        // its starting point (the earlier transaction may have committed a row below 30).
+        r = c.nextRequest(limit: 10, inFlight: [], now: 1.01, sweepInterval: 0.25)
+        #expect(r.mode == .forward)
+        c.observe(r, Obs(snapshotXmin: 8, snapshotXmax: 8, lastRowId: 35, rowCount: 5), now: 1.01)
+        #expect(c.floor == 20)
+        #expect(c.nextRequest(limit: 10, inFlight: [], now: 1.3, sweepInterval: 0.25).mode == .sweep)
+    }
+
     @Test func aRowCommittedLateIsSweptOnceItsTransactionEnded() {
         var c = ClaimCursor()
         var now = 0.0
