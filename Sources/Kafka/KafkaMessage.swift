@@ -9,9 +9,14 @@ public struct KafkaMessage: Sendable {
     /// Header name ranges exclude the NUL terminator stored after each name.
     @usableFromInline var headers: [(name: Range<Int>, value: Range<Int>?)] = []
 
-    public init(topic: String, capacity: Int = 0) {
+    /// - Parameters:
+    ///   - capacity: bytes of key, value and headers (with a NUL per header name) to reserve,
+    ///     so that building the message allocates its buffer once.
+    ///   - headerCapacity: headers to reserve room for.
+    public init(topic: String, capacity: Int = 0, headerCapacity: Int = 0) {
         self.topic = topic
         storage.reserveCapacity(capacity)
+        headers.reserveCapacity(headerCapacity)
     }
 
     /// A message from Swift values (tests, demo, dead-letter topic).
@@ -43,6 +48,21 @@ public struct KafkaMessage: Sendable {
     public mutating func addHeader(name: String, value: UnsafeRawBufferPointer?) {
         var name = name
         name.withUTF8 { addHeader(name: UnsafeRawBufferPointer($0), value: value) }
+    }
+
+    /// A header whose value is `number` in decimal, formatted without an intermediate String.
+    public mutating func addHeader(name: String, decimal number: Int64) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var n = number.magnitude
+            var i = 20
+            repeat {
+                i -= 1
+                digits[i] = UInt8(truncatingIfNeeded: n % 10) + 48
+                n /= 10
+            } while n > 0
+            if number < 0 { i -= 1; digits[i] = 45 }
+            addHeader(name: name, value: UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: digits[i..<20])))
+        }
     }
 
     public mutating func addHeader(name: String, value: String) {

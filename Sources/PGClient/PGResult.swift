@@ -73,6 +73,21 @@ public final class PGResult: @unchecked Sendable {
         return withRawValue(row, column) { Array($0) }
     }
 
+    /// Length in bytes of a value (0 for NULL).
+    public func length(_ row: Int, _ column: Int) -> Int {
+        Int(PQgetlength(handle, Int32(row), Int32(column)))
+    }
+
+    /// The elements of a one-dimensional array in binary format, as raw bytes (nil for a NULL
+    /// element; an empty list for a NULL array). The buffers point into this result: valid only
+    /// as long as it lives. No per-element allocation (the hot path of a claim).
+    public func arrayElements(_ row: Int, _ column: Int) throws(PGError) -> [UnsafeRawBufferPointer?] {
+        if isNull(row, column) { return [] }
+        return try withRawValue(row, column) { raw throws(PGError) -> [UnsafeRawBufferPointer?] in
+            try Self.decodeArray(raw) { $0 }
+        }
+    }
+
     /// A one-dimensional text (or varchar/name) array in binary format; elements may be NULL.
     public func textArray(_ row: Int, _ column: Int) throws(PGError) -> [String?]? {
         if isNull(row, column) { return nil }

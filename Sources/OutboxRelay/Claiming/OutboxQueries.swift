@@ -60,22 +60,25 @@ public struct OutboxQueries: Sendable {
         let shard = try result.int32(r, 3)
         let topic = result.string(r, 4) ?? ""
         let created = try result.timestampMicros(r, 7) + postgresEpochOffsetMicros
-        let names = try result.textArray(r, 8) ?? []
-        let values = try result.textArray(r, 9) ?? []
-        var message = KafkaMessage(topic: topic, capacity: 64)
+        // Header names and values stay in the result's buffers until copied into the message.
+        let names = try result.arrayElements(r, 8)
+        let values = try result.arrayElements(r, 9)
+        // Size the message's one buffer exactly: key, value, headers (+ NUL per name), outbox-id.
+        var capacity = result.length(r, 5) + result.length(r, 6) + ClaimedRow.idHeader.utf8.count + 21
+        for n in names { capacity += (n?.count ?? 0) + 1 }
+        for v in values { capacity += v?.count ?? 0 }
+        var message = KafkaMessage(topic: topic, capacity: capacity, headerCapacity: names.count + 1)
         if !result.isNull(r, 5) { result.withRawValue(r, 5) { message.setKey($0) } }
         if !result.isNull(r, 6) { result.withRawValue(r, 6) { message.setValue($0) } }
         for (i, name) in names.enumerated() {
             guard let name else { continue }
-            let value = i < values.count ? values[i] : nil
-            if var v = value {
-                v.withUTF8 { message.addHeader(name: name, value: UnsafeRawBufferPointer($0)) }
-            } else {
-                message.addHeader(name: name, value: nil)
-            }
+            message.addHeader(name: name, value: i < values.count ? values[i] : nil)
         }
-        message.addHeader(name: ClaimedRow.idHeader, value: String(id))
-        shape.addHeaders(to: &message, id: id, topic: topic, createdAtMicros: created, rowHeaders: names)
+        message.addHeader(name: ClaimedRow.idHeader, decimal: id)
+        if shape.isActive {
+            let rowHeaders = names.map { $0.map { String(decoding: $0, as: UTF8.self) } }
+            shape.addHeaders(to: &message, id: id, topic: topic, createdAtMicros: created, rowHeaders: rowHeaders)
+        }
         let delay = try result.int64(r, 10)
         return ClaimedRow(id: id, shard: shard, createdAtMicros: created, message: message, notBeforeDelayMillis: delay)
     }

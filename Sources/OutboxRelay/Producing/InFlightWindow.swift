@@ -27,6 +27,8 @@ public struct InFlightWindow: Sendable {
     /// Rows produced whose delivery report has not arrived yet.
     public private(set) var awaitingReport = 0
     public private(set) var byShard: [Int32: Int] = [:]
+    /// The highest row id ever admitted (claims reading above it need no exclusions).
+    public private(set) var highestRowId: Int64 = .min
     fileprivate var entries: [UInt64: Entry] = [:]
     private var nextSequence: UInt64 = 1
 
@@ -45,6 +47,7 @@ public struct InFlightWindow: Sendable {
     public mutating func admit(rowId: Int64, shard: Int32, bytes size: Int, createdAtMicros: Int64, row: ClaimedRow? = nil) -> UInt64 {
         let seq = nextSequence
         nextSequence += 1
+        if rowId > highestRowId { highestRowId = rowId }
         entries[seq] = Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros, acknowledged: false, row: row)
         rows += 1
         bytes += size
@@ -62,11 +65,10 @@ public struct InFlightWindow: Sendable {
 
     /// A successful delivery report: the row now waits for its DELETE.
     public mutating func acknowledge(_ seq: UInt64) -> Entry? {
-        guard var e = entries[seq], !e.acknowledged else { return nil }
-        e.acknowledged = true
-        entries[seq] = e
+        guard let index = entries.index(forKey: seq), !entries.values[index].acknowledged else { return nil }
+        entries.values[index].acknowledged = true
         awaitingReport -= 1
-        return e
+        return entries.values[index]
     }
 
     /// A failed delivery report: the row leaves the window and stays in the outbox.

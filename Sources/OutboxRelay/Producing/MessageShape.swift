@@ -28,8 +28,11 @@ public struct MessageShape: Sendable, Equatable {
         return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", c.year!, c.month!, c.day!, c.hour!, c.minute!, c.second!, Int(fraction))
     }
 
+    /// True when any optional header is configured.
+    var isActive: Bool { createdAtHeader != nil || relayHeader != nil || cloudEventsSource != nil }
+
     func addHeaders(to message: inout KafkaMessage, id: Int64, topic: String, createdAtMicros: Int64, rowHeaders: [String?]) {
-        if createdAtHeader == nil && relayHeader == nil && cloudEventsSource == nil { return }
+        if !isActive { return }
         func add(_ name: String, _ value: String) {
             if !rowHeaders.contains(name) { message.addHeader(name: name, value: value) }
         }

@@ -347,7 +347,10 @@ public actor Relay: Service {
                 continue
             }
             let limit = min(configuration.batchSize, room)
-            let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, now: now, sweepInterval: Self.sweepInterval)
+            // Rows in flight matter only above the read's lower bound: a forward read past every
+            // admitted row needs no exclusions (and no walk over the window).
+            let needsExclusions = cursor.willSweep(now: now, sweepInterval: Self.sweepInterval) || window.highestRowId > cursor.cursor
+            let request = cursor.nextRequest(limit: limit, inFlight: needsExclusions ? window.rowIds : [], now: now, sweepInterval: Self.sweepInterval)
             let queries = outbox
             let batch: ClaimBatch
             do {
@@ -389,13 +392,13 @@ public actor Relay: Service {
                 cursor.rewind(below: row.id)
                 continue
             }
-            let holdKey = RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id)
             if row.notBeforeDelayMillis > 0 {
                 // Delayed delivery: the row (and later rows of its key) wait until its not_before.
+                let holdKey = RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id)
                 retries.hold(holdKey, rowId: row.id, until: now + Double(row.notBeforeDelayMillis) / 1000)
                 continue
             }
-            if !retries.isEmpty, retries.isHeld(holdKey, rowId: row.id) {
+            if !retries.isEmpty, retries.isHeld(RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id), rowId: row.id) {
                 // An earlier row of this key waits for its retry: this one must not overtake it.
                 // The hold's release rewinds the cursor to the held row, which re-reads this one.
                 continue
