@@ -64,18 +64,16 @@ public struct ClaimCursor: Sendable, Equatable {
 
     public init() {}
 
+    /// What to read next; `now` is seconds on a monotonic clock.
     /// - Parameters:
-    ///   - now: seconds on a monotonic clock.
-    ///   - inFlight: ids of rows in flight (any order).
-    /// Whether the next request will be a sweep (from the floor) rather than a forward read.
-    public func willSweep(now: Double, sweepInterval: Double) -> Bool {
-        sweepForced || (ripeTarget > floor && now - lastSweepAt >= sweepInterval)
-    }
-
-    public func nextRequest(limit: Int, inFlight: some Sequence<Int64>, now: Double, sweepInterval: Double) -> Request {
-        let sweep = willSweep(now: now, sweepInterval: sweepInterval)
+    ///   - inFlight: ids of rows in flight (any order); only read when some may lie above the
+    ///     read's lower bound, so a forward read past `inFlightAtMost` walks nothing.
+    ///   - inFlightAtMost: an upper bound of those ids.
+    public func nextRequest(limit: Int, inFlight: @autoclosure () -> [Int64], inFlightAtMost: Int64 = .max,
+                            now: Double, sweepInterval: Double) -> Request {
+        let sweep = sweepForced || (ripeTarget > floor && now - lastSweepAt >= sweepInterval)
         let lower = sweep ? floor : cursor
-        let excluded = inFlight.filter { $0 > lower }.sorted()
+        let excluded = inFlightAtMost <= lower ? [] : inFlight().filter { $0 > lower }.sorted()
         var request = Request(mode: sweep ? .sweep : .forward, lowerBound: lower, excluded: excluded, limit: limit)
         request.generation = generation
         return request

@@ -27,7 +27,8 @@ public struct InFlightWindow: Sendable {
     /// Rows produced whose delivery report has not arrived yet.
     public private(set) var awaitingReport = 0
     public private(set) var byShard: [Int32: Int] = [:]
-    /// The highest row id ever admitted (claims reading above it need no exclusions).
+    /// The highest row id ever admitted: an upper bound of the ids in the window (claims
+    /// reading above it need no exclusions).
     public private(set) var highestRowId: Int64 = .min
     fileprivate var entries: [UInt64: Entry] = [:]
     private var nextSequence: UInt64 = 1

@@ -102,3 +102,8 @@ public struct RetryBook: Sendable {
         history[rowId] = nil
     }
 }
+
+extension ClaimedRow {
+    /// What a retry hold of this row holds: its topic and key (or the row alone, without a key).
+    var holdKey: RetryBook.HoldKey { RetryBook.holdKey(topic: message.topic, key: message.keyBytes, rowId: id) }
+}

@@ -325,10 +325,7 @@ public actor Relay: Service {
             }
             if !retries.isEmpty, retries.anyDue(now: now) {
                 // Keys with rows still awaiting their report stay held (see releaseDue).
-                var busy = Set<RetryBook.HoldKey>()
-                for e in window.unreported {
-                    if let row = e.row { busy.insert(RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id)) }
-                }
+                let busy = Set(window.unreported.compactMap { $0.row?.holdKey })
                 if let lowest = retries.releaseDue(now: now, busy: { busy.contains($0) }) { cursor.rewind(below: lowest) }
             }
             let shards = leases.claimable(now: now)
@@ -347,10 +344,8 @@ public actor Relay: Service {
                 continue
             }
             let limit = min(configuration.batchSize, room)
-            // Rows in flight matter only above the read's lower bound: a forward read past every
-            // admitted row needs no exclusions (and no walk over the window).
-            let needsExclusions = cursor.willSweep(now: now, sweepInterval: Self.sweepInterval) || window.highestRowId > cursor.cursor
-            let request = cursor.nextRequest(limit: limit, inFlight: needsExclusions ? window.rowIds : [], now: now, sweepInterval: Self.sweepInterval)
+            let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId,
+                                             now: now, sweepInterval: Self.sweepInterval)
             let queries = outbox
             let batch: ClaimBatch
             do {
@@ -394,11 +389,10 @@ public actor Relay: Service {
             }
             if row.notBeforeDelayMillis > 0 {
                 // Delayed delivery: the row (and later rows of its key) wait until its not_before.
-                let holdKey = RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id)
-                retries.hold(holdKey, rowId: row.id, until: now + Double(row.notBeforeDelayMillis) / 1000)
+                retries.hold(row.holdKey, rowId: row.id, until: now + Double(row.notBeforeDelayMillis) / 1000)
                 continue
             }
-            if !retries.isEmpty, retries.isHeld(RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id), rowId: row.id) {
+            if !retries.isEmpty, retries.isHeld(row.holdKey, rowId: row.id) {
                 // An earlier row of this key waits for its retry: this one must not overtake it.
                 // The hold's release rewinds the cursor to the held row, which re-reads this one.
                 continue
@@ -484,7 +478,7 @@ public actor Relay: Service {
         let base = Double(configuration.retryBackoffMillis) / 1000
         let cap = Double(configuration.retryBackoffMaxMillis) / 1000
         let delay = min(cap, base * pow(2, Double(min(attempt - 1, 30)))) * Double.random(in: 0.8...1.2)
-        retries.hold(RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id), rowId: row.id, until: now + delay)
+        retries.hold(row.holdKey, rowId: row.id, until: now + delay)
         metrics.retried(topic: row.message.topic)
         pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
         deleteWake.signal()
@@ -495,7 +489,7 @@ public actor Relay: Service {
     /// Marks `row` for a solo probe; its key (from this row on) is held until the probe settles.
     private func suspect(_ row: ClaimedRow) {
         suspects[row.id] = row
-        retries.hold(RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id), rowId: row.id, until: .infinity)
+        retries.hold(row.holdKey, rowId: row.id, until: .infinity)
         claimWake.signal()
     }
 
@@ -526,10 +520,10 @@ public actor Relay: Service {
     /// A probe settled (or was dropped): release its key's hold (keeping it for other suspects
     /// of the key) and read the key's later rows again.
     private func settleProbe(_ row: ClaimedRow) {
-        let key = RetryBook.holdKey(topic: row.message.topic, key: row.message.keyBytes, rowId: row.id)
+        let key = row.holdKey
         retries.clear(key)
-        for (id, other) in suspects where RetryBook.holdKey(topic: other.message.topic, key: other.message.keyBytes, rowId: id) == key {
-            retries.hold(key, rowId: id, until: .infinity)
+        for other in suspects.values where other.holdKey == key {
+            retries.hold(key, rowId: other.id, until: .infinity)
         }
         cursor.rewind(below: row.id)
         claimWake.signal()
