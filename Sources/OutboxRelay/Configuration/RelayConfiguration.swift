@@ -50,6 +50,10 @@ public struct RelayConfiguration: Sendable {
     /// librdkafka properties passed through by name (they win over the relay's defaults,
     /// except that idempotence cannot be turned off).
     public var kafkaProperties: [(String, String)] = []
+    /// Diagnostics for tests: remember where the broker said each row landed (`Relay.deliveryLedger()`),
+    /// so a row missing from a topic can be told apart as a broker/reader fault or a relay fault.
+    /// Grows with every relayed row; off by default.
+    public var recordsDeliveries = false
 
     public init(databaseURL: String, brokers: String) {
         self.databaseURL = databaseURL

@@ -74,6 +74,8 @@ public actor Relay: Service {
     private var desiredShardCount = 0
     private var desiredSince: Double = 0
     private var stats = RelayStatistics()
+    /// Row id → where the broker acknowledged it; only with `configuration.recordsDeliveries`.
+    private var ledger: [Int64: DeliveryPlace] = [:]
     private var shardCount = 0
 
     private var claimSession: PGSession?
@@ -130,6 +132,10 @@ public actor Relay: Service {
         s.inFlightBytes = window.bytes
         return s
     }
+
+    /// Where the broker acknowledged each relayed row (row id → topic, partition, offset), when
+    /// `configuration.recordsDeliveries` is on; empty otherwise.
+    public func deliveryLedger() -> [Int64: DeliveryPlace] { ledger }
 
     /// Shards held right now.
     public func heldShards() -> [Int32] { leases.heldShards }
@@ -590,6 +596,9 @@ public actor Relay: Service {
                 pendingDeletes.append(report.opaque)
                 if let row = entry.row {
                     producedByTopic[row.message.topic, default: 0] += 1
+                    if configuration.recordsDeliveries {
+                        ledger[row.id] = DeliveryPlace(topic: row.message.topic, partition: report.partition, offset: report.offset)
+                    }
                     metrics.commitToAck.recordMicroseconds(max(0, wallMicros - row.createdAtMicros))
                 }
                 if tracking, let row = entry.row {

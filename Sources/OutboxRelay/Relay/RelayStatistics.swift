@@ -27,3 +27,11 @@ public struct RelayStatistics: Sendable, Equatable {
 
     public init() {}
 }
+
+/// Where the broker acknowledged a row.
+public struct DeliveryPlace: Sendable, Equatable, CustomStringConvertible {
+    public let topic: String
+    public let partition: Int32
+    public let offset: Int64
+    public var description: String { "\(topic)[\(partition)]@\(offset)" }
+}

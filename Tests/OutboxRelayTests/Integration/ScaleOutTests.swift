@@ -28,6 +28,7 @@ import Testing
         for i in 0..<replicas {
             var c = TestEnvironment.configuration(table: table)
             c.replicaName = "replica-\(i)"
+            c.recordsDeliveries = true
             relays.append(try await RunningRelay.start(c))
         }
         try await TestEnvironment.eventually("shards split evenly between \(replicas) relays") {
@@ -43,6 +44,7 @@ import Testing
         // Stop one: its shards move to the others at once (released, not expired).
         let stopped = relays.removeFirst()
         var stats = [await stopped.relay.statistics()]
+        var ledgers = [(relay: stopped.relay.replicaId, ledger: await stopped.relay.deliveryLedger())]
         try await stopped.stop()
         try await TestEnvironment.eventually("remaining relays own every shard", timeout: 5) {
             let o = try owners(table)
@@ -53,14 +55,16 @@ import Testing
         for r in relays {
             stats.append(await r.relay.statistics())
             try await r.stop()
+            ledgers.append((relay: r.relay.replicaId, ledger: await r.relay.deliveryLedger()))
         }
 
         let last = try conn.query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
         let v = try Verification.verify(topics: topics, expectedIds: Set(1...last))
         #expect(last == 6000)
         // On a loss, say whether the relays were told the rows were delivered (broker or reader
-        // side) or deleted them otherwise: delivered/deleted/failed per relay.
-        #expect(v.lost.count == 0, "\(v); relays delivered/deleted/failed: \(stats.map { "\($0.delivered)/\($0.deleted)/\($0.failed)" })")
+        // side) or deleted them otherwise: delivered/deleted/failed per relay, and where each lost row
+        // was acknowledged and what the topic holds there.
+        #expect(v.lost.count == 0, "\(v); relays delivered/deleted/failed: \(stats.map { "\($0.delivered)/\($0.deleted)/\($0.failed)" })\n\(v.explainLosses(ledgers: ledgers))")
         #expect(v.duplicates == 0, "\(v)")
         #expect(v.orderInversions == 0, "\(v)")
     }

@@ -13,9 +13,37 @@ struct Verification: CustomStringConvertible {
     var messagesById: [Int64: ConsumedMessage] = [:]
     var keyPartitions: [String: Set<Int32>] = [:]
     var inversionSamples: [String] = []
+    /// "topic[partition]@offset" → the outbox id read there.
+    var idAtPlace: [String: Int64] = [:]
+    /// Per "topic[partition]": offsets read, to find holes.
+    var offsetsRead: [String: [Int64]] = [:]
 
     var description: String {
         "lost \(lost.count) (first: \(lost.prefix(5))), duplicates \(duplicates), order inversions \(orderInversions) \(inversionSamples.prefix(5)), distinct \(seen.count)"
+    }
+
+    /// For a loss: where each relay was told the lost rows landed, what the topic holds there, and
+    /// the holes in each partition's offsets. Tells a broker/reader fault (acknowledged, then absent)
+    /// from a relay fault (never acknowledged, yet deleted).
+    func explainLosses(ledgers: [(relay: String, ledger: [Int64: DeliveryPlace])], limit: Int = 10) -> String {
+        var lines: [String] = []
+        for id in lost.prefix(limit) {
+            let acks = ledgers.compactMap { l in l.ledger[id].map { "acked to \(l.relay) at \($0) (read there: \(idAtPlace[$0.description].map(String.init) ?? "nothing"))" } }
+            lines.append("id \(id): " + (acks.isEmpty ? "no relay was told it was delivered" : acks.joined(separator: "; ")))
+        }
+        for (partition, offsets) in offsetsRead.sorted(by: { $0.key < $1.key }) {
+            let sorted = offsets.sorted()
+            var holes: [String] = []
+            var expected = sorted.first ?? 0
+            for o in sorted {
+                if o > expected { holes.append(expected == o - 1 ? "\(expected)" : "\(expected)...\(o - 1)") }
+                expected = max(expected, o + 1)
+            }
+            if !holes.isEmpty || sorted.first.map({ $0 != 0 }) == true {
+                lines.append("\(partition): \(sorted.count) read, first offset \(sorted.first ?? -1), holes \(holes.prefix(10))")
+            }
+        }
+        return lines.joined(separator: "\n")
     }
 
     /// Reads every partition of `topics` from the start (on `configuration`'s cluster) and verifies.
@@ -33,9 +61,12 @@ struct Verification: CustomStringConvertible {
         var v = Verification()
         var lastByKey: [String: Int64] = [:]
         var lastWhere: [String: String] = [:]
+        var offsetsRead: [String: [Int64]] = [:]
         var firstSeen = Set<Int64>()
         for m in messages.sorted(by: { ($0.topic, $0.partition, $0.offset) < ($1.topic, $1.partition, $1.offset) }) {
+            offsetsRead["\(m.topic)[\(m.partition)]", default: []].append(m.offset)
             guard let idText = m.header(ClaimedRow.idHeader), let id = Int64(idText) else { continue }
+            v.idAtPlace["\(m.topic)[\(m.partition)]@\(m.offset)"] = id
             v.seen[id, default: 0] += 1
             v.messagesById[id] = v.messagesById[id] ?? m
             guard firstSeen.insert(id).inserted else { continue }
@@ -50,6 +81,7 @@ struct Verification: CustomStringConvertible {
                 lastByKey[slot] = max(lastByKey[slot] ?? id, id)
             }
         }
+        v.offsetsRead = offsetsRead
         v.duplicates = v.seen.values.reduce(0) { $0 + ($1 - 1) }
         v.lost = expectedIds.filter { v.seen[$0] == nil }.sorted()
         return v
