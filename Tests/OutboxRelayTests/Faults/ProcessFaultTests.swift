@@ -97,7 +97,12 @@ import Testing
         let table = try TestEnvironment.migratedTable()
         let topic = try TestEnvironment.topics(1)[0]
         try insert(table, topic: topic, rows: 60_000, keys: 200)
-        let relay = try RelayProcess(RelayProcess.runArguments(table: table.description))
+        // Its own application_name (the URL's wins over the relay's), so that only this relay's
+        // backends are terminated, never those of tests running alongside.
+        let name = "outbox-relay-terminated-\(UUID().uuidString.prefix(8).lowercased())"
+        var args = RelayProcess.runArguments(table: table.description)
+        args[args.firstIndex(of: "--database-url")! + 1] = TestEnvironment.databaseURL + (TestEnvironment.databaseURL.contains("?") ? "&" : "?") + "application_name=\(name)"
+        let relay = try RelayProcess(args)
         try await TestEnvironment.eventually("relay running") { try TestEnvironment.count(table) < 60_000 }
         let admin = try TestEnvironment.connect()
         var terminated = 0
@@ -105,8 +110,8 @@ import Testing
             try await Task.sleep(nanoseconds: UInt64.random(in: 5_000_000...40_000_000))
             terminated += Int(try admin.query("""
                 SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                WHERE application_name LIKE 'outbox-relay%' AND pid <> pg_backend_pid()) t
-                """).int64(0, 0))
+                WHERE application_name = $1 AND pid <> pg_backend_pid()) t
+                """, [.text(name)]).int64(0, 0))
         }
         let started = Date()
         try await TestEnvironment.eventually("drained after connection kills", timeout: 60) { try TestEnvironment.count(table) == 0 }

@@ -65,6 +65,8 @@ import Testing
         // side) or deleted them otherwise: delivered/deleted/failed per relay, and where each lost row
         // was acknowledged and what the topic holds there.
         #expect(v.lost.count == 0, "\(v); relays delivered/deleted/failed: \(stats.map { "\($0.delivered)/\($0.deleted)/\($0.failed)" })\n\(v.explainLosses(ledgers: ledgers))")
+        let deadLetters = try conn.query("SELECT id, reason FROM \(table.deadLetterSQL) ORDER BY id LIMIT 5")
+        #expect(deadLetters.rowCount == 0, "no row is dead-lettered in a fault-free run: \((0..<deadLetters.rowCount).map { "\(deadLetters.string($0, 0) ?? "") \(deadLetters.string($0, 1) ?? "")" })")
         #expect(v.duplicates == 0, "\(v)")
         #expect(v.orderInversions == 0, "\(v)")
     }
