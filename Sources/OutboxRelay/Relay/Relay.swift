@@ -153,6 +153,13 @@ public actor Relay: Service {
         }
         let app = "outbox-relay"
         let url = configuration.databaseURL
+        // rd_kafka_new spends tens of milliseconds in one-time library set-up (OpenSSL and SASL
+        // plug-ins, even for plaintext): create the producer on its own thread while the
+        // database is connected and checked, and it starts fetching its producer id meanwhile.
+        let (stream, continuation) = AsyncStream.makeStream(of: ProducerEvent.self)
+        reportStream = stream
+        reportContinuation = continuation
+        let pendingProducer = startProducerCreation()
         let claim = PGSession(url: url, applicationName: app, label: "claim", setup: setup)
         let table = self.table
         let info: OutboxSchemaInfo
@@ -162,12 +169,15 @@ public actor Relay: Service {
             }.get()
         } catch let error as PGError {
             await claim.close()
+            await pendingProducer.discard()
             throw RelayError(database: error, context: "cannot connect to the database")
         } catch let error as RelayError {
             await claim.close()
+            await pendingProducer.discard()
             throw error
         } catch {
             await claim.close()
+            await pendingProducer.discard()
             throw RelayError(.internalState, "\(error)")
         }
         shardCount = info.shardCount
@@ -176,11 +186,8 @@ public actor Relay: Service {
         deleteSession = PGSession(url: url, applicationName: app, label: "delete", setup: setup)
         leaseSession = PGSession(url: url, applicationName: app, label: "lease", setup: setup)
 
-        let (stream, continuation) = AsyncStream.makeStream(of: ProducerEvent.self)
-        reportStream = stream
-        reportContinuation = continuation
         do {
-            producer = try makeProducer()
+            producer = try await pendingProducer.value()
         } catch {
             await closeSessions()
             throw RelayError(kafka: error, context: "cannot create the Kafka producer")
@@ -208,10 +215,30 @@ public actor Relay: Service {
             throw KafkaError(.client, message: "report stream missing")
         }
         producerGeneration += 1
-        let generation = producerGeneration
-        return try KafkaProducer(configuration: configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")) { event in
+        return try Self.newProducer(configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)"),
+                                    generation: producerGeneration, continuation: continuation)
+    }
+
+    private static func newProducer(_ kafka: KafkaConfiguration, generation: Int,
+                                     continuation: AsyncStream<ProducerEvent>.Continuation) throws(KafkaError) -> KafkaProducer {
+        try KafkaProducer(configuration: kafka) { event in
             continuation.yield(ProducerEvent(generation: generation, event: event))
         }
+    }
+
+    /// The first producer, created on a thread of its own (see `start`).
+    private func startProducerCreation() -> PendingProducer {
+        producerGeneration += 1
+        let kafka = configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")
+        let generation = producerGeneration
+        let continuation = reportContinuation!
+        let pending = PendingProducer()
+        let thread = Thread {
+            pending.finish(Result { () throws(KafkaError) in try Self.newProducer(kafka, generation: generation, continuation: continuation) })
+        }
+        thread.name = "kafka-create"
+        thread.start()
+        return pending
     }
 
     /// An event tagged with the producer instance it came from; events of a replaced producer
@@ -985,5 +1012,44 @@ public enum RelayVersion {
 extension Librdkafka {
     static func checkVersionForRelay() throws(RelayError) {
         do { try checkVersion() } catch { throw RelayError(kafka: error, context: "unsupported librdkafka") }
+    }
+}
+
+/// A producer being created on another thread: awaited once, or discarded (closed) when start-up
+/// fails before it is used.
+final class PendingProducer: @unchecked Sendable {
+    private let lock = NSLock()
+    private var result: Result<KafkaProducer, KafkaError>?
+    private var waiter: CheckedContinuation<Result<KafkaProducer, KafkaError>, Never>?
+
+    func finish(_ r: Result<KafkaProducer, KafkaError>) {
+        lock.lock()
+        if let waiter {
+            self.waiter = nil
+            lock.unlock()
+            waiter.resume(returning: r)
+        } else {
+            result = r
+            lock.unlock()
+        }
+    }
+
+    private func wait() async -> Result<KafkaProducer, KafkaError> {
+        await withCheckedContinuation { (c: CheckedContinuation<Result<KafkaProducer, KafkaError>, Never>) in
+            lock.lock()
+            if let r = result {
+                lock.unlock()
+                c.resume(returning: r)
+            } else {
+                waiter = c
+                lock.unlock()
+            }
+        }
+    }
+
+    func value() async throws(KafkaError) -> KafkaProducer { try await wait().get() }
+
+    func discard() async {
+        if case .success(let producer) = await wait() { producer.close() }
     }
 }
