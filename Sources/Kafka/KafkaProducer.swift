@@ -179,26 +179,36 @@ public final class KafkaProducer: @unchecked Sendable {
         defer { pollerExited.signal() }
         while !stopping.load(ordering: .acquiring) {
             // Blocks until an event arrives (or a yield / the timeout, which only bounds shutdown).
-            guard let event = rd_kafka_queue_poll(queue, 1000) else { continue }
-            defer { rd_kafka_event_destroy(event) }
-            switch rd_kafka_event_type(event) {
-            case RD_KAFKA_EVENT_DR:
-                var reports: [DeliveryReport] = []
-                reports.reserveCapacity(Int(rd_kafka_event_message_count(event)))
-                while let m = rd_kafka_event_message_next(event) {
-                    reports.append(Self.report(m))
+            guard var event = rd_kafka_queue_poll(queue, 1000) else { continue }
+            // One report batch per produce response and partition: take whatever else is already
+            // queued too, so the relay is woken once per burst rather than once per partition.
+            var reports: [DeliveryReport] = []
+            var taken = 0
+            while true {
+                switch rd_kafka_event_type(event) {
+                case RD_KAFKA_EVENT_DR:
+                    reports.reserveCapacity(reports.count + Int(rd_kafka_event_message_count(event)))
+                    while let m = rd_kafka_event_message_next(event) {
+                        reports.append(Self.report(m))
+                    }
+                case RD_KAFKA_EVENT_ERROR:
+                    // Reports before the error are handed over first, in order.
+                    if !reports.isEmpty { onEvent(.deliveryReports(reports)); reports = [] }
+                    let err = rd_kafka_event_error(event)
+                    let fatal = rd_kafka_event_error_is_fatal(event) != 0
+                    var error = KafkaError(.client, errorCode: err.rawValue, isFatal: fatal,
+                                           message: String(cString: rd_kafka_event_error_string(event)))
+                    if fatal, let cause = fatalError() { error = cause }
+                    onEvent(.error(error))
+                default:
+                    break
                 }
-                if !reports.isEmpty { onEvent(.deliveryReports(reports)) }
-            case RD_KAFKA_EVENT_ERROR:
-                let err = rd_kafka_event_error(event)
-                let fatal = rd_kafka_event_error_is_fatal(event) != 0
-                var error = KafkaError(.client, errorCode: err.rawValue, isFatal: fatal,
-                                       message: String(cString: rd_kafka_event_error_string(event)))
-                if fatal, let cause = fatalError() { error = cause }
-                onEvent(.error(error))
-            default:
-                break
+                rd_kafka_event_destroy(event)
+                taken += 1
+                guard taken < 64, reports.count < 20_000, let next = rd_kafka_queue_poll(queue, 0) else { break }
+                event = next
             }
+            if !reports.isEmpty { onEvent(.deliveryReports(reports)) }
         }
     }
 

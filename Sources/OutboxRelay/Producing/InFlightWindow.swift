@@ -26,17 +26,27 @@ public struct InFlightWindow: Sendable {
     public private(set) var bytes = 0
     /// Rows produced whose delivery report has not arrived yet.
     public private(set) var awaitingReport = 0
-    public private(set) var byShard: [Int32: Int] = [:]
+    /// Rows in the window per shard (index = shard; grown on demand).
+    private var perShard: [Int] = []
+    /// Shards with rows in the window and how many (built on demand for lease planning).
+    public var byShard: [Int32: Int] {
+        var d: [Int32: Int] = [:]
+        for (shard, n) in perShard.enumerated() where n > 0 { d[Int32(shard)] = n }
+        return d
+    }
+    /// Rows of `shard` in the window.
+    public func inFlight(shard: Int32) -> Int { Int(shard) < perShard.count ? perShard[Int(shard)] : 0 }
     /// The highest row id ever admitted: an upper bound of the ids in the window (claims
     /// reading above it need no exclusions).
     public private(set) var highestRowId: Int64 = .min
-    fileprivate var entries: [UInt64: Entry] = [:]
+    fileprivate var entries: SequenceTable<Entry>
     private var nextSequence: UInt64 = 1
 
     public init(maxRows: Int, maxBytes: Int) {
         precondition(maxRows > 0 && maxBytes > 0)
         self.maxRows = maxRows
         self.maxBytes = maxBytes
+        self.entries = SequenceTable(minimumCapacity: min(maxRows, 1 << 16))
     }
 
     /// Rows that may be claimed now.
@@ -49,11 +59,13 @@ public struct InFlightWindow: Sendable {
         let seq = nextSequence
         nextSequence += 1
         if rowId > highestRowId { highestRowId = rowId }
-        entries[seq] = Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros, acknowledged: false, row: row)
+        entries.insert(seq, Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros, acknowledged: false, row: row))
         rows += 1
         bytes += size
         awaitingReport += 1
-        byShard[shard, default: 0] += 1
+        let i = Int(shard)
+        if i >= perShard.count { perShard.append(contentsOf: repeatElement(0, count: i + 1 - perShard.count)) }
+        perShard[i] += 1
         return seq
     }
 
@@ -66,10 +78,14 @@ public struct InFlightWindow: Sendable {
 
     /// A successful delivery report: the row now waits for its DELETE.
     public mutating func acknowledge(_ seq: UInt64) -> Entry? {
-        guard let index = entries.index(forKey: seq), !entries.values[index].acknowledged else { return nil }
-        entries.values[index].acknowledged = true
-        awaitingReport -= 1
-        return entries.values[index]
+        var acknowledged: Entry?
+        entries.update(seq) { e in
+            guard !e.acknowledged else { return }
+            e.acknowledged = true
+            acknowledged = e
+        }
+        if acknowledged != nil { awaitingReport -= 1 }
+        return acknowledged
     }
 
     /// A failed delivery report: the row leaves the window and stays in the outbox.
@@ -87,28 +103,28 @@ public struct InFlightWindow: Sendable {
     }
 
     private mutating func remove(_ seq: UInt64, _ e: Entry) {
-        entries[seq] = nil
+        entries.remove(seq)
         rows -= 1
         bytes -= e.bytes
-        if let n = byShard[e.shard], n > 1 { byShard[e.shard] = n - 1 } else { byShard[e.shard] = nil }
+        perShard[Int(e.shard)] -= 1
     }
 
     /// Every row still awaiting its report leaves the window (the producer that held them is
     /// gone); returns them. Acknowledged rows stay for their DELETE.
     public mutating func failAllUnreported() -> [Entry] {
-        let unreported = entries.filter { !$0.value.acknowledged }
+        let unreported = entries.entries.filter { !$0.value.acknowledged }
         for (seq, e) in unreported {
             awaitingReport -= 1
             remove(seq, e)
         }
-        return unreported.values.sorted { $0.rowId < $1.rowId }
+        return unreported.map(\.value).sorted { $0.rowId < $1.rowId }
     }
 
     /// Rows produced whose delivery report has not arrived yet.
-    public var unreported: [Entry] { entries.values.filter { !$0.acknowledged } }
+    public var unreported: [Entry] { entries.allValues.filter { !$0.acknowledged } }
 
     /// Ids of every row in the window (claims must not read them again).
-    public var rowIds: [Int64] { entries.values.map(\.rowId) }
+    public var rowIds: [Int64] { entries.allValues.map(\.rowId) }
 }
 
 extension InFlightWindow {

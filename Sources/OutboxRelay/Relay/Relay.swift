@@ -414,8 +414,9 @@ public actor Relay: Service {
     private func produce(_ rows: [ClaimedRow]) {
         guard let producer else { return }
         let now = monotonicSeconds()
+        let producible = leases.producibleMask(now: now)
         for row in rows {
-            guard leases.producibleEpoch(row.shard, now: now) != nil else {
+            guard Int(row.shard) < producible.count, producible[Int(row.shard)] else {
                 // Lease lapsed locally between claim and produce: read the row again later.
                 cursor.rewind(below: row.id)
                 continue
@@ -752,7 +753,7 @@ public actor Relay: Service {
                 for s in seqs { window.settle(s) }
                 metrics.inFlightRows.record(window.rows)
                 metrics.inFlightBytes.record(window.bytes)
-                if drainingBefore.contains(where: { window.byShard[$0] == nil }) { leaseWake.signal() }
+                if drainingBefore.contains(where: { window.inFlight(shard: $0) == 0 }) { leaseWake.signal() }
                 claimWake.signal()
                 windowWake.signal()
             } catch {
@@ -902,7 +903,7 @@ public actor Relay: Service {
             // old tenure awaiting reports here. Take it again only once they are settled: until
             // then claims would skip them (they are in the window) and read the key's later rows,
             // which a late failure of theirs would then have overtaken.
-            let acquire = plan.acquire.filter { window.byShard[$0] == nil }
+            let acquire = plan.acquire.filter { window.inFlight(shard: $0) == 0 }
             if !acquire.isEmpty {
                 let acquireAt = monotonicSeconds()
                 let got = try await session.withConnection { conn throws(PGError) in

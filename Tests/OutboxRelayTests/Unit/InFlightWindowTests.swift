@@ -48,3 +48,70 @@ import Testing
         #expect(w.isEmpty)
     }
 }
+
+/// The window's sequence table against a plain dictionary, under random admits, reports and
+/// settles, with some rows left unreported for long stretches (stragglers make probe runs wrap).
+@Suite struct InFlightWindowModelTests {
+    struct Model { var rowId: Int64; var shard: Int32; var acknowledged: Bool }
+
+    @Test(arguments: [1, 2, 3, 4])
+    func randomOperationsAgreeWithADictionary(seed: UInt64) {
+        var rng = SplitMix(seed: seed)
+        var w = InFlightWindow(maxRows: 64, maxBytes: 1 << 30)
+        var model: [UInt64: Model] = [:]
+        var nextRow: Int64 = 1
+        for step in 0..<60_000 {
+            let live = Array(model.keys)
+            switch rng.next() % 10 {
+            case 0...3 where model.count < 200:
+                let shard = Int32(rng.next() % 8)
+                let seq = w.admit(rowId: nextRow, shard: shard, bytes: 1, createdAtMicros: 0)
+                #expect(model[seq] == nil, "sequence \(seq) reused at step \(step)")
+                model[seq] = Model(rowId: nextRow, shard: shard, acknowledged: false)
+                nextRow += 1
+            case 4...5 where !live.isEmpty:
+                // Stragglers: sequences ending in 7 are rarely reported.
+                let seq = live[Int(rng.next() % UInt64(live.count))]
+                if seq % 10 == 7 && rng.next() % 50 != 0 { continue }
+                let expected = model[seq]!.acknowledged ? nil : model[seq]!.rowId
+                #expect(w.acknowledge(seq)?.rowId == expected)
+                model[seq]!.acknowledged = true
+            case 6 where !live.isEmpty:
+                let seq = live[Int(rng.next() % UInt64(live.count))]
+                if model[seq]!.acknowledged {
+                    #expect(w.fail(seq) == nil)
+                } else {
+                    #expect(w.fail(seq)?.rowId == model[seq]!.rowId)
+                    model[seq] = nil
+                }
+            case 7...9 where !live.isEmpty:
+                let seq = live[Int(rng.next() % UInt64(live.count))]
+                w.settle(seq)
+                if model[seq]!.acknowledged { model[seq] = nil }
+            default:
+                break
+            }
+            if step % 997 == 0 || step == 59_999 {
+                #expect(w.rows == model.count)
+                #expect(w.awaitingReport == model.values.filter { !$0.acknowledged }.count)
+                #expect(Set(w.rowIds) == Set(model.values.map(\.rowId)))
+                var perShard: [Int32: Int] = [:]
+                for m in model.values { perShard[m.shard, default: 0] += 1 }
+                #expect(w.byShard == perShard)
+                for (seq, m) in model { #expect(w.entry(seq)?.rowId == m.rowId) }
+            }
+        }
+    }
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
