@@ -28,6 +28,16 @@ final class RelayProcess {
     var pid: Int32 { process.processIdentifier }
     func signal(_ sig: Int32) { kill(pid, sig) }
 
+    /// A test that fails (throws) before terminating its relay must not leave it running: it
+    /// would keep polling the shared database and skew later tests and benchmarks.
+    deinit {
+        if process.isRunning {
+            kill(pid, SIGCONT)
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     @discardableResult
     func terminate() -> Int32 {
