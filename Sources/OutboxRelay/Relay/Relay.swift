@@ -412,7 +412,11 @@ public actor Relay: Service {
     }
 
     private func produce(_ rows: [ClaimedRow]) {
-        guard let producer else { return }
+        guard let producer, !recreating else {
+            // Not produced now: read again once a producer is ready.
+            if let first = rows.first { cursor.rewind(below: first.id) }
+            return
+        }
         let now = monotonicSeconds()
         let producible = leases.producibleMask(now: now)
         for row in rows {
