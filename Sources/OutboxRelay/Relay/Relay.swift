@@ -392,12 +392,20 @@ public actor Relay: Service {
                 continue
             }
             stats.claims += 1
+            failureStreak = 0  // the back-off grows with consecutive failures only
             if request.mode == .sweep { stats.sweeps += 1 }
             metrics.claimDuration.recordSeconds(monotonicSeconds() - now)
             metrics.batchRows.record(batch.rows.count)
             cursor.observe(request, .init(snapshotXmin: batch.snapshotXmin, snapshotXmax: batch.snapshotXmax,
                                           lastRowId: batch.rows.last?.id, rowCount: batch.rows.count),
                            now: monotonicSeconds())
+            if request.generation != cursor.generation {
+                // Rewound while this read was in flight (a producer re-created, a connection lost,
+                // a probe settled): rows below these are to be read again and must go first. The
+                // forced sweep reads these too, in id order.
+                stats.staleClaims += 1
+                continue
+            }
             produce(batch.rows)
             if batch.rows.count < limit && !cursor.sweepForced {
                 // Idle: sleep until NOTIFY, window room or the poll timer — or until a sweep is due.

@@ -19,6 +19,8 @@ public struct RelayStatistics: Sendable, Equatable {
     /// Claim reads, and how many of them were sweeps.
     public var claims = 0
     public var sweeps = 0
+    /// Claim reads set aside unproduced because the cursor was rewound while they ran.
+    public var staleClaims = 0
     /// Shards currently held.
     public var shardsHeld = 0
     public var inFlightRows = 0

@@ -59,10 +59,37 @@ import Testing
         #expect(v.orderInversions == 0, "\(v)")
     }
 
-    @Test func aPausedReplicaDeletesNothingItNoLongerOwns() async throws {
+    /// With `killingConnections`, both relays' database connections are also terminated every
+    /// 50–400 ms throughout (a compound fault: it once let a claim read before a rewind be
+    /// produced ahead of the rewound rows).
+    @Test(arguments: [false, true])
+    func aPausedReplicaDeletesNothingItNoLongerOwns(killingConnections: Bool) async throws {
         let table = try TestEnvironment.migratedTable()
         let topic = try TestEnvironment.topics(1)[0]
-        let a = try RelayProcess(RelayProcess.runArguments(table: table.description, extra: ["--replica-name", "a-paused", "--relay-header", "sent-by"]))
+        // The relays' own application_name (the URL's wins), so only their backends are killed.
+        let appName = "outbox-relay-paused-\(UUID().uuidString.prefix(8).lowercased())"
+        func args(_ name: String) -> [String] {
+            var args = RelayProcess.runArguments(table: table.description, extra: ["--replica-name", name, "--relay-header", "sent-by"])
+            if killingConnections {
+                args[args.firstIndex(of: "--database-url")! + 1] = TestEnvironment.databaseURL
+                    + (TestEnvironment.databaseURL.contains("?") ? "&" : "?") + "application_name=\(appName)"
+            }
+            return args
+        }
+        let killer = Task {
+            guard killingConnections else { return 0 }
+            let admin = try TestEnvironment.connect()
+            var killed = 0
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: UInt64.random(in: 50_000_000...400_000_000))  // the fault's rhythm
+                killed += Int(try admin.query("""
+                    SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) t
+                    """, [.text(appName)]).int64(0, 0))
+            }
+            return killed
+        }
+        defer { killer.cancel() }
+        let a = try RelayProcess(args("a-paused"))
         try await TestEnvironment.eventually("a holds all shards") {
             try TestEnvironment.connect().query("SELECT count(*) FROM \(table.leasesSQL) WHERE owner = 'a-paused'").int64(0, 0) == 256
         }
@@ -70,7 +97,7 @@ import Testing
         try await TestEnvironment.eventually("a made progress") { try TestEnvironment.count(table) < 20_000 }
         a.signal(SIGSTOP)
         let pausedAt = Date()
-        let b = try RelayProcess(RelayProcess.runArguments(table: table.description, extra: ["--replica-name", "b-taker", "--relay-header", "sent-by"]))
+        let b = try RelayProcess(args("b-taker"))
         try await TestEnvironment.eventually("b took every shard after a's leases expired", timeout: 30) {
             try TestEnvironment.connect().query("SELECT count(*) FROM \(table.leasesSQL) WHERE owner = 'b-taker' AND expires_at > now()").int64(0, 0) == 256
         }
@@ -78,14 +105,17 @@ import Testing
         try insert(table, topic: topic, rows: 2_000, keys: 200, from: 20_000)
         a.signal(SIGCONT)
         try await TestEnvironment.eventually("drained", timeout: 60) { try TestEnvironment.count(table) == 0 }
+        killer.cancel()
+        let killed = try await killer.value
         #expect(a.terminate() == 0)
         #expect(b.terminate() == 0)
+        if killingConnections { #expect(killed > 0) }
         let v = try Verification.verify(topics: [topic], expectedIds: try allIds(table))
         let left = try leftovers(table)
-        FaultReport("replica SIGSTOPped past its lease while another takes over, then resumed",
+        FaultReport("replica SIGSTOPped past its lease while another takes over, then resumed" + (killingConnections ? "; both relays' database connections terminated every 50–400 ms" : ""),
                     bound: "lost 0, order inversions 0; the resumed replica's late DELETEs match nothing (lease-checked)", inserted: 22_000,
                     verification: v, pending: left.pending, deadLettered: left.deadLettered, recoverySeconds: takeover,
-                    note: "recovery = pause to take-over by the other replica (lease 6 s)").write()
+                    note: "recovery = pause to take-over by the other replica (lease 6 s)" + (killingConnections ? "; \(killed) backends terminated" : "")).write()
         #expect(v.lost.count == 0, "\(v)")
         #expect(v.duplicates <= 2_000, "at most a's in-flight window: \(v)")
         // The resumed replica's producer saw its in-flight requests time out and (on Tansu) its
