@@ -20,6 +20,8 @@ public struct RelayError: Error, CustomStringConvertible, Sendable {
 
     public let code: Code
     public let message: String
+    /// An established database connection broke (not: could not connect at all): worth retrying.
+    public private(set) var connectionLost = false
 
     public init(_ code: Code, _ message: String) {
         self.code = code
@@ -28,6 +30,7 @@ public struct RelayError: Error, CustomStringConvertible, Sendable {
 
     public init(database error: PGError, context: String) {
         self.init(.database, "\(context): \(error)")
+        connectionLost = error.code != .connectionFailed && error.isConnectionLoss
     }
 
     public init(kafka error: KafkaError, context: String) {

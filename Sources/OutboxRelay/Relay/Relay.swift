@@ -162,11 +162,25 @@ public actor Relay: Service {
         let pendingProducer = startProducerCreation()
         let claim = PGSession(url: url, applicationName: app, label: "claim", setup: setup)
         let table = self.table
-        let info: OutboxSchemaInfo
+        var info: OutboxSchemaInfo?
+        // A connection that breaks during the checks (a terminated backend, a restart) is retried
+        // a few times; a database that cannot be reached at all is refused at once.
+        var attempt = 0
         do {
-            info = try await claim.withConnection { conn throws(PGError) -> Result<OutboxSchemaInfo, RelayError> in
-                do throws(RelayError) { return .success(try SchemaCheck.check(conn, table: table)) } catch { return .failure(error) }
-            }.get()
+            while info == nil {
+                do {
+                    info = try await claim.withConnection { conn throws(PGError) -> Result<OutboxSchemaInfo, RelayError> in
+                        do throws(RelayError) { return .success(try SchemaCheck.check(conn, table: table)) } catch { return .failure(error) }
+                    }.get()
+                } catch {
+                    let lost = (error as? PGError).map { $0.code != .connectionFailed && $0.isConnectionLoss }
+                        ?? (error as? RelayError)?.connectionLost ?? false
+                    guard lost, attempt < Self.startupRetries else { throw error }
+                    attempt += 1
+                    logger.warning("database connection lost during start-up checks; retrying", metadata: [LogKey.error: "\(error)"])
+                    try? await Task.sleep(nanoseconds: UInt64(attempt) * 200_000_000)
+                }
+            }
         } catch let error as PGError {
             await claim.close()
             await pendingProducer.discard()
@@ -180,6 +194,7 @@ public actor Relay: Service {
             await pendingProducer.discard()
             throw RelayError(.internalState, "\(error)")
         }
+        guard let info else { throw RelayError(.internalState, "start-up checks ended without a result") }
         shardCount = info.shardCount
         leases = LeaseTable(shardCount: info.shardCount)
         claimSession = claim
@@ -659,6 +674,8 @@ public actor Relay: Service {
     }
 
     static let fencingStormThreshold = 10
+    /// Start-up checks retried this many times when an established connection breaks.
+    static let startupRetries = 5
     /// Longest a DELETE waits for more delivery reports to fill its batch.
     static let deleteGatherSeconds = 0.005
     /// How long a producer re-creation waits for the old instance's last reports.

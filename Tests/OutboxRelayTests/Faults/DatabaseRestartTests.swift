@@ -92,4 +92,38 @@ import Testing
         #expect(v.duplicates <= 2_000, "\(v)")
         #expect(v.orderInversions == 0, "\(v)")
     }
+
+    /// The start-up checks' connection is terminated under them (the first backends the relay
+    /// opens are killed as soon as they appear): the relay retries the checks and starts, where
+    /// before it exited with "checking table …: server closed the connection unexpectedly".
+    @Test func startUpChecksRideOutATerminatedConnection() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        let appName = "outbox-relay-startup-\(UUID().uuidString.prefix(8).lowercased())"
+        var c = TestEnvironment.configuration(table: table)
+        c.databaseURL += (c.databaseURL.contains("?") ? "&" : "?") + "application_name=\(appName)"
+        let killer = Task {
+            let admin = try TestEnvironment.connect()
+            var killed = 0
+            let deadline = Date().addingTimeInterval(10)
+            while killed < 2, Date() < deadline {
+                killed += Int(try admin.query("""
+                    SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) t
+                    """, [.text(appName)]).int64(0, 0))
+                try await Task.sleep(nanoseconds: 500_000)  // polling for the relay's first backends
+            }
+            return killed
+        }
+        // Let the killer's own connection open first, so it is watching when the relay connects.
+        try await Task.sleep(nanoseconds: 100_000_000)
+        let relay = try await RunningRelay.start(c)
+        let killed = try await killer.value
+        #expect(killed >= 1, "the relay's start-up connection was terminated")
+        let id = try TestEnvironment.connect().query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, 'k', 'v') RETURNING id",
+                                                     [.text(topic)]).int64(0, 0)
+        try await TestEnvironment.eventually("relayed after the troubled start") { try TestEnvironment.count(table) == 0 }
+        try await relay.stop()
+        let v = try Verification.verify(topics: [topic], expectedIds: [id])
+        #expect(v.lost.isEmpty && v.duplicates == 0, "\(v)")
+    }
 }
