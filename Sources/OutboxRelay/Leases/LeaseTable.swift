@@ -12,6 +12,9 @@ public struct LeaseTable: Sendable, Equatable {
         public var epoch: Int64
         public var validUntil: Double
         public var phase: Phase
+
+        /// Claimed and produced to now: active and still locally valid.
+        func isProducible(now: Double) -> Bool { phase == .active && validUntil > now }
     }
 
     public private(set) var leases: [Int32: Lease] = [:]
@@ -92,12 +95,12 @@ public struct LeaseTable: Sendable, Equatable {
 
     /// Shards to claim rows from now: active and locally valid.
     public func claimable(now: Double) -> [Int32] {
-        leases.filter { $0.value.phase == .active && $0.value.validUntil > now }.keys.sorted()
+        leases.filter { $0.value.isProducible(now: now) }.keys.sorted()
     }
 
     /// The epoch to produce under, or nil when the shard must not be produced to now.
     public func producibleEpoch(_ shard: Int32, now: Double) -> Int64? {
-        guard let lease = leases[shard], lease.phase == .active, lease.validUntil > now else { return nil }
+        guard let lease = leases[shard], lease.isProducible(now: now) else { return nil }
         return lease.epoch
     }
 
@@ -105,7 +108,7 @@ public struct LeaseTable: Sendable, Equatable {
     /// instead of a lookup per row.
     public func producibleMask(now: Double) -> [Bool] {
         var mask = [Bool](repeating: false, count: shardCount)
-        for (shard, lease) in leases where lease.phase == .active && lease.validUntil > now && Int(shard) < shardCount {
+        for (shard, lease) in leases where lease.isProducible(now: now) && Int(shard) < shardCount {
             mask[Int(shard)] = true
         }
         return mask
