@@ -30,7 +30,7 @@ public struct RelayError: Error, CustomStringConvertible, Sendable {
 
     public init(database error: PGError, context: String) {
         self.init(.database, "\(context): \(error)")
-        connectionLost = error.code != .connectionFailed && error.isConnectionLoss
+        connectionLost = error.isBrokenConnection
     }
 
     public init(kafka error: KafkaError, context: String) {

@@ -50,6 +50,10 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
         return s.hasPrefix("08") || s == "57P01" || s == "57P02" || s == "57P03"
     }
 
+    /// An established connection broke (a terminated backend, a restart), as opposed to one that
+    /// could not be made at all: worth retrying even where an unreachable server is refused.
+    public var isBrokenConnection: Bool { code != .connectionFailed && isConnectionLoss }
+
     /// Serialization failure or deadlock: retry the transaction.
     public var isTransactionRetriable: Bool { sqlState == "40001" || sqlState == "40P01" }
 

@@ -162,39 +162,18 @@ public actor Relay: Service {
         let pendingProducer = startProducerCreation()
         let claim = PGSession(url: url, applicationName: app, label: "claim", setup: setup)
         let table = self.table
-        var info: OutboxSchemaInfo?
-        // A connection that breaks during the checks (a terminated backend, a restart) is retried
-        // a few times; a database that cannot be reached at all is refused at once.
-        var attempt = 0
+        let info: OutboxSchemaInfo
         do {
-            while info == nil {
-                do {
-                    info = try await claim.withConnection { conn throws(PGError) -> Result<OutboxSchemaInfo, RelayError> in
-                        do throws(RelayError) { return .success(try SchemaCheck.check(conn, table: table)) } catch { return .failure(error) }
-                    }.get()
-                } catch {
-                    let lost = (error as? PGError).map { $0.code != .connectionFailed && $0.isConnectionLoss }
-                        ?? (error as? RelayError)?.connectionLost ?? false
-                    guard lost, attempt < Self.startupRetries else { throw error }
-                    attempt += 1
-                    logger.warning("database connection lost during start-up checks; retrying", metadata: [LogKey.error: "\(error)"])
-                    try? await Task.sleep(nanoseconds: UInt64(attempt) * 200_000_000)
-                }
-            }
-        } catch let error as PGError {
-            await claim.close()
-            await pendingProducer.discard()
-            throw RelayError(database: error, context: "cannot connect to the database")
-        } catch let error as RelayError {
-            await claim.close()
-            await pendingProducer.discard()
-            throw error
+            info = try await checkSchema(claim)
         } catch {
             await claim.close()
-            await pendingProducer.discard()
-            throw RelayError(.internalState, "\(error)")
+            if case .success(let unused) = await pendingProducer.value { unused.close() }
+            switch error {
+            case let error as PGError: throw RelayError(database: error, context: "cannot connect to the database")
+            case let error as RelayError: throw error
+            default: throw RelayError(.internalState, "\(error)")
+            }
         }
-        guard let info else { throw RelayError(.internalState, "start-up checks ended without a result") }
         shardCount = info.shardCount
         leases = LeaseTable(shardCount: info.shardCount)
         claimSession = claim
@@ -202,7 +181,7 @@ public actor Relay: Service {
         leaseSession = PGSession(url: url, applicationName: app, label: "lease", setup: setup)
 
         do {
-            producer = try await pendingProducer.value()
+            producer = try await pendingProducer.value.get()
         } catch {
             await closeSessions()
             throw RelayError(kafka: error, context: "cannot create the Kafka producer")
@@ -225,35 +204,57 @@ public actor Relay: Service {
         ])
     }
 
+    /// The start-up checks, retried when an established connection breaks under them (a
+    /// terminated backend, a restart); a database that cannot be reached at all is refused at once.
+    private func checkSchema(_ session: PGSession) async throws -> OutboxSchemaInfo {
+        let table = self.table
+        var attempt = 0
+        while true {
+            do {
+                return try await session.withConnection { conn throws(PGError) -> Result<OutboxSchemaInfo, RelayError> in
+                    do throws(RelayError) { return .success(try SchemaCheck.check(conn, table: table)) } catch { return .failure(error) }
+                }.get()
+            } catch {
+                let lost = (error as? PGError)?.isBrokenConnection ?? (error as? RelayError)?.connectionLost ?? false
+                guard lost, attempt < Self.startupRetries else { throw error }
+                attempt += 1
+                logger.warning("database connection lost during start-up checks; retrying", metadata: [LogKey.error: "\(error)"])
+                try? await Task.sleep(nanoseconds: UInt64(attempt) * 200_000_000)
+            }
+        }
+    }
+
     private func makeProducer() throws(KafkaError) -> KafkaProducer {
+        try nextProducer()()
+    }
+
+    /// How to build the next producer instance (a new generation, reporting into the stream);
+    /// cheap to make here, while running it takes tens of milliseconds.
+    private func nextProducer() throws(KafkaError) -> @Sendable () throws(KafkaError) -> KafkaProducer {
         guard let continuation = reportContinuation else {
             throw KafkaError(.client, message: "report stream missing")
         }
         producerGeneration += 1
-        return try Self.newProducer(configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)"),
-                                    generation: producerGeneration, continuation: continuation)
-    }
-
-    private static func newProducer(_ kafka: KafkaConfiguration, generation: Int,
-                                     continuation: AsyncStream<ProducerEvent>.Continuation) throws(KafkaError) -> KafkaProducer {
-        try KafkaProducer(configuration: kafka) { event in
-            continuation.yield(ProducerEvent(generation: generation, event: event))
-        }
-    }
-
-    /// The first producer, created on a thread of its own (see `start`).
-    private func startProducerCreation() -> PendingProducer {
-        producerGeneration += 1
-        let kafka = configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")
         let generation = producerGeneration
-        let continuation = reportContinuation!
-        let pending = PendingProducer()
-        let thread = Thread {
-            pending.finish(Result { () throws(KafkaError) in try Self.newProducer(kafka, generation: generation, continuation: continuation) })
+        let kafka = configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")
+        return { () throws(KafkaError) in
+            try KafkaProducer(configuration: kafka) { event in
+                continuation.yield(ProducerEvent(generation: generation, event: event))
+            }
         }
-        thread.name = "kafka-create"
-        thread.start()
-        return pending
+    }
+
+    /// The first producer, built on a thread of its own (see `start`): awaited once, either
+    /// taken or closed.
+    private func startProducerCreation() -> Task<Result<KafkaProducer, KafkaError>, Never> {
+        let build: Result<@Sendable () throws(KafkaError) -> KafkaProducer, KafkaError> = Result { () throws(KafkaError) in try nextProducer() }
+        return Task.detached {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<KafkaProducer, KafkaError>, Never>) in
+                let thread = Thread { c.resume(returning: build.flatMap { make in Result { () throws(KafkaError) in try make() } }) }
+                thread.name = "kafka-create"
+                thread.start()
+            }
+        }
     }
 
     /// An event tagged with the producer instance it came from; events of a replaced producer
@@ -1042,44 +1043,5 @@ public enum RelayVersion {
 extension Librdkafka {
     static func checkVersionForRelay() throws(RelayError) {
         do { try checkVersion() } catch { throw RelayError(kafka: error, context: "unsupported librdkafka") }
-    }
-}
-
-/// A producer being created on another thread: awaited once, or discarded (closed) when start-up
-/// fails before it is used.
-final class PendingProducer: @unchecked Sendable {
-    private let lock = NSLock()
-    private var result: Result<KafkaProducer, KafkaError>?
-    private var waiter: CheckedContinuation<Result<KafkaProducer, KafkaError>, Never>?
-
-    func finish(_ r: Result<KafkaProducer, KafkaError>) {
-        lock.lock()
-        if let waiter {
-            self.waiter = nil
-            lock.unlock()
-            waiter.resume(returning: r)
-        } else {
-            result = r
-            lock.unlock()
-        }
-    }
-
-    private func wait() async -> Result<KafkaProducer, KafkaError> {
-        await withCheckedContinuation { (c: CheckedContinuation<Result<KafkaProducer, KafkaError>, Never>) in
-            lock.lock()
-            if let r = result {
-                lock.unlock()
-                c.resume(returning: r)
-            } else {
-                waiter = c
-                lock.unlock()
-            }
-        }
-    }
-
-    func value() async throws(KafkaError) -> KafkaProducer { try await wait().get() }
-
-    func discard() async {
-        if case .success(let producer) = await wait() { producer.close() }
     }
 }
