@@ -31,9 +31,14 @@ public struct RelayStatistics: Sendable, Equatable {
 }
 
 /// Where the broker acknowledged a row.
-public struct DeliveryPlace: Sendable, Equatable, CustomStringConvertible {
+public struct DeliveryPlace: Sendable, Hashable, CustomStringConvertible {
     public let topic: String
     public let partition: Int32
     public let offset: Int64
+    public init(topic: String, partition: Int32, offset: Int64) {
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+    }
     public var description: String { "\(topic)[\(partition)]@\(offset)" }
 }

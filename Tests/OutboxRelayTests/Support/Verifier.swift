@@ -13,8 +13,8 @@ struct Verification: CustomStringConvertible {
     var messagesById: [Int64: ConsumedMessage] = [:]
     var keyPartitions: [String: Set<Int32>] = [:]
     var inversionSamples: [String] = []
-    /// "topic[partition]@offset" → the outbox id read there.
-    var idAtPlace: [String: Int64] = [:]
+    /// Where each message was read → its outbox id.
+    var idAtPlace: [DeliveryPlace: Int64] = [:]
     /// Per "topic[partition]": offsets read, to find holes.
     var offsetsRead: [String: [Int64]] = [:]
 
@@ -28,7 +28,7 @@ struct Verification: CustomStringConvertible {
     func explainLosses(ledgers: [(relay: String, ledger: [Int64: DeliveryPlace])], limit: Int = 10) -> String {
         var lines: [String] = []
         for id in lost.prefix(limit) {
-            let acks = ledgers.compactMap { l in l.ledger[id].map { "acked to \(l.relay) at \($0) (read there: \(idAtPlace[$0.description].map(String.init) ?? "nothing"))" } }
+            let acks = ledgers.compactMap { l in l.ledger[id].map { "acked to \(l.relay) at \($0) (read there: \(idAtPlace[$0].map(String.init) ?? "nothing"))" } }
             lines.append("id \(id): " + (acks.isEmpty ? "no relay was told it was delivered" : acks.joined(separator: "; ")))
         }
         for (partition, offsets) in offsetsRead.sorted(by: { $0.key < $1.key }) {
@@ -61,12 +61,12 @@ struct Verification: CustomStringConvertible {
         var v = Verification()
         var lastByKey: [String: Int64] = [:]
         var lastWhere: [String: String] = [:]
-        var offsetsRead: [String: [Int64]] = [:]
+        func sender(_ m: ConsumedMessage) -> String { m.header("sent-by").map { " by " + $0 } ?? "" }
         var firstSeen = Set<Int64>()
         for m in messages.sorted(by: { ($0.topic, $0.partition, $0.offset) < ($1.topic, $1.partition, $1.offset) }) {
-            offsetsRead["\(m.topic)[\(m.partition)]", default: []].append(m.offset)
+            v.offsetsRead["\(m.topic)[\(m.partition)]", default: []].append(m.offset)
             guard let idText = m.header(ClaimedRow.idHeader), let id = Int64(idText) else { continue }
-            v.idAtPlace["\(m.topic)[\(m.partition)]@\(m.offset)"] = id
+            v.idAtPlace[DeliveryPlace(topic: m.topic, partition: m.partition, offset: m.offset)] = id
             v.seen[id, default: 0] += 1
             v.messagesById[id] = v.messagesById[id] ?? m
             guard firstSeen.insert(id).inserted else { continue }
@@ -75,13 +75,12 @@ struct Verification: CustomStringConvertible {
                 let slot = "\(m.topic)/\(m.partition)/\(key)"
                 if let last = lastByKey[slot], last > id {
                     v.orderInversions += 1
-                    if v.inversionSamples.count < 10 { v.inversionSamples.append("\(slot): \(id) at offset \(m.offset)\(m.header("sent-by").map { " by " + $0 } ?? "") after \(last) (\(lastWhere[slot] ?? ""))") }
+                    if v.inversionSamples.count < 10 { v.inversionSamples.append("\(slot): \(id) at offset \(m.offset)\(sender(m)) after \(last) (\(lastWhere[slot] ?? ""))") }
                 }
-                if id > (lastByKey[slot] ?? .min) { lastWhere[slot] = "offset \(m.offset)\(m.header("sent-by").map { " by " + $0 } ?? "")" }
+                if id > (lastByKey[slot] ?? .min) { lastWhere[slot] = "offset \(m.offset)\(sender(m))" }
                 lastByKey[slot] = max(lastByKey[slot] ?? id, id)
             }
         }
-        v.offsetsRead = offsetsRead
         v.duplicates = v.seen.values.reduce(0) { $0 + ($1 - 1) }
         v.lost = expectedIds.filter { v.seen[$0] == nil }.sorted()
         return v
