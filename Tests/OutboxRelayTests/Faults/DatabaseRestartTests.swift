@@ -62,22 +62,29 @@ import Testing
         let relay = try RelayProcess(args)
         func count() throws -> Int64 { try PGConnection(url: pg.url, applicationName: "t").query("SELECT count(*) FROM outbox").int64(0, 0) }
         var ids = Set<Int64>()
-        func insert(_ n: Int32) throws {
-            let r = try PGConnection(url: pg.url, applicationName: "t").query("""
+        func insert(_ n: Int32, readWrite: Bool = false) throws {
+            let c = try PGConnection(url: pg.url, applicationName: "t")
+            if readWrite { try c.executeScript("SET default_transaction_read_only = off") }
+            let r = try c.query("""
                 INSERT INTO outbox (topic, key, value) SELECT $1, convert_to('k' || (i % 50), 'UTF8'), 'v' FROM generate_series(1, $2::int) i RETURNING id
                 """, [.text(topic), .int4(n)])
             for i in 0..<r.rowCount { ids.insert(try r.int64(i, 0)) }
         }
         try insert(2_000)
         try await TestEnvironment.eventually("first rows relayed") { try count() == 0 }
-        try insert(3_000)
         try admin.executeScript("ALTER SYSTEM SET default_transaction_read_only = on")
         try admin.executeScript("SELECT pg_reload_conf()")
-        // While read-only, rows are kept: the relay may produce what it already claimed, but it
-        // can delete nothing, so everything inserted is still in the table or in Kafka.
         try await TestEnvironment.eventually("the relay reports the read-only database") { relay.output.contains("25006") }
-        let kept = try count()
-        #expect(kept > 0)
+        // Rows committed while the database is read-only (the application's session overrides the
+        // default) must all stay: the relay may claim and produce them, but it can delete none.
+        // Inserting them after the relay has seen 25006 keeps a fast relay from draining them
+        // before the setting reaches its backends (the race CI hit with rows inserted before).
+        let reportsBefore = relay.output.components(separatedBy: "25006").count
+        try insert(3_000, readWrite: true)
+        try await TestEnvironment.eventually("the relay meets 25006 again after the insert", timeout: 30) {
+            relay.output.components(separatedBy: "25006").count > reportsBefore
+        }
+        #expect(try count() == 3_000, "rows were deleted from a read-only database")
         try admin.executeScript("ALTER SYSTEM RESET default_transaction_read_only")
         try admin.executeScript("SELECT pg_reload_conf()")
         let writable = Date()
