@@ -1,8 +1,8 @@
 /// A map from message sequence numbers to values, for the in-flight window's hot path.
 ///
 /// Sequences are handed out one by one and live briefly, so the ones present at any moment are
-/// nearly contiguous: the home slot is `sequence & mask` (no hashing), and linear probing with
-/// backward-shift deletion handles the stragglers (a row stuck in a partition while others
+/// nearly contiguous: the home slot is `sequence & mask` (no hashing), and Robin Hood linear
+/// probing with backward-shift deletion handles the stragglers (a row stuck in a partition while others
 /// move on). Capacity stays a power of two at most half full; memory follows the number of
 /// entries, not the span of sequences. `Dictionary` did the same with SipHash on every admit,
 /// acknowledge and settle: a few per cent of the relay's CPU in a drain profile.
@@ -20,13 +20,20 @@ struct SequenceTable<Value> {
         mask = capacity - 1
     }
 
+    /// How far the entry in slot `i` sits from its home slot.
+    @inline(__always)
+    private func distance(_ key: UInt64, at i: Int) -> Int { (i &- (Int(truncatingIfNeeded: key) & mask)) & mask }
+
     private func slot(of key: UInt64) -> Int? {
         var i = Int(truncatingIfNeeded: key) & mask
+        var d = 0
         while true {
             let k = keys[i]
             if k == key { return i }
-            if k == 0 { return nil }
+            // Robin Hood order: an entry nearer its home than we are to ours ends our run.
+            if k == 0 || distance(k, at: i) < d { return nil }
             i = (i + 1) & mask
+            d += 1
         }
     }
 
@@ -46,12 +53,36 @@ struct SequenceTable<Value> {
     /// Inserts or replaces. `key` must not be 0.
     mutating func insert(_ key: UInt64, _ value: Value) {
         precondition(key != 0, "sequence 0 is reserved")
+        if let i = slot(of: key) {
+            values[i] = value
+            return
+        }
         if (count + 1) * 2 > keys.count { grow() }
-        var i = Int(truncatingIfNeeded: key) & mask
-        while keys[i] != 0 && keys[i] != key { i = (i + 1) & mask }
-        if keys[i] == 0 { count += 1 }
-        keys[i] = key
-        values[i] = value
+        // Robin Hood insertion: an entry farther from its home takes the slot of one nearer to
+        // its own, which then moves on. Runs stay ordered by home slot, so a lookup or a
+        // deletion stops at the first entry that sits at its home.
+        var k = key
+        var v: Value? = value
+        var i = Int(truncatingIfNeeded: k) & mask
+        var d = 0
+        while true {
+            let resident = keys[i]
+            if resident == 0 {
+                keys[i] = k
+                values[i] = v
+                count += 1
+                return
+            }
+            let rd = distance(resident, at: i)
+            if rd < d {
+                keys[i] = k
+                k = resident
+                swap(&values[i], &v)
+                d = rd
+            }
+            i = (i + 1) & mask
+            d += 1
+        }
     }
 
     /// Removes and returns the value under `key`.
@@ -59,16 +90,13 @@ struct SequenceTable<Value> {
     mutating func remove(_ key: UInt64) -> Value? {
         guard var hole = slot(of: key) else { return nil }
         let removed = values[hole]
-        // Backward-shift deletion: pull later entries of the probe run into the hole unless their
-        // home slot lies cyclically after the hole (then they are already where a lookup finds them).
-        var j = hole
+        // Backward-shift deletion: pull the following entries back one slot until an empty slot
+        // or an entry at its home. (Scanning to the next empty slot instead walked the whole run
+        // of contiguous sequences on every removal: ~6 % of relay CPU in a drain profile.)
         while true {
-            j = (j + 1) & mask
+            let j = (hole + 1) & mask
             let k = keys[j]
-            if k == 0 { break }
-            let home = Int(truncatingIfNeeded: k) & mask
-            let stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j)
-            if stays { continue }
+            if k == 0 || distance(k, at: j) == 0 { break }
             keys[hole] = k
             values[hole] = values[j]
             hole = j
