@@ -563,7 +563,8 @@ class Bench:
     # ---- scenario 4 -------------------------------------------------------------------------
     def ceiling(self):
         """The relay's two statements per 1000 rows, serially, by pgbench, without Kafka.
-        The claim is the relay's claim SELECT (OutboxQueries.swift) with every shard, the cursor
+        The claim is the relay's claim SELECT for a replica holding every shard (OutboxQueries.swift,
+        claimAllSQL: no shard filter), with the cursor
         and LIMIT 1000; the DELETE is its lease-checked DELETE … WHERE id = ANY(array) with the
         1000 ids the claim returned (the backlog's ids are contiguous, so the array is built as
         generate_series(cursor+1, cursor+1000) — pgbench cannot carry the claim's result)."""
@@ -577,11 +578,10 @@ class Bench:
         leases = qident(table + "_leases")
         self.admin.query(f"UPDATE {leases} SET owner = 'bench-ceiling', epoch = 1, "
                          f"expires_at = now() + interval '1 hour', acquired_at = now()")
-        shards = "{" + ",".join(str(i) for i in range(SHARDS)) + "}"
         epochs = "{" + ",".join("1" for _ in range(SHARDS)) + "}"
         b = 1000
         script = f"""\
-SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, h.names, h.vals, CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax, clock_timestamp() AS now FROM pg_current_snapshot() AS c) AS s LEFT JOIN LATERAL (SELECT id, shard, topic, key, value, created_at, headers, not_before FROM {qident(table)} WHERE shard = ANY('{shards}'::integer[]) AND id > :cursor AND id NOT IN (SELECT unnest('{{}}'::bigint[])) ORDER BY id LIMIT {b}) AS o ON true LEFT JOIN LATERAL (SELECT array_agg(e.key) AS names, array_agg(e.value) AS vals FROM jsonb_each_text(o.headers) AS e) AS h ON true ORDER BY o.id;
+SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, o.headers::text, CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax, clock_timestamp() AS now FROM pg_current_snapshot() AS c) AS s LEFT JOIN LATERAL (SELECT id, shard, topic, key, value, created_at, headers, not_before FROM {qident(table)} WHERE id > :cursor AND id NOT IN (SELECT unnest('{{}}'::bigint[])) ORDER BY id LIMIT {b}) AS o ON true ORDER BY o.id;
 DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELECT generate_series(:cursor + 1, :cursor + {b})::bigint)) AND l.shard = o.shard AND l.owner = 'bench-ceiling' AND l.epoch = ('{epochs}'::bigint[])[o.shard + 1];
 \\set cursor :cursor + {b}
 """

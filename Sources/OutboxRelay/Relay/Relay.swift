@@ -396,10 +396,11 @@ public actor Relay: Service {
             let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId,
                                              now: now, sweepInterval: Self.sweepInterval)
             let queries = outbox
+            let allShards = shards.count == leases.shardCount
             let batch: ClaimBatch
             do {
                 batch = try await session.withConnection { conn throws(PGError) in
-                    try queries.claim(conn, shards: shards, request: request)
+                    try queries.claim(conn, shards: shards, allShards: allShards, request: request)
                 }
             } catch {
                 logger.warning("claim failed; retrying", metadata: [LogKey.error: "\(error)"])

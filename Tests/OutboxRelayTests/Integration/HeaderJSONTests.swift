@@ -1,0 +1,48 @@
+@testable import OutboxRelay
+import PGClient
+import Testing
+
+/// The claim reads `headers::text` and parses it in the relay; PostgreSQL's own
+/// `jsonb_each_text` is the oracle for what each member must become.
+@Suite struct HeaderJSONTests {
+    static let objects: [String] = [
+        #"{}"#,
+        #"{"type": "OrderPaid"}"#,
+        #"{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "rojo=00f067aa0ba902b7"}"#,
+        #"{"n": 1, "f": -2.50e3, "t": true, "fa": false, "z": null, "e": ""}"#,
+        #"{"nested": {"a": [1, "x,}]", {"b": null}], "c": "}{"}, "after": "ok"}"#,
+        #"{"quote\"key": "tab\there \\ back/slash \/ \b\f\n\r", "ctl": "\u0001\u001f"}"#,
+        #"{"unicode": "caf\u00e9 \u65e5\u672c \ud83d\ude00 ünïcødé 😀", "\u00fcber": "x"}"#,
+        #"{"arr": [], "obj": {}, "s": "a:b:c", "k:v": "with colon"}"#,
+    ]
+
+    @Test(arguments: objects)
+    func membersMatchJsonbEachText(_ object: String) throws {
+        let conn = try TestEnvironment.connect()
+        let text = try #require(try conn.query("SELECT $1::jsonb::text", [.text(object)]).string(0, 0))
+        let expected = try conn.query("SELECT key, value FROM jsonb_each_text($1::jsonb)", [.text(object)])
+        var want: [(String, [UInt8]?)] = []
+        for r in 0..<expected.rowCount { want.append((expected.string(r, 0)!, expected.bytes(r, 1))) }
+        var got: [(String, [UInt8]?)] = []
+        var scratch: [UInt8] = []
+        var bytes = Array(text.utf8)
+        try bytes.withUnsafeMutableBytes { raw in
+            try HeaderJSON.forEachMember(UnsafeRawBufferPointer(raw), scratch: &scratch) { name, value in
+                got.append((String(decoding: name, as: UTF8.self), value.map { Array($0) }))
+            }
+        }
+        #expect(got.map(\.0) == want.map(\.0), "names of \(text)")
+        #expect(got.map(\.1) == want.map(\.1), "values of \(text)")
+    }
+
+    @Test(arguments: [#"{"a": "b""#, #"{"a" "b"}"#, #"["a"]"#, #"{"a": "b"} x"#, #"{"a": "\x"}"#, #"{"a": "\u12"}"#, #"{"a": }"#, #"{"a": [1}"#])
+    func malformedTextIsRefusedWithTheOffset(_ text: String) {
+        var scratch: [UInt8] = []
+        let bytes = Array(text.utf8)
+        #expect(throws: HeaderJSON.Malformed.self) {
+            try bytes.withUnsafeBytes { raw in
+                try HeaderJSON.forEachMember(raw, scratch: &scratch) { _, _ in }
+            }
+        }
+    }
+}
