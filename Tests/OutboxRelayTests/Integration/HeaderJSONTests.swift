@@ -1,3 +1,4 @@
+import Foundation
 @testable import OutboxRelay
 import PGClient
 import Testing
@@ -33,6 +34,57 @@ import Testing
         }
         #expect(got.map(\.0) == want.map(\.0), "names of \(text)")
         #expect(got.map(\.1) == want.map(\.1), "values of \(text)")
+    }
+
+    /// Random objects — control characters, quotes, backslashes, non-ASCII and astral characters
+    /// in names and values, nested arrays and objects holding strings with brackets and commas —
+    /// printed by PostgreSQL and checked member by member against `jsonb_each_text`.
+    @Test func randomObjectsMatchJsonbEachText() throws {
+        var rng = SplitMix(seed: 20261123)
+        let alphabet: [String] = ["a", "Z", "0", " ", ",", ":", "{", "}", "[", "]", "\"", "\\", "/", "\n", "\t", "\u{01}", "\u{1f}",
+                                  "é", "日", "😀", "\u{7f}", "\u{2028}"]
+        func string() -> String {
+            String((0..<Int(rng.next() % 8)).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }.joined())
+        }
+        func quoted(_ s: String) -> String {
+            var out = "\""
+            for u in s.unicodeScalars {
+                switch u {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
+                default: out.unicodeScalars.append(u)
+                }
+            }
+            return out + "\""
+        }
+        func value(depth: Int) -> String {
+            switch rng.next() % (depth > 2 ? 5 : 7) {
+            case 0: return "null"
+            case 1: return ["true", "false"][Int(rng.next() % 2)]
+            case 2: return ["0", "-1.5", "1e3", "12345678901234567890", "0.000"][Int(rng.next() % 5)]
+            case 3, 4: return quoted(string())
+            case 5: return "[" + (0..<Int(rng.next() % 3)).map { _ in value(depth: depth + 1) }.joined(separator: ",") + "]"
+            default: return "{" + (0..<Int(rng.next() % 3)).map { _ in quoted(string()) + ":" + value(depth: depth + 1) }.joined(separator: ",") + "}"
+            }
+        }
+        let conn = try TestEnvironment.connect()
+        var scratch: [UInt8] = []
+        for _ in 0..<300 {
+            let object = "{" + (0..<Int(rng.next() % 5)).map { _ in quoted(string()) + ": " + value(depth: 0) }.joined(separator: ", ") + "}"
+            let text = try #require(try conn.query("SELECT $1::jsonb::text", [.text(object)]).string(0, 0))
+            let expected = try conn.query("SELECT key, value FROM jsonb_each_text($1::jsonb)", [.text(object)])
+            var want: [[UInt8]?] = []
+            for r in 0..<expected.rowCount { want.append(expected.bytes(r, 0)); want.append(expected.bytes(r, 1)) }
+            var got: [[UInt8]?] = []
+            try Array(text.utf8).withUnsafeBytes { raw in
+                try HeaderJSON.forEachMember(raw, scratch: &scratch) { name, value in
+                    got.append(Array(name))
+                    got.append(value.map { Array($0) })
+                }
+            }
+            #expect(got == want, "\(text)")
+        }
     }
 
     @Test(arguments: [#"{"a": "b""#, #"{"a" "b"}"#, #"["a"]"#, #"{"a": "b"} x"#, #"{"a": "\x"}"#, #"{"a": "\u12"}"#, #"{"a": }"#, #"{"a": [1}"#])
