@@ -19,7 +19,16 @@ public final class KafkaProducer: @unchecked Sendable {
 
     fileprivate let handle: OpaquePointer
     private let queue: OpaquePointer
-    private let topics = Mutex<[String: OpaquePointer]>([:])
+    private let topics = Mutex<TopicHandles>(TopicHandles())
+
+    /// librdkafka topic handles by name, with the last one looked up kept aside: consecutive
+    /// messages nearly always go to the same topic, and comparing a name that shares its
+    /// storage with the last one is cheaper than hashing it.
+    struct TopicHandles {
+        var byName: [String: OpaquePointer] = [:]
+        var lastName = ""
+        var lastHandle: OpaquePointer?
+    }
     private let stopping = Atomic<Bool>(false)
     private let closed = Atomic<Bool>(false)
     private let pollerExited = DispatchSemaphore(value: 0)
@@ -121,9 +130,17 @@ public final class KafkaProducer: @unchecked Sendable {
 
     fileprivate func topicHandle(_ name: String) throws(KafkaError) -> OpaquePointer {
         let result: OpaquePointer? = topics.withLock { cache in
-            if let t = cache[name] { return t }
-            guard let t = rd_kafka_topic_new(handle, name, nil) else { return nil }
-            cache[name] = t
+            if let last = cache.lastHandle, name == cache.lastName { return last }
+            let t: OpaquePointer
+            if let known = cache.byName[name] {
+                t = known
+            } else {
+                guard let created = rd_kafka_topic_new(handle, name, nil) else { return nil }
+                cache.byName[name] = created
+                t = created
+            }
+            cache.lastName = name
+            cache.lastHandle = t
             return t
         }
         guard let result else {
@@ -166,8 +183,8 @@ public final class KafkaProducer: @unchecked Sendable {
         pollerExited.wait()
         // Order matters: topic handles and queue references before the client.
         topics.withLock { cache in
-            for (_, t) in cache { rd_kafka_topic_destroy(t) }
-            cache.removeAll()
+            for (_, t) in cache.byName { rd_kafka_topic_destroy(t) }
+            cache = TopicHandles()
         }
         rd_kafka_queue_destroy(queue)
         rd_kafka_destroy(handle)

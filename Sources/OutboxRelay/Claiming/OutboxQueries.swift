@@ -59,16 +59,32 @@ public struct OutboxQueries: Sendable {
         var rows: [ClaimedRow] = []
         rows.reserveCapacity(result.rowCount)
         var scratch: [UInt8] = []
+        var topics = TopicNames()
         for r in 0..<result.rowCount where !result.isNull(r, 2) {
-            rows.append(try Self.row(result, r, shape: shape, scratch: &scratch))
+            rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics))
         }
         return ClaimBatch(snapshotXmin: xmin, snapshotXmax: xmax, rows: rows)
     }
 
-    static func row(_ result: PGResult, _ r: Int, shape: MessageShape, scratch: inout [UInt8]) throws(PGError) -> ClaimedRow {
+    /// Rows of a claim share one String per topic name: a name over 15 bytes is a heap string,
+    /// and building it per row allocated per row (and made the producer's lookup hash it).
+    struct TopicNames {
+        var last = ""
+        mutating func name(_ result: PGResult, _ r: Int, _ column: Int) -> String {
+            if result.isNull(r, column) { return "" }
+            let same = result.withRawValue(r, column) { raw in
+                last.utf8.withContiguousStorageIfAvailable { raw.elementsEqual($0) } ?? raw.elementsEqual(last.utf8)
+            }
+            if !same { last = result.string(r, column) ?? "" }
+            return last
+        }
+    }
+
+    static func row(_ result: PGResult, _ r: Int, shape: MessageShape, scratch: inout [UInt8],
+                    topics: inout TopicNames) throws(PGError) -> ClaimedRow {
         let id = try result.int64(r, 2)
         let shard = try result.int32(r, 3)
-        let topic = result.string(r, 4) ?? ""
+        let topic = topics.name(result, r, 4)
         let created = try result.timestampMicros(r, 7) + postgresEpochOffsetMicros
         // Size the message's one buffer once: key, value, headers and outbox-id. The headers'
         // JSON text bounds their unescaped bytes plus a NUL per name (each member spends at

@@ -37,6 +37,7 @@ import Testing
             guard let m = v.messagesById[id] else { continue }
             #expect(m.header("seq") == String(seq))
             #expect(m.header("kind") == "test")
+            #expect(m.topic == topics[seq % 3], "row \(id) on the topic it named (rows of 3 topics alternate within each claim)")
             #expect(m.header(ClaimedRow.idHeader) == String(id))
             #expect(m.key.map { String(decoding: $0, as: UTF8.self) } == "key-\(seq % 500)")
             if seq % 50 == 0 {
