@@ -11,13 +11,18 @@ public final class ClaimedRow: Sendable {
     public let message: KafkaMessage
     /// Milliseconds until the row's `not_before` (delayed delivery); 0 when due.
     public let notBeforeDelayMillis: Int64
+    /// Why the row could not be shaped as a message (its headers' text did not parse); such a
+    /// row is dead-lettered with this reason instead of being produced.
+    public let unreadable: String?
 
-    public init(id: Int64, shard: Int32, createdAtMicros: Int64, message: KafkaMessage, notBeforeDelayMillis: Int64 = 0) {
+    public init(id: Int64, shard: Int32, createdAtMicros: Int64, message: KafkaMessage, notBeforeDelayMillis: Int64 = 0,
+                unreadable: String? = nil) {
         self.id = id
         self.shard = shard
         self.createdAtMicros = createdAtMicros
         self.message = message
         self.notBeforeDelayMillis = notBeforeDelayMillis
+        self.unreadable = unreadable
     }
 
     /// Header carrying the row id (decimal text) so consumers can de-duplicate.

@@ -98,6 +98,7 @@ public struct OutboxQueries: Sendable {
         if !result.isNull(r, 5) { result.withRawValue(r, 5) { message.setKey($0) } }
         if !result.isNull(r, 6) { result.withRawValue(r, 6) { message.setValue($0) } }
         var rowHeaders: [String?] = []
+        var unreadable: String?
         if !headersNull {
             let active = shape.isActive
             do {
@@ -108,7 +109,14 @@ public struct OutboxQueries: Sendable {
                     }
                 }
             } catch {
-                throw PGError(.unexpectedResult, message: "row \(id): \(error)")
+                // PostgreSQL prints jsonb canonically, so this means a gap in HeaderJSON: the row
+                // is dead-lettered with the reason (its headers kept in the dead-letter table)
+                // rather than sent without them or left to stall every claim.
+                unreadable = "headers unreadable: \(error)"
+                rowHeaders = []
+                message = KafkaMessage(topic: topic, capacity: capacity, headerCapacity: 1)
+                if !result.isNull(r, 5) { result.withRawValue(r, 5) { message.setKey($0) } }
+                if !result.isNull(r, 6) { result.withRawValue(r, 6) { message.setValue($0) } }
             }
         }
         message.addHeader(name: ClaimedRow.idHeader, decimal: id)
@@ -116,7 +124,8 @@ public struct OutboxQueries: Sendable {
             shape.addHeaders(to: &message, id: id, topic: topic, createdAtMicros: created, rowHeaders: rowHeaders)
         }
         let delay = try result.int64(r, 9)
-        return ClaimedRow(id: id, shard: shard, createdAtMicros: created, message: message, notBeforeDelayMillis: delay)
+        return ClaimedRow(id: id, shard: shard, createdAtMicros: created, message: message, notBeforeDelayMillis: delay,
+                          unreadable: unreadable)
     }
 
     /// Deletes acknowledged rows whose lease this replica still holds at `epochs[shard]`.

@@ -87,6 +87,23 @@ import Testing
         }
     }
 
+    /// Headers text the parser cannot read (PostgreSQL never prints such jsonb, so this stands
+    /// for a gap in HeaderJSON) make the row unreadable — to be dead-lettered with the reason —
+    /// with its key and value intact, instead of failing the whole claim.
+    @Test func unreadableHeadersMarkTheRowInsteadOfFailingTheClaim() throws {
+        let conn = try TestEnvironment.connect()
+        let result = try conn.execute(prepared: "fake_claim_row", """
+            SELECT 0::bigint, 0::bigint, 42::bigint, 7, 'orders', 'k'::bytea, 'v'::bytea, now(), $1::text, 0::bigint
+            """, [.text(#"{"a": "b" "c"}"#)])
+        var scratch: [UInt8] = []
+        var topics = OutboxQueries.TopicNames()
+        let row = try OutboxQueries.row(result, 0, shape: MessageShape(), scratch: &scratch, topics: &topics)
+        #expect(row.id == 42 && row.shard == 7 && row.message.topic == "orders")
+        #expect(row.unreadable?.contains("headers unreadable") == true, "\(row.unreadable ?? "nil")")
+        #expect(row.message.keyBytes == Array("k".utf8) && row.message.valueBytes == Array("v".utf8))
+        #expect(row.message.headerList.map(\.0) == [ClaimedRow.idHeader])
+    }
+
     @Test(arguments: [#"{"a": "b""#, #"{"a" "b"}"#, #"["a"]"#, #"{"a": "b"} x"#, #"{"a": "\x"}"#, #"{"a": "\u12"}"#, #"{"a": }"#, #"{"a": [1}"#])
     func malformedTextIsRefusedWithTheOffset(_ text: String) {
         var scratch: [UInt8] = []
