@@ -613,7 +613,7 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
             "pgbench_latency_ms": float(lat.group(1)) if lat else None,
             "postgres_cpu_s": res["postgres_cpu_s"], "pgbench_cpu_s": res["bench_children_cpu_s"],
             "machine_busy_cpu_s": res["machine_busy_cpu_s"], "others_cpu_s": res["others_cpu_s"],
-            "method": "pgbench -M prepared -c 1 -j 1: relay claim SELECT (all shards, cursor, LIMIT 1000) + "
+            "method": "pgbench -M prepared -c 1 -j 1: relay claim SELECT of a replica holding every shard (no shard filter, cursor, LIMIT 1000) + "
                       "lease-checked DELETE ... WHERE id = ANY(1000 ids), one autocommit transaction each",
         }
 
