@@ -94,9 +94,13 @@ public struct OutboxQueries: Sendable {
         var headerCount = 1
         if !headersNull { result.withRawValue(r, 8) { for c in $0 where c == UInt8(ascii: ":") { headerCount += 1 } } }
         let capacity = result.length(r, 5) + result.length(r, 6) + headersLength + ClaimedRow.idHeader.utf8.count + 21
-        var message = KafkaMessage(topic: topic, capacity: capacity, headerCapacity: headerCount)
-        if !result.isNull(r, 5) { result.withRawValue(r, 5) { message.setKey($0) } }
-        if !result.isNull(r, 6) { result.withRawValue(r, 6) { message.setValue($0) } }
+        func keyAndValue(headerCapacity: Int) -> KafkaMessage {
+            var m = KafkaMessage(topic: topic, capacity: capacity, headerCapacity: headerCapacity)
+            if !result.isNull(r, 5) { result.withRawValue(r, 5) { m.setKey($0) } }
+            if !result.isNull(r, 6) { result.withRawValue(r, 6) { m.setValue($0) } }
+            return m
+        }
+        var message = keyAndValue(headerCapacity: headerCount)
         var rowHeaders: [String?] = []
         var unreadable: String?
         if !headersNull {
@@ -114,9 +118,7 @@ public struct OutboxQueries: Sendable {
                 // rather than sent without them or left to stall every claim.
                 unreadable = "headers unreadable: \(error)"
                 rowHeaders = []
-                message = KafkaMessage(topic: topic, capacity: capacity, headerCapacity: 1)
-                if !result.isNull(r, 5) { result.withRawValue(r, 5) { message.setKey($0) } }
-                if !result.isNull(r, 6) { result.withRawValue(r, 6) { message.setValue($0) } }
+                message = keyAndValue(headerCapacity: 1)
             }
         }
         message.addHeader(name: ClaimedRow.idHeader, decimal: id)

@@ -467,16 +467,11 @@ public actor Relay: Service {
             }
             let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
                                    createdAtMicros: row.createdAtMicros, row: row)
-            if let problem = row.unreadable {
-                // Refused before librdkafka, as exactly as its own refusals: dead-lettered at once.
-                stats.failed += 1
-                if let entry = window.fail(seq) {
-                    failed(entry, error: KafkaError(.produce, errorCode: KafkaErrorCode.invalidArgument, message: problem),
-                           persistence: .notPersisted, now: now)
+            do throws(KafkaError) {
+                if let problem = row.unreadable {
+                    // Refused before librdkafka, as exactly as its own refusals: dead-lettered at once.
+                    throw KafkaError(.produce, errorCode: KafkaErrorCode.invalidArgument, message: problem)
                 }
-                continue
-            }
-            do {
                 try producer.produce(row.message, opaque: seq)
             } catch {
                 stats.failed += 1
