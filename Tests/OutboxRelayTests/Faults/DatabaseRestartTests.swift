@@ -109,8 +109,11 @@ import Testing
         let appName = "outbox-relay-startup-\(UUID().uuidString.prefix(8).lowercased())"
         var c = TestEnvironment.configuration(table: table)
         c.databaseURL += (c.databaseURL.contains("?") ? "&" : "?") + "application_name=\(appName)"
+        let (watching, watchingNow) = AsyncStream.makeStream(of: Void.self)
         let killer = Task {
+            defer { watchingNow.finish() }  // also when the connection fails: the test then fails on killer.value
             let admin = try TestEnvironment.connect()
+            watchingNow.yield()
             var killed = 0
             let deadline = Date().addingTimeInterval(10)
             while killed < 2, Date() < deadline {
@@ -121,8 +124,8 @@ import Testing
             }
             return killed
         }
-        // Let the killer's own connection open first, so it is watching when the relay connects.
-        try await Task.sleep(nanoseconds: 100_000_000)
+        // The killer's own connection is open, so it is watching when the relay connects.
+        for await _ in watching { break }
         let relay = try await RunningRelay.start(c)
         let killed = try await killer.value
         #expect(killed >= 1, "the relay's start-up connection was terminated")
