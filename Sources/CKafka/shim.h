@@ -4,7 +4,6 @@
 #include <librdkafka/rdkafka_mock.h>
 
 /* Some rdkafka.h constants are macros Swift cannot import (casts, expressions). */
-static const int64_t outbox_rd_kafka_offset_beginning = RD_KAFKA_OFFSET_BEGINNING;
 static const int32_t outbox_rd_kafka_partition_ua = RD_KAFKA_PARTITION_UA;
 static const int outbox_rd_kafka_msg_f_copy = RD_KAFKA_MSG_F_COPY;
 

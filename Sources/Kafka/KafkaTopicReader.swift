@@ -37,9 +37,14 @@ public enum KafkaTopicReader {
         let partitions = try KafkaAdmin.partitionCount(rk, topic, 10_000)
         let list = rd_kafka_topic_partition_list_new(partitions)!
         defer { rd_kafka_topic_partition_list_destroy(list) }
+        // Offset 0, not OFFSET_BEGINNING: Tansu 0.6.0 answers ListOffsets(earliest) with the
+        // batch *written* first (least last-modified), and concurrent producers can write a later
+        // offset's batch before the one at offset 0 (offsets are reserved before the write); the
+        // reader then started past the partition's first messages and they looked lost. Where
+        // offset 0 is gone (retention), `auto.offset.reset=earliest` moves the read to the start.
         for p in 0..<partitions {
             let tp = rd_kafka_topic_partition_list_add(list, topic, p)!
-            tp.pointee.offset = outbox_rd_kafka_offset_beginning
+            tp.pointee.offset = 0
         }
         let err = rd_kafka_assign(rk, list)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(.consume, err) }

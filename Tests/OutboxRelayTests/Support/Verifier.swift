@@ -20,6 +20,15 @@ struct Verification: CustomStringConvertible {
 
     var description: String {
         "lost \(lost.count) (first: \(lost.prefix(5))), duplicates \(duplicates), order inversions \(orderInversions) \(inversionSamples.prefix(5)), distinct \(seen.count)"
+            + (lateStarts.isEmpty ? "" : ", partitions read from past offset 0: \(lateStarts)")
+    }
+
+    /// Partitions whose first message read was not at offset 0 (a reader that started late
+    /// reports the partition's first messages as lost; see `KafkaTopicReader`).
+    var lateStarts: [String] {
+        offsetsRead.compactMap { partition, offsets in
+            offsets.min().flatMap { $0 > 0 ? "\(partition)@\($0)" : nil }
+        }.sorted()
     }
 
     /// For a loss: where each relay was told the lost rows landed, what the topic holds there, and
