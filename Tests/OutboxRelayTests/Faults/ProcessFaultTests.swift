@@ -214,7 +214,7 @@ import Testing
         FaultReport("broker killed (kill -9) and restarted, S3 storage (moto_server)",
                     bound: "rows inserted after the restart: lost 0; duplicates <= in-flight window (2000)", inserted: 2_000, verification: v,
                     pending: left.pending, deadLettered: left.deadLettered, recoverySeconds: recovery,
-                    note: "recovery = restart to backlog 0. Rows acknowledged before the kill were intermittently (about 1 run in 5) missing afterwards, consistent with Tansu reusing offsets after a restart; rows after the restart are never lost").write()
+                    note: "recovery = restart to backlog 0. Rows acknowledged before the kill were often missing afterwards (9 of 17 runs on 2026-11-23), whole batches at a time: the restarted Tansu handed their offsets out again, and rows produced after the restart were read at them. Rows after the restart are never lost").write()
         #expect(lostAfterRestart.isEmpty, "\(v)")
         #expect(v.lost.allSatisfy { $0 <= lastBeforeRestart }, "\(v)")
         #expect(v.duplicates <= 2_000, "\(v)")
