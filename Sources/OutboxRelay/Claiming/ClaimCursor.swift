@@ -1,147 +1,132 @@
-/// Decides which id range the next claim reads, so that no committed row is ever skipped.
+/// Decides what the next claim reads, so that every committed row is read — once per
+/// generation, as soon as its transaction's commit is visible — and never a rolled-back one.
 ///
-/// A plain "last id seen" cursor skips a row whose transaction commits after rows with higher
-/// ids were read. This cursor keeps two marks:
-/// - `cursor`: the highest id claimed; forward reads start here (the cheap, common case);
-/// - `floor`: every row with `id <= floor` is known to be claimed or gone for good.
+/// Rows carry their top-level transaction's xid (`txid xid8 DEFAULT pg_current_xact_id()`).
+/// The cursor walks **snapshot windows**, as PgQ (Skytools) builds its batches:
 ///
-/// After each read the snapshot's `xmax` is recorded with the cursor as a checkpoint. Because
-/// the table's `id` default only draws from the sequence once the inserting transaction has an
-/// xid, a row with an id at or below the checkpoint that was invisible must belong to a
-/// transaction in that snapshot's in-progress list. Once a later snapshot's `xmin` reaches the
-/// checkpoint's `xmax`, all those transactions have ended: one *sweep* read from `floor`
-/// (excluding rows in flight) then picks up any late row and lets `floor` advance. Sweeps are
-/// rate-limited; a late row therefore waits at most about one sweep interval after its commit.
+/// - a **sweep** reads every row visible in one snapshot `W` (the first page's own), in id order,
+///   page by page (`id > after`), except rows already in flight. It starts every generation:
+///   at start-up, when the shard set grew, after a rewind or a lost connection.
+/// - then **windows**: the window after snapshot `S1` holds the rows whose transaction is visible
+///   in the next read's snapshot `S2` and was not visible in `S1`, read in id order. A transaction
+///   invisible in `S1` either was running below `S1.xmax` (it is in `S1.xip`) or has an xid at or
+///   above `S1.xmax` (running or not yet begun — `xmax` is `latestCompletedXid + 1`, so a running
+///   transaction can sit there without being listed). The first page finds them on the `txid`
+///   index: `txid >= S1.xmax OR txid = ANY(S1.xip)`; a window larger than one page is read on in id
+///   order with `S2` fixed (`pg_visible_in_snapshot(txid, S2) AND NOT pg_visible_in_snapshot(txid, S1)`).
 ///
-/// Pure state: no I/O, tested directly.
+/// Every committed transaction becomes visible between two consecutive snapshots exactly once, so
+/// the windows partition the committed rows: nothing is skipped, nothing read twice, and a row is
+/// read by the first claim after its commit — however long other transactions stay open. Because
+/// a snapshot that sees a transaction B also sees every transaction whose commit returned before B
+/// began, and ids come from a `CACHE 1` sequence (drawn in real-time order), a row is never read
+/// after a same-key row that causally follows it: windows are read in order, rows in id order.
+///
+/// Pure state: no I/O, tested directly (including against a model of `GetSnapshotData`).
 public struct ClaimCursor: Sendable, Equatable {
-    public private(set) var floor: Int64 = 0
-    public private(set) var cursor: Int64 = 0
-    /// Checkpoints (cursor at read, snapshot xmax), ascending.
-    private var checkpoints: [Checkpoint] = []
-    /// Highest id known to be settled (ripe) but not yet swept.
-    public private(set) var ripeTarget: Int64 = 0
-    /// A sweep is owed right away (a fresh start, a row was rewound, or the shard set grew).
-    public private(set) var sweepForced = true
-    private var lastSweepAt: Double = -.infinity
-    /// Bumped by every rewind/reset. A read requested before a rewind must not move the floor
-    /// back above the rewound row (the relay awaits the read, and a failure can arrive meanwhile).
-    public private(set) var generation = 0
-
-    struct Checkpoint: Sendable, Equatable {
-        let upTo: Int64
-        let xmax: UInt64
+    public enum Phase: Sendable, Equatable {
+        /// Read every row visible in `snapshot` (nil: the read's own) with `id > after`.
+        case sweep(after: Int64, snapshot: PGSnapshot?)
+        /// Read the rows whose transaction is visible in `snapshot` (nil: the read's own) but not
+        /// in `since`, with `id > after`.
+        case window(since: PGSnapshot, after: Int64, snapshot: PGSnapshot?)
     }
 
-    public enum Mode: Sendable, Equatable { case forward, sweep }
+    public private(set) var phase: Phase = .sweep(after: 0, snapshot: nil)
+    /// Bumped by every rewind/reset. A read requested before a rewind is stale: its rows are
+    /// dropped (the new sweep reads them again, in order).
+    public private(set) var generation = 0
+
+    public enum Mode: Sendable, Equatable {
+        /// Every visible row (page 1: in the read's own snapshot; later pages: in `snapshot`).
+        case sweep
+        /// The first page of a window: rows of transactions that became visible since `since`.
+        case window
+        /// A later page of a window: `snapshot` fixed, read on in id order.
+        case windowContinued
+    }
 
     /// What to read next.
     public struct Request: Sendable, Equatable {
         public let mode: Mode
-        /// Read rows with `id > lowerBound` …
-        public let lowerBound: Int64
-        /// … except these (rows in flight or awaiting their DELETE).
+        /// The window's lower snapshot (`.window`, `.windowContinued`).
+        public let since: PGSnapshot?
+        /// The snapshot fixed by the first page (later pages); nil: the read's own.
+        public let snapshot: PGSnapshot?
+        /// Read rows with `id > after` …
+        public let after: Int64
+        /// … except these (sweeps only: rows in flight from before the sweep).
         public let excluded: [Int64]
         public let limit: Int
         /// The cursor's generation when the request was made.
-        public var generation = 0
-    }
-
-    /// The outcome of a claim read.
-    public struct Observation: Sendable {
-        public let snapshotXmin: UInt64
-        public let snapshotXmax: UInt64
-        public let lastRowId: Int64?
-        public let rowCount: Int
-
-        public init(snapshotXmin: UInt64, snapshotXmax: UInt64, lastRowId: Int64?, rowCount: Int) {
-            self.snapshotXmin = snapshotXmin
-            self.snapshotXmax = snapshotXmax
-            self.lastRowId = lastRowId
-            self.rowCount = rowCount
-        }
+        public let generation: Int
     }
 
     public init() {}
 
-    /// What to read next; `now` is seconds on a monotonic clock.
-    /// - Parameters:
-    ///   - inFlight: ids of rows in flight (any order); only read when some may lie above the
-    ///     read's lower bound, so a forward read past `inFlightAtMost` walks nothing.
-    ///   - inFlightAtMost: an upper bound of those ids.
-    public func nextRequest(limit: Int, inFlight: @autoclosure () -> [Int64], inFlightAtMost: Int64 = .max,
-                            now: Double, sweepInterval: Double) -> Request {
-        let sweep = sweepForced || (ripeTarget > floor && now - lastSweepAt >= sweepInterval)
-        let lower = sweep ? floor : cursor
-        let excluded = inFlightAtMost <= lower ? [] : inFlight().filter { $0 > lower }.sorted()
-        var request = Request(mode: sweep ? .sweep : .forward, lowerBound: lower, excluded: excluded, limit: limit)
-        request.generation = generation
-        return request
+    /// A read is owed right away (a sweep, or the next page of a window).
+    public var hasMore: Bool {
+        switch phase {
+        case .sweep: return true
+        case .window(_, _, let snapshot): return snapshot != nil
+        }
     }
 
-    /// Records what a read returned.
-    public mutating func observe(_ request: Request, _ result: Observation, now: Double) {
-        let truncated = result.rowCount >= request.limit
-        let cursorBefore = cursor
-        if let last = result.lastRowId { cursor = max(cursor, last) }
-        if request.generation != generation {
-            // Rewound while this read was in flight: keep the lowered floor and sweep again.
-            sweepForced = true
-            return
+    /// What to read next.
+    /// - Parameters:
+    ///   - inFlight: ids of rows in flight (any order); read only for sweeps, and only when some
+    ///     may lie above the sweep's lower bound.
+    ///   - inFlightAtMost: an upper bound of those ids.
+    public func nextRequest(limit: Int, inFlight: @autoclosure () -> [Int64], inFlightAtMost: Int64 = .max) -> Request {
+        switch phase {
+        case .sweep(let after, let snapshot):
+            let excluded = inFlightAtMost <= after ? [] : inFlight().filter { $0 > after }.sorted()
+            return Request(mode: .sweep, since: nil, snapshot: snapshot, after: after, excluded: excluded,
+                           limit: limit, generation: generation)
+        case .window(let since, let after, let snapshot):
+            // A window's rows were invisible to every earlier read of this generation, so none is
+            // in flight: nothing to exclude.
+            return Request(mode: snapshot == nil ? .window : .windowContinued, since: since, snapshot: snapshot,
+                           after: after, excluded: [], limit: limit, generation: generation)
         }
-        if request.mode == .forward, result.snapshotXmin == result.snapshotXmax, floor >= request.lowerBound {
-            // No transaction was in progress and everything up to where this read started was
-            // settled: so is what it covered. A row committed later gets its id only after its
-            // transaction has an xid, hence above every id visible here. (A backlog drain thus
-            // needs no sweeps at all.)
-            floor = cursor
-            ripeTarget = max(ripeTarget, floor)
-        }
-        if request.mode == .sweep {
-            lastSweepAt = now
-            // The sweep saw every visible row above the floor up to `covered`.
-            let covered = truncated ? (result.lastRowId ?? request.lowerBound) : cursor
-            // With no transaction in progress nothing invisible can sit below `covered`;
-            // otherwise only what has ripened is settled.
-            let settled = result.snapshotXmin == result.snapshotXmax ? covered : min(ripeTarget, covered)
-            if settled > floor { floor = settled }
-            ripeTarget = max(ripeTarget, floor)
-            // Keep sweeping while the range below the previous cursor is not covered yet.
-            sweepForced = truncated && (result.lastRowId ?? request.lowerBound) < cursorBefore
-        }
-        // Ripen checkpoints whose in-progress transactions have all ended by this snapshot.
-        var ripe: Int64?
-        while let first = checkpoints.first, first.xmax <= result.snapshotXmin {
-            ripe = first.upTo
-            checkpoints.removeFirst()
-        }
-        if let ripe { ripeTarget = max(ripeTarget, ripe) }
-        // Everything up to `cursor` that was visible in this snapshot has been claimed.
-        if floor >= cursor {
-            checkpoints.removeAll()
-        } else if checkpoints.last.map({ $0.upTo < cursor || $0.xmax < result.snapshotXmax }) ?? true {
-            if let last = checkpoints.last, last.xmax == result.snapshotXmax {
-                checkpoints[checkpoints.count - 1] = Checkpoint(upTo: cursor, xmax: result.snapshotXmax)
+    }
+
+    /// Records what a read returned: the snapshot it read in, its last row id, how many rows.
+    public mutating func observe(_ request: Request, snapshot returned: PGSnapshot, lastRowId: Int64?, rowCount: Int) {
+        // Rewound while this read was in flight: the new sweep stands.
+        guard request.generation == generation else { return }
+        // Later pages keep the first page's snapshot (the statement reports it back).
+        let snapshot = request.snapshot ?? returned
+        let truncated = rowCount >= request.limit
+        switch request.mode {
+        case .sweep:
+            if truncated, let last = lastRowId {
+                phase = .sweep(after: last, snapshot: snapshot)
             } else {
-                checkpoints.append(Checkpoint(upTo: cursor, xmax: result.snapshotXmax))
+                phase = .window(since: snapshot, after: 0, snapshot: nil)
+            }
+        case .window, .windowContinued:
+            guard let since = request.since else { preconditionFailure("a window request without its lower snapshot: \(request)") }
+            if truncated, let last = lastRowId {
+                phase = .window(since: since, after: last, snapshot: snapshot)
+            } else {
+                phase = .window(since: snapshot, after: 0, snapshot: nil)
             }
         }
-        if checkpoints.count > 64 { checkpoints.removeFirst(checkpoints.count - 64) }
     }
 
-    /// A row that was claimed but not delivered (failed, or its lease was not valid) must be read
-    /// again: lower the floor below it and sweep.
-    public mutating func rewind(below id: Int64) {
+    /// A row that was claimed but not delivered (failed, its lease was not valid, no producer)
+    /// must be read again, in order with the later rows of its key: start a new generation with
+    /// a sweep of everything not in flight. Rare (failures only), so simplicity beats a narrower
+    /// re-read: a sweep from the start can skip nothing.
+    public mutating func rewind() {
         generation += 1
-        floor = min(floor, id - 1)
-        ripeTarget = max(ripeTarget, floor)
-        sweepForced = true
+        phase = .sweep(after: 0, snapshot: nil)
     }
 
-    /// Start over (the set of shards grew: their older rows were never read by this replica).
+    /// Start over (the set of shards grew, or the connection was lost and the database may have
+    /// failed over: its snapshots need not follow the old ones).
     public mutating func reset() {
-        let next = generation + 1
-        self = ClaimCursor()
-        generation = next
+        rewind()
     }
 }

@@ -31,7 +31,7 @@ public final class ClaimedRow: Sendable {
 
 /// One claim read: the rows (in id order) and the snapshot they were read in.
 public struct ClaimBatch: Sendable {
-    public let snapshotXmin: UInt64
-    public let snapshotXmax: UInt64
+    /// The snapshot the rows were read in (for a later page: the first page's).
+    public let snapshot: PGSnapshot
     public let rows: [ClaimedRow]
 }

@@ -5,36 +5,69 @@ import PGClient
 /// once per connection; arrays (`= ANY`) so that one statement serves a whole batch.
 public struct OutboxQueries: Sendable {
     public let table: OutboxTable
-    /// The claim with a shard filter, for a replica holding some of the shards.
-    let claimSQL: String
-    /// The claim when this replica holds every shard: the filter would pass every row, and
-    /// testing 256 array elements per row was a tenth of the claim's PostgreSQL CPU.
-    let claimAllSQL: String
+    /// The claims, each with a shard filter (a replica holding some of the shards) and without
+    /// (it holds every shard: the filter would pass every row, and testing 256 array elements per
+    /// row was a tenth of the claim's PostgreSQL CPU). See ``ClaimCursor`` for the protocol.
+    let sweepSQL: ClaimStatement
+    let windowSQL: ClaimStatement
+    let windowContinuedSQL: ClaimStatement
     let deleteSQL: String
+
+    struct ClaimStatement: Sendable {
+        let name: String
+        let filtered: String
+        let all: String
+    }
 
     public let shape: MessageShape
 
     public init(table: OutboxTable, shape: MessageShape = MessageShape()) {
         self.table = table
         self.shape = shape
-        // The snapshot's xmin/xmax come from the same statement as the rows (one snapshot);
-        // the LEFT JOIN keeps one row with them when nothing is waiting. Headers come as the
-        // jsonb's text and are read by HeaderJSON (expanding them here was a third of the cost).
-        func claim(filter: String, cursor: Int) -> String {
-            """
-            SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, o.headers::text,
-                   CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END
-            FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax, clock_timestamp() AS now FROM pg_current_snapshot() AS c) AS s
-            LEFT JOIN LATERAL (
-                SELECT id, shard, topic, key, value, created_at, headers, not_before FROM \(table.sql)
-                WHERE \(filter)id > $\(cursor) AND id NOT IN (SELECT unnest($\(cursor + 1)::bigint[]))
-                ORDER BY id LIMIT $\(cursor + 2)
-            ) AS o ON true
-            ORDER BY o.id
-            """
+        // One statement returns the snapshot (first column) and the rows; the LEFT JOIN keeps one
+        // row with the snapshot when nothing is waiting. `OFFSET 0` keeps the snapshot subquery
+        // from being flattened, so the snapshot is computed once per statement, not per row.
+        // Headers come as the jsonb's text and are read by HeaderJSON (expanding them here was a
+        // third of the cost).
+        let columns = "o.id, o.shard, o.topic, o.key, o.value, o.created_at, o.headers::text, " +
+            "CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END"
+        func statement(_ name: String, snapshot: (Int) -> String, where condition: (Int) -> String, order: String) -> ClaimStatement {
+            func text(filter: String, first: Int) -> String {
+                """
+                SELECT s.snap::text, \(columns)
+                FROM (SELECT \(snapshot(first)) OFFSET 0) AS s
+                LEFT JOIN LATERAL (
+                    SELECT id, shard, topic, key, value, created_at, headers, not_before FROM \(table.sql)
+                    WHERE \(filter)\(condition(first + 1))
+                    ORDER BY \(order) LIMIT $\(first + 1)
+                ) AS o ON true
+                ORDER BY o.id
+                """
+            }
+            return ClaimStatement(name: name, filtered: text(filter: "shard = ANY($1::integer[]) AND ", first: 2),
+                                  all: text(filter: "", first: 1))
         }
-        claimSQL = claim(filter: "shard = ANY($1::integer[]) AND ", cursor: 2)
-        claimAllSQL = claim(filter: "", cursor: 1)
+        // Sweep: every row visible in the snapshot ($S; NULL = the statement's own), id > $after,
+        // except the rows in flight. Parameters after the shards: snapshot, limit, after, excluded.
+        sweepSQL = statement("outbox_sweep",
+            snapshot: { n in "COALESCE($\(n)::text::pg_snapshot, pg_current_snapshot()) AS snap, clock_timestamp() AS now" },
+            where: { n in "id > $\(n + 1) AND id NOT IN (SELECT unnest($\(n + 2)::bigint[])) AND pg_visible_in_snapshot(txid, s.snap)" },
+            order: "id")
+        // Window, first page: rows of transactions invisible in the previous snapshot — xid at or
+        // above its xmax, or in its in-progress list — found on the txid index, whatever their id.
+        // A row the statement can see was committed by its own snapshot. `id + 0`: sort the
+        // window's rows rather than walk the primary key. Parameters: snapshot (unused, NULL),
+        // limit, since.xmax, since.xip.
+        windowSQL = statement("outbox_window",
+            snapshot: { n in "pg_current_snapshot() AS snap, $\(n)::text AS unused, clock_timestamp() AS now" },
+            where: { n in "(txid >= $\(n + 1)::text::xid8 AND txid < pg_snapshot_xmax(s.snap) OR txid = ANY($\(n + 2)::text::xid8[]))" },
+            order: "id + 0")
+        // Window, later pages: the first page's snapshot fixed, read on in id order. Parameters:
+        // snapshot, limit, after, since.
+        windowContinuedSQL = statement("outbox_window_next",
+            snapshot: { n in "$\(n)::text::pg_snapshot AS snap, $\(n + 3)::text::pg_snapshot AS since, clock_timestamp() AS now" },
+            where: { n in "id > $\(n + 1) AND pg_visible_in_snapshot(txid, s.snap) AND NOT pg_visible_in_snapshot(txid, s.since)" },
+            order: "id")
         // Lease-checked: a row is deleted only while this replica's lease epoch on its shard is current.
         deleteSQL = """
             DELETE FROM \(table.sql) AS o USING \(table.leasesSQL) AS l
@@ -50,20 +83,36 @@ public struct OutboxQueries: Sendable {
     /// `shards` is every shard of the table (the claim then needs no shard filter).
     public func claim(_ conn: PGConnection, shards: [Int32], allShards: Bool = false,
                       request: ClaimCursor.Request) throws(PGError) -> ClaimBatch {
-        let cursor: [PGParameter] = [.int8(request.lowerBound), .int8Array(request.excluded), .int8(Int64(request.limit))]
+        let statement: ClaimStatement
+        var parameters: [PGParameter] = [request.snapshot.map { .text($0.description) } ?? .null(oid: PGType.text),
+                                         .int8(Int64(request.limit))]
+        switch request.mode {
+        case .sweep:
+            statement = sweepSQL
+            parameters += [.int8(request.after), .int8Array(request.excluded)]
+        case .window:
+            statement = windowSQL
+            let since = request.since ?? PGSnapshot(xmin: 0, xmax: 0)
+            parameters += [.text(String(since.xmax)), .text(since.xipArrayLiteral)]
+        case .windowContinued:
+            statement = windowContinuedSQL
+            parameters += [.int8(request.after), .text((request.since ?? PGSnapshot(xmin: 0, xmax: 0)).description)]
+        }
         let result = allShards
-            ? try conn.execute(prepared: "outbox_claim_all", claimAllSQL, cursor)
-            : try conn.execute(prepared: "outbox_claim", claimSQL, [.int4Array(shards)] + cursor)
-        let xmin = try result.uint64(0, 0)
-        let xmax = try result.uint64(0, 1)
+            ? try conn.execute(prepared: statement.name + "_all", statement.all, parameters)
+            : try conn.execute(prepared: statement.name, statement.filtered, [.int4Array(shards)] + parameters)
+        let snapshotText = result.string(0, 0) ?? ""
+        guard let snapshot = PGSnapshot(text: snapshotText) else {
+            throw PGError(.unexpectedResult, message: "claim: unreadable snapshot \"\(snapshotText)\"")
+        }
         var rows: [ClaimedRow] = []
         rows.reserveCapacity(result.rowCount)
         var scratch: [UInt8] = []
         var topics = TopicNames()
-        for r in 0..<result.rowCount where !result.isNull(r, 2) {
+        for r in 0..<result.rowCount where !result.isNull(r, 1) {
             rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics))
         }
-        return ClaimBatch(snapshotXmin: xmin, snapshotXmax: xmax, rows: rows)
+        return ClaimBatch(snapshot: snapshot, rows: rows)
     }
 
     /// Rows of a claim share one String per topic name: a name over 15 bytes is a heap string,
@@ -82,22 +131,22 @@ public struct OutboxQueries: Sendable {
 
     static func row(_ result: PGResult, _ r: Int, shape: MessageShape, scratch: inout [UInt8],
                     topics: inout TopicNames) throws(PGError) -> ClaimedRow {
-        let id = try result.int64(r, 2)
-        let shard = try result.int32(r, 3)
-        let topic = topics.name(result, r, 4)
-        let created = try result.timestampMicros(r, 7) + postgresEpochOffsetMicros
+        let id = try result.int64(r, 1)
+        let shard = try result.int32(r, 2)
+        let topic = topics.name(result, r, 3)
+        let created = try result.timestampMicros(r, 6) + postgresEpochOffsetMicros
         // Size the message's one buffer once: key, value, headers and outbox-id. The headers'
         // JSON text bounds their unescaped bytes plus a NUL per name (each member spends at
         // least `"":` on its name), and its colons bound the number of headers.
-        let headersNull = result.isNull(r, 8)
-        let headersLength = result.length(r, 8)
+        let headersNull = result.isNull(r, 7)
+        let headersLength = result.length(r, 7)
         var headerCount = 1
-        if !headersNull { result.withRawValue(r, 8) { for c in $0 where c == UInt8(ascii: ":") { headerCount += 1 } } }
-        let capacity = result.length(r, 5) + result.length(r, 6) + headersLength + ClaimedRow.idHeader.utf8.count + 21
+        if !headersNull { result.withRawValue(r, 7) { for c in $0 where c == UInt8(ascii: ":") { headerCount += 1 } } }
+        let capacity = result.length(r, 4) + result.length(r, 5) + headersLength + ClaimedRow.idHeader.utf8.count + 21
         func keyAndValue(headerCapacity: Int) -> KafkaMessage {
             var m = KafkaMessage(topic: topic, capacity: capacity, headerCapacity: headerCapacity)
-            if !result.isNull(r, 5) { result.withRawValue(r, 5) { m.setKey($0) } }
-            if !result.isNull(r, 6) { result.withRawValue(r, 6) { m.setValue($0) } }
+            if !result.isNull(r, 4) { result.withRawValue(r, 4) { m.setKey($0) } }
+            if !result.isNull(r, 5) { result.withRawValue(r, 5) { m.setValue($0) } }
             return m
         }
         var message = keyAndValue(headerCapacity: headerCount)
@@ -106,7 +155,7 @@ public struct OutboxQueries: Sendable {
         if !headersNull {
             let active = shape.isActive
             do {
-                try result.withRawValue(r, 8) { text throws(HeaderJSON.Malformed) in
+                try result.withRawValue(r, 7) { text throws(HeaderJSON.Malformed) in
                     try HeaderJSON.forEachMember(text, scratch: &scratch) { name, value in
                         message.addHeader(name: name, value: value)
                         if active { rowHeaders.append(String(decoding: name, as: UTF8.self)) }
@@ -125,7 +174,7 @@ public struct OutboxQueries: Sendable {
         if shape.isActive {
             shape.addHeaders(to: &message, id: id, topic: topic, createdAtMicros: created, rowHeaders: rowHeaders)
         }
-        let delay = try result.int64(r, 9)
+        let delay = try result.int64(r, 8)
         return ClaimedRow(id: id, shard: shard, createdAtMicros: created, message: message, notBeforeDelayMillis: delay,
                           unreadable: unreadable)
     }

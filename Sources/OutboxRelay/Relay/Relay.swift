@@ -84,7 +84,6 @@ public actor Relay: Service {
     private var producer: KafkaProducer?
     private var listener: PGListener?
 
-    static let sweepInterval = 0.25
     static let claimGatherNanoseconds: UInt64 = 1_000_000
     static let maxRetryBackoff = 30.0
 
@@ -160,7 +159,14 @@ public actor Relay: Service {
         reportStream = stream
         reportContinuation = continuation
         let pendingProducer = startProducerCreation()
-        let claim = PGSession(url: url, applicationName: app, label: "claim", setup: setup)
+        // The claim session runs only the claim statements, whose plans are prepared once and
+        // reused: a plan cached while the table was small must not become a sequential scan of a
+        // large backlog (a window's rows are found on the txid index, a sweep walks the key).
+        let claimSetup: @Sendable (PGConnection) throws(PGError) -> Void = { conn throws(PGError) in
+            try setup(conn)
+            try conn.executeScript("SET enable_seqscan = off")
+        }
+        let claim = PGSession(url: url, applicationName: app, label: "claim", setup: claimSetup)
         let table = self.table
         let info: OutboxSchemaInfo
         do {
@@ -375,7 +381,7 @@ public actor Relay: Service {
             if !retries.isEmpty, retries.anyDue(now: now) {
                 // Keys with rows still awaiting their report stay held (see releaseDue).
                 let busy = Set(window.unreported.compactMap { $0.row?.holdKey })
-                if let lowest = retries.releaseDue(now: now, busy: { busy.contains($0) }) { cursor.rewind(below: lowest) }
+                if retries.releaseDue(now: now, busy: { busy.contains($0) }) != nil { cursor.rewind() }
             }
             let shards = leases.claimable(now: now)
             if shards != lastClaimable {
@@ -393,8 +399,7 @@ public actor Relay: Service {
                 continue
             }
             let limit = min(configuration.batchSize, room)
-            let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId,
-                                             now: now, sweepInterval: Self.sweepInterval)
+            let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
             let queries = outbox
             let allShards = shards.count == leases.shardCount
             let batch: ClaimBatch
@@ -413,20 +418,19 @@ public actor Relay: Service {
             if request.mode == .sweep { stats.sweeps += 1 }
             metrics.claimDuration.recordSeconds(monotonicSeconds() - now)
             metrics.batchRows.record(batch.rows.count)
-            cursor.observe(request, .init(snapshotXmin: batch.snapshotXmin, snapshotXmax: batch.snapshotXmax,
-                                          lastRowId: batch.rows.last?.id, rowCount: batch.rows.count),
-                           now: monotonicSeconds())
+            cursor.observe(request, snapshot: batch.snapshot, lastRowId: batch.rows.last?.id, rowCount: batch.rows.count)
             if request.generation != cursor.generation {
                 // Rewound while this read was in flight (a producer re-created, a connection lost,
-                // a probe settled): rows below these are to be read again and must go first. The
-                // forced sweep reads these too, in id order.
+                // a probe settled): rows not in flight are to be read again, in order, by the new
+                // generation's sweep — these too.
                 stats.staleClaims += 1
                 continue
             }
             produce(batch.rows)
-            if batch.rows.count < limit && !cursor.sweepForced {
-                // Idle: sleep until NOTIFY, window room or the poll timer — or until a sweep is due.
-                var wait = cursor.ripeTarget > cursor.floor ? min(poll, Self.sweepInterval) : poll
+            if !cursor.hasMore {
+                // Idle: sleep until NOTIFY (every committing insert sends one), window room or the
+                // poll timer. A late-committing row is in the next read's window: nothing to ripen.
+                var wait = poll
                 if let due = retries.nextDue { wait = max(0.001, min(wait, due - monotonicSeconds())) }
                 await claimWake.wait(timeout: wait)
                 // Rows committed one by one each send a NOTIFY: gather what arrives within a
@@ -439,7 +443,7 @@ public actor Relay: Service {
     private func produce(_ rows: [ClaimedRow]) {
         guard let producer, !recreating else {
             // Not produced now: read again once a producer is ready.
-            if let first = rows.first { cursor.rewind(below: first.id) }
+            if !rows.isEmpty { cursor.rewind() }
             return
         }
         let now = monotonicSeconds()
@@ -447,7 +451,7 @@ public actor Relay: Service {
         for row in rows {
             guard Int(row.shard) < producible.count, producible[Int(row.shard)] else {
                 // Lease lapsed locally between claim and produce: read the row again later.
-                cursor.rewind(below: row.id)
+                cursor.rewind()
                 continue
             }
             if row.notBeforeDelayMillis > 0 {
@@ -488,7 +492,7 @@ public actor Relay: Service {
         if recreating, [KafkaErrorCode.purgeQueue, KafkaErrorCode.purgeInflight, KafkaErrorCode.fatal].contains(error.errorCode) {
             // Taken back from the producer being replaced: read again and re-sent in id order
             // by the new instance; not a failed attempt.
-            cursor.rewind(below: row.id)
+            cursor.rewind()
             return
         }
         let kind = FailureClass.classify(error, persistence: persistence)
@@ -592,7 +596,7 @@ public actor Relay: Service {
         for other in suspects.values where other.holdKey == key {
             retries.hold(key, rowId: other.id, until: .infinity)
         }
-        cursor.rewind(below: row.id)
+        cursor.rewind()
         claimWake.signal()
     }
 
@@ -722,7 +726,7 @@ public actor Relay: Service {
         }
         probeSeq = nil
         let lost = window.failAllUnreported()
-        if let lowest = lost.first?.rowId { cursor.rewind(below: lowest) }
+        if !lost.isEmpty { cursor.rewind() }
         stats.producerRecreations += 1
         metrics.producerRecreations.increment()
         while !terminated {

@@ -3,17 +3,17 @@ import PGClient
 /// Creates (idempotently) the outbox table and the relay's own tables.
 ///
 /// Design notes:
-/// - `id` draws from a sequence only *after* the transaction has an xid
-///   (`CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval(…) END`). That makes "a row with a
-///   smaller id is invisible" imply "its transaction is in the snapshot's in-progress list", which
-///   the claim cursor relies on to find rows whose transaction commits late.
+/// - `id` is `GENERATED ALWAYS AS IDENTITY` on a `CACHE 1` sequence and `txid` is the inserting
+///   transaction's `pg_current_xact_id()`, indexed: the claim protocol's invariants
+///   (``ClaimInvariants``, docs/DESIGN.md). An existing table that breaks them is refused with the
+///   statements that fix it, never silently adopted; one created by schema version 1 is converted.
 /// - `shard` is a stored generated column: a hash of the key (or of the id for NULL keys), so
 ///   every row of one key lands in one shard and one lease owner relays it.
 /// - A statement-level trigger notifies the relay's channel with a constant payload; PostgreSQL
 ///   folds identical notifications of one transaction into one.
 public enum Migration {
     /// Version of the relay's schema objects this build expects.
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
     public static let defaultShardCount = 256
 
     /// Autovacuum settings for a high-churn queue table: vacuum after a fixed number of dead
@@ -67,10 +67,9 @@ public enum Migration {
         );
         INSERT INTO \(t.metaSQL) (shard_count, schema_version) VALUES (\(shards), \(schemaVersion))
             ON CONFLICT (singleton) DO NOTHING;
-        CREATE SEQUENCE IF NOT EXISTS \(t.sequenceSQL) AS bigint;
         CREATE TABLE IF NOT EXISTS \(t.sql) (
-            id bigint NOT NULL DEFAULT (CASE WHEN pg_current_xact_id() IS NOT NULL
-                                            THEN nextval(\(quoteLiteral(t.sequenceSQL))::regclass) END),
+            id bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME \(t.sequenceSQL) CACHE 1),
+            txid xid8 NOT NULL DEFAULT \(ClaimInvariants.txidDefault),
             topic text NOT NULL CHECK (topic <> ''),
             key bytea,
             value bytea,
@@ -82,7 +81,9 @@ public enum Migration {
             PRIMARY KEY (id)
         );
         ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS not_before timestamptz NOT NULL DEFAULT now();
-        ALTER SEQUENCE \(t.sequenceSQL) OWNED BY \(t.sql).id;
+        \(ClaimInvariants.txidColumnSQL(t))
+        \(ClaimInvariants.txidIndexSQL(t))
+        UPDATE \(t.metaSQL) SET schema_version = \(schemaVersion) WHERE schema_version < \(schemaVersion);
         \(autovacuumSQL(t))
         \(notifyFunctionSQL(t))
         \(notifyTriggerSQL(t))
@@ -142,7 +143,17 @@ public enum Migration {
         }
         do {
             try conn.executeScript("BEGIN")
+            try conn.executeScript("SELECT pg_advisory_xact_lock(hashtext(\(quoteLiteral("outbox-relay migrate " + table.description))))")
+            if try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(table.sql)]).bool(0, 0) {
+                _ = try ClaimInvariants.convertVersion1Id(conn, table: table)
+            }
             try conn.executeScript(script(for: table, shards: shards))
+            let problems = try ClaimInvariants.problems(conn, table: table)
+            if !problems.isEmpty {
+                try conn.executeScript("ROLLBACK")
+                throw RelayError(.schema, "table \(table) exists but does not keep the relay's ordering invariants; nothing was changed:\n" +
+                                 problems.map { "- \($0.problem)\n  fix: \($0.fix)" }.joined(separator: "\n"))
+            }
             let r = try conn.query("SELECT shard_count FROM \(table.metaSQL)")
             let existing = Int(try r.int32(0, 0))
             if existing != shards {

@@ -11,7 +11,7 @@ public struct OutboxSchemaInfo: Sendable {
 public enum SchemaCheck {
     /// Expected columns of the outbox table and their types (`format_type` spelling).
     public static let expectedColumns: [(String, String)] = [
-        ("id", "bigint"), ("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("headers", "jsonb"),
+        ("id", "bigint"), ("txid", "xid8"), ("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("headers", "jsonb"),
         ("shard", "integer"), ("created_at", "timestamp with time zone"), ("attempts", "integer"),
         ("last_error", "text"), ("not_before", "timestamp with time zone"),
     ]
@@ -73,6 +73,9 @@ public enum SchemaCheck {
             let leaseRows = try conn.query("SELECT count(*) FROM \(table.leasesSQL)").int64(0, 0)
             if leaseRows != info.shardCount {
                 throw RelayError(.schema, "\(table.leasesSQL) has \(leaseRows) shards, expected \(info.shardCount): \(hint)")
+            }
+            if let problem = try ClaimInvariants.problems(conn, table: table).first {
+                throw RelayError(.schema, "\(problem.problem); fix: \(problem.fix)")
             }
             try checkPrivileges(conn, table: table)
             return info

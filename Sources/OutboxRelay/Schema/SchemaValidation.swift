@@ -36,6 +36,7 @@ public enum SchemaValidation {
                 case "not_before": fix = "ALTER TABLE \(t.sql) ADD COLUMN not_before timestamptz NOT NULL DEFAULT now();"
                 case "attempts": fix = "ALTER TABLE \(t.sql) ADD COLUMN attempts integer NOT NULL DEFAULT 0;"
                 case "last_error": fix = "ALTER TABLE \(t.sql) ADD COLUMN last_error text;"
+                case "txid": fix = ClaimInvariants.txidColumnSQL(t) + " " + ClaimInvariants.txidIndexSQL(t)
                 case "headers": fix = "ALTER TABLE \(t.sql) ADD COLUMN headers jsonb CHECK (headers IS NULL OR jsonb_typeof(headers) = 'object');"
                 default: fix = "recreate the table with \(migrate) (column \(column) is part of the core contract)"
                 }
@@ -46,6 +47,10 @@ public enum SchemaValidation {
                 out.append(Difference(problem: "column \"\(column)\" of \(t.sql) is \(actual), expected \(type)",
                                       fix: "ALTER TABLE \(t.sql) ALTER COLUMN \(quoteIdentifier(column)) TYPE \(type);"))
             }
+        }
+        // The claim protocol's invariants (identity id with CACHE 1, txid and its index).
+        if found["id"] != nil {
+            out += try ClaimInvariants.problems(conn, table: t).filter { !(found["txid"] == nil && $0.problem.contains("txid")) }
         }
         // Primary key on id.
         let pk = try conn.query("""

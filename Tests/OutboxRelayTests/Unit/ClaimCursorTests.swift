@@ -1,141 +1,314 @@
 import OutboxRelay
 import Testing
 
+/// The claim protocol without I/O: the cursor's requests are evaluated against a model of
+/// PostgreSQL's transactions and snapshots (procarray.c `GetSnapshotData`: `xmax` is
+/// `latestCompletedXid + 1`, `xip` the running xids below it), with each claim statement's
+/// predicate mirrored from `OutboxQueries`.
 @Suite struct ClaimCursorTests {
-    typealias Obs = ClaimCursor.Observation
+    @Test func snapshotTextRoundTripsAndVisibilityMatchesPostgres() throws {
+        let s = try #require(PGSnapshot(text: "725:730:727,725"))
+        #expect(s.description == "725:730:725,727")
+        #expect(s.isVisible(724))
+        #expect(!s.isVisible(725))
+        #expect(s.isVisible(726))
+        #expect(!s.isVisible(727))
+        #expect(s.isVisible(729))
+        #expect(!s.isVisible(730), "xmax and above: running or not yet begun")
+        #expect(PGSnapshot(text: "725:725:") == PGSnapshot(xmin: 725, xmax: 725))
+        #expect(PGSnapshot(text: "9:8:") == nil)
+        #expect(PGSnapshot(text: "1:2:x") == nil)
+    }
 
-    @Test func forwardReadsAdvanceTheCursorWithoutExclusions() {
+    @Test func aFreshCursorSweepsThenReadsWindows() {
         var c = ClaimCursor()
-        var r = c.nextRequest(limit: 20, inFlight: [], now: 0, sweepInterval: 1)
-        // A fresh cursor sweeps once from the start.
-        #expect(r.lowerBound == 0)
+        var r = c.nextRequest(limit: 10, inFlight: [])
         #expect(r.mode == .sweep)
-        c.observe(r, Obs(snapshotXmin: 5, snapshotXmax: 5, lastRowId: 10, rowCount: 10), now: 0)
-        #expect(c.floor == 10, "no transaction in progress: everything up to the cursor is settled")
-        r = c.nextRequest(limit: 20, inFlight: Array(1...10), now: 0.01, sweepInterval: 1)
-        #expect(r.mode == .forward)
-        #expect(r.lowerBound == 10)
+        #expect(r.after == 0 && r.snapshot == nil)
+        let s1 = PGSnapshot(xmin: 5, xmax: 5)
+        c.observe(r, snapshot: s1, lastRowId: 10, rowCount: 10)
+        r = c.nextRequest(limit: 10, inFlight: Array(1...10))
+        #expect(r.mode == .sweep, "a full page: the sweep goes on")
+        #expect(r.after == 10 && r.snapshot == s1, "with the first page's snapshot fixed")
         #expect(r.excluded.isEmpty, "in-flight rows below the lower bound need no exclusion")
+        c.observe(r, snapshot: s1, lastRowId: 14, rowCount: 4)
+        #expect(!c.hasMore)
+        r = c.nextRequest(limit: 10, inFlight: Array(1...14))
+        #expect(r.mode == .window)
+        #expect(r.since == s1 && r.snapshot == nil && r.excluded.isEmpty)
     }
 
-    @Test func aForwardReadWithNothingInProgressSettlesWhatItCovered() {
+    @Test func aFullWindowIsReadOnWithItsSnapshotFixed() {
         var c = ClaimCursor()
-        var r = c.nextRequest(limit: 10, inFlight: [], now: 0, sweepInterval: 0.25)
-        c.observe(r, Obs(snapshotXmin: 5, snapshotXmax: 5, lastRowId: 10, rowCount: 10), now: 0)
-        r = c.nextRequest(limit: 10, inFlight: Array(1...10), now: 0.01, sweepInterval: 0.25)
-        c.observe(r, Obs(snapshotXmin: 6, snapshotXmax: 6, lastRowId: 20, rowCount: 10), now: 0.01)
-        #expect(c.floor == 20, "no transaction in progress and settled below: the floor follows the cursor")
-        #expect(c.nextRequest(limit: 10, inFlight: Array(1...20), now: 1, sweepInterval: 0.25).mode == .forward,
-                "nothing to sweep, however long ago the last sweep was")
-        // With a transaction in progress the floor stays until a sweep after it ends.
-        r = c.nextRequest(limit: 10, inFlight: [], now: 1, sweepInterval: 0.25)
-        c.observe(r, Obs(snapshotXmin: 7, snapshotXmax: 8, lastRowId: 30, rowCount: 10), now: 1)
-        #expect(c.floor == 20)
-        // A forward read with nothing in progress cannot settle past a floor that lags behind
-        // its starting point (the earlier transaction may have committed a row below 30).
-        r = c.nextRequest(limit: 10, inFlight: [], now: 1.01, sweepInterval: 0.25)
-        #expect(r.mode == .forward)
-        c.observe(r, Obs(snapshotXmin: 8, snapshotXmax: 8, lastRowId: 35, rowCount: 5), now: 1.01)
-        #expect(c.floor == 20)
-        #expect(c.nextRequest(limit: 10, inFlight: [], now: 1.3, sweepInterval: 0.25).mode == .sweep)
+        let s0 = PGSnapshot(xmin: 5, xmax: 5), s1 = PGSnapshot(xmin: 9, xmax: 12, xip: [9])
+        c.observe(c.nextRequest(limit: 10, inFlight: []), snapshot: s0, lastRowId: nil, rowCount: 0)
+        var r = c.nextRequest(limit: 3, inFlight: [])
+        c.observe(r, snapshot: s1, lastRowId: 40, rowCount: 3)
+        #expect(c.hasMore)
+        r = c.nextRequest(limit: 3, inFlight: [])
+        #expect(r.mode == .windowContinued && r.since == s0 && r.snapshot == s1 && r.after == 40)
+        c.observe(r, snapshot: s1, lastRowId: 41, rowCount: 1)
+        r = c.nextRequest(limit: 3, inFlight: [])
+        #expect(r.mode == .window && r.since == s1, "the next window starts where this one ended")
     }
 
-    @Test func aRowCommittedLateIsSweptOnceItsTransactionEnded() {
+    @Test func aStaleReadAfterARewindChangesNothing() {
         var c = ClaimCursor()
-        var now = 0.0
-        // Read 1: ids 2...3 visible; txn 10 (holding id 1) in progress: xmin 10, xmax 12.
-        var r = c.nextRequest(limit: 100, inFlight: [], now: now, sweepInterval: 0.25)
-        c.observe(r, Obs(snapshotXmin: 10, snapshotXmax: 12, lastRowId: 3, rowCount: 2), now: now)
-        #expect(c.floor == 0, "cannot advance the floor past an in-progress transaction")
-        now += 0.01
-        // Read 2: nothing new; txn 10 still running.
-        r = c.nextRequest(limit: 100, inFlight: [2, 3], now: now, sweepInterval: 0.25)
-        #expect(r.mode == .forward)
-        c.observe(r, Obs(snapshotXmin: 10, snapshotXmax: 12, lastRowId: nil, rowCount: 0), now: now)
-        #expect(c.ripeTarget == 0)
-        // Read 3: txn 10 has ended (xmin reached 12): the checkpoint ripens.
-        now += 0.01
-        r = c.nextRequest(limit: 100, inFlight: [2, 3], now: now, sweepInterval: 0.25)
-        c.observe(r, Obs(snapshotXmin: 12, snapshotXmax: 13, lastRowId: nil, rowCount: 0), now: now)
-        #expect(c.ripeTarget == 3)
-        // Next request (after the sweep interval) sweeps from the floor, excluding in-flight rows.
-        now += 0.3
-        r = c.nextRequest(limit: 100, inFlight: [2, 3], now: now, sweepInterval: 0.25)
-        #expect(r.mode == .sweep)
-        #expect(r.lowerBound == 0)
-        #expect(r.excluded == [2, 3])
-        // The sweep finds the late row 1; the floor moves to the ripe target.
-        c.observe(r, Obs(snapshotXmin: 13, snapshotXmax: 14, lastRowId: 1, rowCount: 1), now: now)
-        #expect(c.floor == 3)
-        #expect(c.cursor == 3)
+        c.observe(c.nextRequest(limit: 10, inFlight: []), snapshot: PGSnapshot(xmin: 5, xmax: 5), lastRowId: nil, rowCount: 0)
+        let stale = c.nextRequest(limit: 10, inFlight: [])
+        c.rewind()
+        c.observe(stale, snapshot: PGSnapshot(xmin: 7, xmax: 7), lastRowId: 3, rowCount: 1)
+        let r = c.nextRequest(limit: 10, inFlight: [1, 2, 7])
+        #expect(r.mode == .sweep && r.after == 0 && r.excluded == [1, 2, 7], "the rewind's sweep stands, rows in flight excluded")
+        #expect(r.generation == stale.generation + 1)
     }
 
-    @Test func sweepsAreRateLimited() {
+    /// The sequence: A takes its xid first, B takes the next xid and draws the lower id,
+    /// A commits and is relayed; B's xid is then at or above the snapshot's xmax — in no list —
+    /// and B commits later. B's row must be in the very next window.
+    @Test func aTransactionAtOrAboveXmaxIsInTheNextWindow() {
+        var db = Model()
         var c = ClaimCursor()
-        let r0 = c.nextRequest(limit: 10, inFlight: [], now: 0, sweepInterval: 1)
-        c.observe(r0, Obs(snapshotXmin: 10, snapshotXmax: 11, lastRowId: 5, rowCount: 5), now: 0)
-        let r1 = c.nextRequest(limit: 10, inFlight: [], now: 0.1, sweepInterval: 1)
-        c.observe(r1, Obs(snapshotXmin: 11, snapshotXmax: 12, lastRowId: 7, rowCount: 2), now: 0.1)
-        #expect(c.ripeTarget == 5)
-        #expect(c.nextRequest(limit: 10, inFlight: [], now: 0.5, sweepInterval: 1).mode == .forward)
-        #expect(c.nextRequest(limit: 10, inFlight: [], now: 1.1, sweepInterval: 1).mode == .sweep)
+        var relay = ModelRelay()
+        relay.claim(&c, &db)                    // the start-up sweep: nothing yet
+        let a = db.begin(), b = db.begin()
+        db.assignXid(a)                         // a domain write first
+        let bRow = db.insert(b, key: "kb")      // B: xid A+1, draws id 1
+        let aRow = db.insert(a, key: "ka")      // A draws id 2
+        db.commit(a)
+        let s = db.snapshot()
+        #expect(s.xmin == s.xmax && s.xip.isEmpty, "B runs at or above xmax, unlisted: \(s)")
+        #expect(!s.isVisible(db.transactions[b].xid!))
+        relay.claim(&c, &db)
+        #expect(relay.read == [aRow])
+        db.commit(b)
+        relay.claim(&c, &db)
+        #expect(relay.read == [aRow, bRow], "B's row is read by the first claim after its commit")
     }
 
-    @Test func aTruncatedSweepKeepsSweepingUntilCovered() {
+    @Test func aRowOfATransactionInTheInProgressListIsReadWhenItCommits() {
+        var db = Model()
         var c = ClaimCursor()
-        let r = c.nextRequest(limit: 100, inFlight: [], now: 0, sweepInterval: 1)
-        c.observe(r, Obs(snapshotXmin: 1, snapshotXmax: 1, lastRowId: 50, rowCount: 50), now: 0)
-        #expect(!c.sweepForced)
-        #expect(c.floor == 50)
-        c.rewind(below: 10)
-        let s1 = c.nextRequest(limit: 2, inFlight: [], now: 0, sweepInterval: 1)
-        #expect(s1.mode == .sweep && s1.lowerBound == 9)
-        // Only ids 10 and 11 fit: the range up to the cursor (50) is not covered yet.
-        c.observe(s1, Obs(snapshotXmin: 2, snapshotXmax: 3, lastRowId: 11, rowCount: 2), now: 0)
-        #expect(c.sweepForced)
-        #expect(c.nextRequest(limit: 2, inFlight: [10, 11], now: 0, sweepInterval: 1).mode == .sweep)
-        // A truncated sweep that reached past the cursor leaves forward reads to continue.
-        let s2 = c.nextRequest(limit: 2, inFlight: [10, 11], now: 0, sweepInterval: 1)
-        c.observe(s2, Obs(snapshotXmin: 3, snapshotXmax: 4, lastRowId: 52, rowCount: 2), now: 0)
-        #expect(!c.sweepForced)
-        #expect(c.cursor == 52)
+        var relay = ModelRelay()
+        let long = db.begin()
+        let early = db.insert(long, key: "k")   // id 1, xid 1
+        let t = db.begin()
+        let later = db.insert(t, key: "j")       // id 2, xid 2
+        db.commit(t)
+        relay.claim(&c, &db)                    // sweep: sees id 2; xid 1 in xip
+        #expect(relay.read == [later])
+        for _ in 0..<5 {                        // other traffic meanwhile
+            let o = db.begin(); _ = db.insert(o, key: "o"); db.commit(o)
+            relay.claim(&c, &db)
+        }
+        db.commit(long)
+        relay.claim(&c, &db)
+        #expect(relay.read.last == early, "read at once: no waiting for other transactions to end")
     }
 
-    @Test func rewindReadsAFailedRowAgainInIdOrder() {
+    /// Random transactions (xid first or not, savepoints rolled back, whole rollbacks, long
+    /// ones), claims interleaved with small limits, deliveries, failures with rewinds: every
+    /// committed row is read, no rolled-back row is, nothing is read twice in a generation, and no
+    /// row is first read after a same-key row whose transaction began after its commit.
+    @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] as [UInt64])
+    func randomConcurrentTransactionsKeepEveryPromise(seed: UInt64) {
+        var rng = ModelRNG(seed: seed)
+        var db = Model()
         var c = ClaimCursor()
-        let r = c.nextRequest(limit: 100, inFlight: [], now: 0, sweepInterval: 1)
-        c.observe(r, Obs(snapshotXmin: 3, snapshotXmax: 3, lastRowId: 50, rowCount: 50), now: 0)
-        #expect(c.floor == 50)
-        c.rewind(below: 20)
-        let again = c.nextRequest(limit: 100, inFlight: [21, 22], now: 0, sweepInterval: 1)
-        #expect(again.mode == .sweep)
-        #expect(again.lowerBound == 19)
-        #expect(again.excluded == [21, 22])
+        var relay = ModelRelay()
+        var open: [Int] = []
+        for _ in 0..<3000 {
+            switch rng.next() % 10 {
+            case 0, 1:
+                let t = db.begin()
+                if rng.next() % 10 < 6 { db.assignXid(t) }
+                open.append(t)
+            case 2, 3, 4:
+                guard let t = open.randomElement(using: &rng) else { continue }
+                let rows = Int(rng.next() % 3) + 1
+                for _ in 0..<rows { _ = db.insert(t, key: "k\(rng.next() % 6)") }
+                if rng.next() % 7 == 0 { db.insertRolledBackInSavepoint(t, key: "k\(rng.next() % 6)") }
+            case 5, 6:
+                guard !open.isEmpty else { continue }
+                // Mostly the newest transactions end; a few stay open long.
+                let i = rng.next() % 5 == 0 ? Int(rng.next() % UInt64(open.count)) : open.count - 1
+                let t = open.remove(at: i)
+                if rng.next() % 10 == 0 { db.rollback(t) } else { db.commit(t) }
+            case 7, 8:
+                relay.claim(&c, &db, limit: Int(rng.next() % 4) + 1)
+            default:
+                relay.deliverSome(&db, &rng)
+                if rng.next() % 15 == 0 { relay.failOne(&c, &rng) }
+            }
+        }
+        for t in open { db.commit(t) }
+        for _ in 0..<5000 where !(relay.inFlight.isEmpty && db.live.isEmpty) {
+            relay.claim(&c, &db, limit: 7)
+            relay.deliverAll(&db)
+        }
+        let left = db.live.keys.sorted()
+        #expect(left.isEmpty, "seed \(seed): rows never relayed: \(left.prefix(10))")
+        let committed = Set(db.rows.values.filter { db.transactions[$0.txn].state == .committed && !$0.rolledBack }.map(\.id))
+        let rolledBack = Set(db.rows.values.filter { db.transactions[$0.txn].state == .aborted || $0.rolledBack }.map(\.id))
+        #expect(Set(relay.read).isSuperset(of: committed), "seed \(seed): missing")
+        #expect(Set(relay.read).isDisjoint(with: rolledBack), "seed \(seed): a rolled-back row was read")
+        #expect(relay.readTwiceInAGeneration == 0, "seed \(seed)")
+        // Causal order of first reads, per key.
+        var position: [Int64: Int] = [:]
+        for (i, id) in relay.read.enumerated() where position[id] == nil { position[id] = i }
+        var inversions = 0
+        for a in db.rows.values where committed.contains(a.id) {
+            let commitA = db.transactions[a.txn].endedAt!
+            for b in db.rows.values where b.key == a.key && committed.contains(b.id) && b.insertedAt > commitA {
+                if position[b.id]! < position[a.id]! { inversions += 1 }
+            }
+        }
+        #expect(inversions == 0, "seed \(seed): causal inversions")
+    }
+}
+
+// MARK: - A model of PostgreSQL's transactions and snapshots
+
+struct Model {
+    enum State { case running, committed, aborted }
+    struct Transaction {
+        var xid: UInt64?
+        var state = State.running
+        var endedAt: Int?
+    }
+    struct Row {
+        let id: Int64
+        let txn: Int
+        let key: String
+        let insertedAt: Int
+        var rolledBack = false
+    }
+    var transactions: [Transaction] = []
+    var rows: [Int64: Row] = [:]
+    /// Rows not deleted yet (by id).
+    var live: [Int64: Row] = [:]
+    var nextXid: UInt64 = 100
+    var latestCompleted: UInt64 = 99
+    var nextId: Int64 = 1
+    var clock = 0
+
+    mutating func tick() -> Int { clock += 1; return clock }
+
+    mutating func begin() -> Int {
+        transactions.append(Transaction())
+        return transactions.count - 1
     }
 
-    @Test func resetStartsOverWithExclusions() {
-        var c = ClaimCursor()
-        let r = c.nextRequest(limit: 100, inFlight: [], now: 0, sweepInterval: 1)
-        c.observe(r, Obs(snapshotXmin: 3, snapshotXmax: 3, lastRowId: 50, rowCount: 50), now: 0)
-        c.reset()
-        let again = c.nextRequest(limit: 100, inFlight: [40, 45], now: 0, sweepInterval: 1)
-        #expect(again.lowerBound == 0)
-        #expect(again.excluded == [40, 45])
+    mutating func assignXid(_ t: Int) {
+        if transactions[t].xid == nil { transactions[t].xid = nextXid; nextXid += 1 }
     }
 
-    @Test func aRewindDuringAReadIsNotUndoneByThatRead() {
-        var c = ClaimCursor()
-        let r = c.nextRequest(limit: 100, inFlight: [], now: 0, sweepInterval: 1)
-        c.observe(r, Obs(snapshotXmin: 1, snapshotXmax: 1, lastRowId: 50, rowCount: 50), now: 0)
-        #expect(c.floor == 50)
-        // A sweep is in flight (row 20 excluded as in flight) when row 20's delivery fails.
-        c.rewind(below: 60)
-        let sweep = c.nextRequest(limit: 100, inFlight: [20], now: 0, sweepInterval: 1)
-        c.rewind(below: 20)
-        c.observe(sweep, Obs(snapshotXmin: 2, snapshotXmax: 2, lastRowId: 70, rowCount: 10), now: 0)
-        #expect(c.floor == 19, "the read that could not see row 20 must not settle past it")
-        #expect(c.sweepForced)
-        let again = c.nextRequest(limit: 100, inFlight: [], now: 0, sweepInterval: 1)
-        #expect(again.mode == .sweep && again.lowerBound == 19)
+    /// The id (identity, CACHE 1) is drawn before `pg_current_xact_id()` assigns the xid.
+    mutating func insert(_ t: Int, key: String) -> Int64 {
+        let id = nextId
+        nextId += 1
+        assignXid(t)
+        let row = Row(id: id, txn: t, key: key, insertedAt: tick())
+        rows[id] = row
+        live[id] = row
+        return id
+    }
+
+    mutating func insertRolledBackInSavepoint(_ t: Int, key: String) {
+        let id = insert(t, key: key)
+        rows[id]!.rolledBack = true
+        live[id] = nil
+    }
+
+    mutating func end(_ t: Int, _ state: State) {
+        transactions[t].state = state
+        transactions[t].endedAt = tick()
+        if let xid = transactions[t].xid { latestCompleted = max(latestCompleted, xid) }
+        if state == .aborted { for (id, r) in live where r.txn == t { live[id] = nil } }
+    }
+    mutating func commit(_ t: Int) { end(t, .committed) }
+    mutating func rollback(_ t: Int) { end(t, .aborted) }
+
+    /// GetSnapshotData: xmax = latestCompletedXid + 1; xip = running xids below xmax.
+    func snapshot() -> PGSnapshot {
+        let xmax = latestCompleted + 1
+        let xip = transactions.compactMap { $0.state == .running ? $0.xid : nil }.filter { $0 < xmax }
+        return PGSnapshot(xmin: xip.min() ?? xmax, xmax: xmax, xip: xip)
+    }
+
+    /// Rows the statement's MVCC snapshot sees: committed and not deleted.
+    func visibleRows() -> [Row] {
+        live.values.filter { transactions[$0.txn].state == .committed }.sorted { $0.id < $1.id }
+    }
+
+    /// Executes a claim request as OutboxQueries' statements do.
+    func execute(_ r: ClaimCursor.Request) -> (PGSnapshot, [Row]) {
+        let own = snapshot()
+        let snap = r.snapshot ?? own
+        let excluded = Set(r.excluded)
+        let rows = visibleRows().filter { row in
+            let txid = transactions[row.txn].xid!
+            switch r.mode {
+            case .sweep:
+                return row.id > r.after && !excluded.contains(row.id) && snap.isVisible(txid)
+            case .window:
+                let since = r.since!
+                return (txid >= since.xmax && txid < own.xmax) || since.xip.contains(txid)
+            case .windowContinued:
+                return row.id > r.after && snap.isVisible(txid) && !r.since!.isVisible(txid)
+            }
+        }
+        return (snap, Array(rows.prefix(r.limit)))
+    }
+}
+
+struct ModelRelay {
+    var read: [Int64] = []
+    var inFlight: [Int64] = []
+    var readInGeneration: [Int: Set<Int64>] = [:]
+    var readTwiceInAGeneration = 0
+
+    mutating func claim(_ c: inout ClaimCursor, _ db: inout Model, limit: Int = 100) {
+        repeat {
+            let r = c.nextRequest(limit: limit, inFlight: inFlight)
+            let (snapshot, rows) = db.execute(r)
+            c.observe(r, snapshot: snapshot, lastRowId: rows.last?.id, rowCount: rows.count)
+            for row in rows {
+                if !readInGeneration[r.generation, default: []].insert(row.id).inserted { readTwiceInAGeneration += 1 }
+                read.append(row.id)
+                inFlight.append(row.id)
+            }
+        } while c.hasMore && inFlight.count < 40
+    }
+
+    /// Acknowledged rows are deleted, oldest first.
+    mutating func deliverSome(_ db: inout Model, _ rng: inout ModelRNG) {
+        let n = min(inFlight.count, Int(rng.next() % 4))
+        for id in inFlight.prefix(n) { db.live[id] = nil }
+        inFlight.removeFirst(n)
+    }
+
+    mutating func deliverAll(_ db: inout Model) {
+        for id in inFlight { db.live[id] = nil }
+        inFlight.removeAll()
+    }
+
+    /// A delivery fails: the row stays in the table and is read again after a rewind.
+    mutating func failOne(_ c: inout ClaimCursor, _ rng: inout ModelRNG) {
+        guard !inFlight.isEmpty else { return }
+        inFlight.remove(at: Int(rng.next() % UInt64(inFlight.count)))
+        c.rewind()
+    }
+}
+
+struct ModelRNG: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
