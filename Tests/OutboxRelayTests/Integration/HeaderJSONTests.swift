@@ -92,8 +92,8 @@ import Testing
     /// with its key and value intact, instead of failing the whole claim.
     @Test func unreadableHeadersMarkTheRowInsteadOfFailingTheClaim() throws {
         let conn = try TestEnvironment.connect()
-        let result = try conn.execute(prepared: "fake_claim_row", """
-            SELECT 0::bigint, 0::bigint, 42::bigint, 7, 'orders', 'k'::bytea, 'v'::bytea, now(), $1::text, 0::bigint
+        let result = try conn.execute(prepared: "fake_claim_row_v2", """
+            SELECT '1:1:'::text, 42::bigint, 7, 'orders', 'k'::bytea, 'v'::bytea, now(), $1::text, 0::bigint
             """, [.text(#"{"a": "b" "c"}"#)])
         var scratch: [UInt8] = []
         var topics = OutboxQueries.TopicNames()
