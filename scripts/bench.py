@@ -17,6 +17,12 @@ Scenarios (each on a fresh table and a fresh topic):
   insert_only  the same paced INSERTs at the highest rate without any relay: can the machine
            and the database take that rate at all?
   scale    drain of --scale-rows rows with 1, 2, 4 relay processes on one table
+  concurrent  8 writer threads commit randomized transactions (xid taken first, savepoints, long
+           and rolled-back transactions, REPEATABLE READ) at --concurrent-rate rows/s for
+           --concurrent-seconds, once with one relay and once with one naive SKIP LOCKED relay
+           (scripts/lib/naive_relay.py), same seed; scripts/lib/concurrency.py runs and checks
+           each (causal per-key order, loss, rolled-back rows; latency COMMIT returned → Kafka
+           CreateTime). Needs .tools/venv's psycopg and confluent-kafka (scripts/bootstrap).
 It prints a human-readable table and one line `BENCH_JSON {...}`. The method, and what each
 figure does and does not measure, is in docs/BENCHMARKS.md.
 """
@@ -24,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import random
 import re
 import signal
 import socket
@@ -35,6 +42,9 @@ import time
 import urllib.parse
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
+VENV_PYTHON = os.path.join(ROOT, ".tools", "venv", "bin", "python")
 SHARDS = 256  # migrate's default shard count; the ceiling passes all of them like one relay would
 
 
@@ -791,6 +801,37 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
         log(f"scale: {self.a.scale_rows} rows, {replicas} relay(s)")
         return self.timed_drain(f"scale{replicas}", self.a.scale_rows, replicas)
 
+    # ---- scenario 5 -------------------------------------------------------------------------
+    def concurrent(self, naive, seed):
+        """One scripts/lib/concurrency.py run (its own fresh table and topics) with one relay of the
+        bench's binary, or with one naive SKIP LOCKED relay; its JSON summary."""
+        table = self.name("concurrent_naive" if naive else "concurrent")
+        json_out = os.path.join(self.run_dir, f"{table}.json")
+        cmd = [VENV_PYTHON, CONCURRENCY_PY, "--database-url", self.admin_url, "--brokers", self.a.brokers,
+               "--relay", self.a.relay, "--table", table, "--seed", str(seed), "--writers", "8",
+               "--seconds", str(self.a.concurrent_seconds), "--rate", str(self.a.concurrent_rate),
+               "--relays", "1", "--log-dir", os.path.join(self.run_dir, table), "--json-out", json_out]
+        if naive:
+            cmd.append("--naive")
+        else:
+            # The bench's relay options, except --http-port (concurrency.py passes its own).
+            args = self.relay_args()
+            i = args.index("--http-port")
+            del args[i:i + 2]
+            cmd += [f"--relay-arg={x}" for x in args]
+        log(f"concurrent: {'naive relay' if naive else 'outbox-relay'}, 8 writers, {self.a.concurrent_rate} rows/s, "
+            f"{self.a.concurrent_seconds} s, seed {seed}")
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in p.stdout.splitlines():
+            if not line.startswith("CONCURRENCY_JSON "):
+                print(f"bench:   {line}", file=sys.stderr, flush=True)
+        if p.returncode != 0 or not os.path.exists(json_out):
+            return {"relay": "naive" if naive else "outbox-relay", "error": f"concurrency.py exited {p.returncode}"}
+        with open(json_out) as f:
+            res = json.load(f)
+        res["relay"] = "naive" if naive else "outbox-relay"
+        return res
+
     def cleanup(self):
         for p in list(self.relays):
             if p.poll() is None:
@@ -900,6 +941,26 @@ def report(out):
                          f"{fmt(s['relay_cpu_s'], 2):>13}{fmt(s['postgres_cpu_s'], 2):>10}"
                          f"{fmt(100 * s['machine_busy_share'], 0) + '%':>9}{fmt(s['others_cpu_s'], 2):>10}  {ver_s(s['verify'])}")
         lines.append("")
+    if out.get("concurrent"):
+        c0 = out["concurrent"][0]
+        cfg_c = c0.get("config", {})
+        lines.append(f"5. Concurrent writers ({cfg_c.get('writers', 8)} writers, target {out['config']['concurrent_rate']} rows/s, "
+                     f"{out['config']['concurrent_seconds']} s, {cfg_c.get('keys', '-')} keys, seed {out['config']['concurrent_seed']}; "
+                     "latency = COMMIT returned → Kafka CreateTime)")
+        lines.append(f"   {'relay':<22}{'rows/s':>8}{'rows':>8}{'p50 ms':>9}{'p99 ms':>10}{'max ms':>10}{'>1 s':>7}"
+                     f"{'causal inv rows/pairs':>23}{'intra':>7}  loss / rolled back delivered / dup / left")
+        for c in out["concurrent"]:
+            name = "outbox-relay" if c["relay"] == "outbox-relay" else "naive SKIP LOCKED"
+            if c.get("error"):
+                lines.append(f"   {name:<22}{c['error']}")
+                continue
+            L = c["latency_ms"]
+            lines.append(f"   {name:<22}{fmt(c['rows_per_s'], 0):>8}{fmt(c['committed_rows']):>8}{fmt(L['p50'], 2):>9}"
+                         f"{fmt(L['p99'], 1):>10}{fmt(L['max'], 1):>10}{fmt(L['over_1s']):>7}"
+                         f"{fmt(c['causal_inversions']) + ' / ' + fmt(c['causal_inversion_pairs']):>23}"
+                         f"{fmt(c['intra_txn_inversions']):>7}  {c['missing']} / {c['rolled_back_delivered']} / "
+                         f"{c['duplicates']} / {c['left_in_outbox']}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -919,12 +980,15 @@ def main():
     ap.add_argument("--steady-seconds", type=float, default=30)
     ap.add_argument("--rates", default="500,5000", help="steady-state insert rates, rows/s (default 500,5000)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20000 rows, 10000 scale rows, 5 s steady")
-    ap.add_argument("--scenarios", default="drain,ceiling,steady,insert_only,scale")
+    ap.add_argument("--scenarios", default="drain,ceiling,steady,insert_only,scale,concurrent")
     ap.add_argument("--pairs", type=int, default=3,
                     help="drain + ceiling pairs when both run (default 3; the pair with the median ratio is reported)")
     ap.add_argument("--no-latency-trigger", dest="latency_trigger", action="store_false",
                     help="steady state without the bench's AFTER DELETE trigger (no latency figures; "
                          "shows what the trigger itself costs)")
+    ap.add_argument("--concurrent-seconds", type=float, default=30, help="concurrent scenario: write phase (default 30)")
+    ap.add_argument("--concurrent-rate", type=float, default=1000, help="concurrent scenario: rows/s over 8 writers (default 1000)")
+    ap.add_argument("--concurrent-seed", type=int, help="concurrent scenario: workload seed (default random; both runs use it)")
     ap.add_argument("--idle-seconds", type=float, default=3, help="relay idle-CPU probe before each steady run")
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--value-bytes", type=int, default=256)
@@ -939,6 +1003,7 @@ def main():
         a.rows = min(a.rows, 20000)
         a.scale_rows = min(a.scale_rows, 10000)
         a.steady_seconds = min(a.steady_seconds, 5)
+        a.concurrent_seconds = min(a.concurrent_seconds, 5)
         a.idle_seconds = min(a.idle_seconds, 1)
         a.pairs = 1
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
@@ -958,6 +1023,11 @@ def main():
         "postgres": bench.admin.scalar("SHOW server_version"),
         "quick": a.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }}
+    if "concurrent" in scenarios:
+        if a.concurrent_seed is None:
+            a.concurrent_seed = random.SystemRandom().randrange(1, 2**31)
+        out["config"].update({"concurrent_seconds": a.concurrent_seconds, "concurrent_rate": a.concurrent_rate,
+                              "concurrent_seed": a.concurrent_seed})
     try:
         if "drain" in scenarios and "ceiling" in scenarios:
             # This machine's speed changes by up to half within seconds (a shared VM): one drain and
@@ -995,6 +1065,8 @@ def main():
             out["insert_only"] = bench.insert_only(r)
         if "scale" in scenarios:
             out["scale"] = [bench.scale(int(k)) for k in a.replicas.split(",")]
+        if "concurrent" in scenarios:
+            out["concurrent"] = [bench.concurrent(False, a.concurrent_seed), bench.concurrent(True, a.concurrent_seed)]
     except KeyboardInterrupt:
         log("interrupted")
         bench.cleanup()
@@ -1010,6 +1082,9 @@ def main():
     ok = True
     for r in [out.get("drain")] + out.get("steady", []) + out.get("scale", []):
         if r and (r["verify"]["lost"] or r["verify"]["duplicates"] or r["verify"]["key_order_violations"]):
+            ok = False
+    for c in out.get("concurrent", [])[:1]:  # the relay's run; the naive relay's is a comparison only
+        if c.get("error") or not c.get("ok"):
             ok = False
     if not ok:
         log("VERIFICATION FAILED: lost, duplicate or out-of-order messages (see above)")

@@ -1,0 +1,813 @@
+#!/usr/bin/env python3
+"""Concurrency workload and checker for outbox-relay (or the naive SKIP LOCKED relay).
+
+Concurrent writer threads (one psycopg connection each) commit randomized transactions into a fresh
+outbox table while one or more relays forward it to fresh Kafka topics; then the topics are read
+from offset 0 and every promise the relay makes is checked against what the writers recorded.
+
+Transaction shapes (drawn independently per transaction from --seed, per writer):
+  60 %  take the xid first with a domain write (UPDATE <table>_domain SET n = n + 1 WHERE id = r,
+        r one of 100 rows; long transactions use 100 rows of their own, so they block each other
+        — a blocked UPDATE already holds its xid — but never stall the writers' stream: with one
+        shared range, short transactions queued behind the long ones' row locks cut the rate
+        to a third)
+  1-3   outbox rows over --keys keys (key b'k<n>'; the key decides the topic, so a key's rows
+        share one topic and partition)
+  15 %  plus one row inserted inside a SAVEPOINT that is rolled back (must never be delivered)
+   5 %  stay open 0.3-1.8 s before COMMIT (run on a connection of their own, so the writer's
+        stream goes on: the long transactions overlap each other and the short ones)
+  10 %  the whole transaction rolls back
+  10 %  REPEATABLE READ (serialization failures are recorded as rollbacks)
+Client-side, per transaction: first_insert_began (time.time() just before the first outbox INSERT
+is sent), commit_returned (just after COMMIT returns), the outcome, and the ids (RETURNING id) of
+the rows kept and rolled back.
+
+Checks (violations make --check exit 1):
+  missing                committed rows not found in Kafka
+  rolled_back_delivered  rows of a rolled-back transaction or savepoint found in Kafka
+  left_in_outbox         rows still in the table after the drain and the relays' stop
+  duplicates             Σ(copies − 1) per id; a violation only with --restart none
+  causal_inversions      rows b for which some row a of the same key, whose transaction's COMMIT
+                         had returned before b's transaction began inserting, appears *after* b in
+                         the partition (first occurrences). causal_inversion_pairs counts the pairs,
+                         causal_overtaken_rows their distinct rows a (the late ones; reported only)
+  intra_txn_inversions   pairs of rows of one transaction and key delivered out of id order
+  unexpected_ids, payload_mismatches (key/value/headers differ from what was written),
+  keys_on_several_partitions, relay_failures (a relay that crashed or did not exit 0 on SIGTERM),
+  drain_timeout, no_committed_rows, writer_crashes
+Reported only: id_order_inversions (a key's rows out of id order — id order is not commit order
+under concurrent writers), latency commit_returned → Kafka message timestamp (CreateTime, set by
+the producer) p50/p99/max, rows/s, shape counts.
+
+Prints the seed first, a human-readable summary, and one line `CONCURRENCY_JSON {...}`.
+Exit status: 0 ok (or violations without --check), 1 violations with --check, 2 harness error.
+"""
+import argparse
+import bisect
+import json
+import os
+import queue
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOMAIN_ROWS = 100
+
+
+def log(msg):
+    print(f"concurrency: {msg}", flush=True)
+
+
+def table_ident(name):
+    return sql.SQL(".").join(sql.Identifier(p) for p in name.split("."))
+
+
+class HarnessError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------------
+
+class Txn:
+    __slots__ = ("label", "writer", "domain_first", "domain_row", "rows", "savepoint_at", "savepoint_key",
+                 "long_s", "rollback", "repeatable_read", "first_insert_began", "commit_returned",
+                 "outcome", "sqlstate", "kept", "rolled")
+
+    def __init__(self, label, writer):
+        self.label, self.writer = label, writer
+        self.first_insert_began = self.commit_returned = None
+        self.outcome, self.sqlstate = None, None
+        self.kept = []    # [(id, key index, value bytes)]
+        self.rolled = []  # [(id, key index)]
+
+
+def draw_txn(rng, label, writer, keys):
+    """Every draw is made for every transaction, so a seed gives the same shapes whatever the timing."""
+    t = Txn(label, writer)
+    t.domain_first = rng.random() < 0.60
+    t.domain_row = rng.randrange(DOMAIN_ROWS) + 1
+    n = rng.randint(1, 3)
+    t.rows = []
+    for i in range(n):
+        # Now and then the same key twice in one transaction: intra-transaction order is checkable.
+        t.rows.append(t.rows[-1] if i and rng.random() < 0.3 else rng.randrange(keys))
+    sp = rng.random() < 0.15
+    sp_at = rng.randint(0, n)
+    sp_key = rng.randrange(keys)
+    t.savepoint_at, t.savepoint_key = (sp_at, sp_key) if sp else (None, None)
+    long_draw, long_s = rng.random(), rng.uniform(0.3, 1.8)
+    t.long_s = long_s if long_draw < 0.05 else 0.0
+    if t.long_s:
+        t.domain_row += DOMAIN_ROWS  # the long transactions' own range (see the module doc)
+    t.rollback = rng.random() < 0.10
+    t.repeatable_read = rng.random() < 0.10
+    return t
+
+
+class Workload:
+    def __init__(self, a, table, topics, rng_seed):
+        self.a = a
+        self.table = table
+        self.topics = topics
+        self.seed = rng_seed
+        self.t = table_ident(table)
+        self.domain = table_ident(table + "_domain")
+        self.insert = sql.SQL("INSERT INTO {} (topic, key, value, headers) VALUES (%s, %s, %s, %s) RETURNING id").format(self.t)
+        self.update = sql.SQL("UPDATE {} SET n = n + 1 WHERE id = %s").format(self.domain)
+        self.txns = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.spare = queue.LifoQueue()  # connections for the long transactions
+        self.long_threads = []
+        self.errors = []
+        self.crashes = []
+
+    def topic_of(self, key):
+        return self.topics[key % len(self.topics)]
+
+    def connect(self):
+        return psycopg.connect(self.a.database_url, autocommit=True, application_name="concurrency-writer")
+
+    def run_txn(self, conn, t):
+        cur = conn.cursor()
+        inserted = []  # (id, key, value, kept?)
+        commit_sent = False
+        try:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" if t.repeatable_read else "BEGIN")
+            if t.domain_first:
+                cur.execute(self.update, (t.domain_row,))
+            plan = [("row", k) for k in t.rows]
+            if t.savepoint_at is not None:
+                plan.insert(t.savepoint_at, ("savepoint", t.savepoint_key))
+            for i, (kind, k) in enumerate(plan):
+                key = b"k%d" % k
+                value = f"{t.label}/{i}/".encode() + os.urandom(12)
+                headers = Jsonb({"txn": t.label})
+                if kind == "savepoint":
+                    cur.execute("SAVEPOINT s")
+                if t.first_insert_began is None:
+                    t.first_insert_began = time.time()
+                cur.execute(self.insert, (self.topic_of(k), key, value, headers))
+                rid = cur.fetchone()[0]
+                if kind == "savepoint":
+                    cur.execute("ROLLBACK TO SAVEPOINT s")
+                    t.rolled.append((rid, k))
+                else:
+                    inserted.append((rid, k, value))
+            if t.long_s:
+                time.sleep(t.long_s)
+            if t.rollback:
+                cur.execute("ROLLBACK")
+                t.outcome = "rolled_back"
+                t.rolled += [(rid, k) for rid, k, _ in inserted]
+            else:
+                commit_sent = True
+                cur.execute("COMMIT")
+                t.commit_returned = time.time()
+                t.outcome = "committed"
+                t.kept = inserted
+        except psycopg.Error as e:
+            t.sqlstate = getattr(e, "sqlstate", None)
+            if commit_sent and t.sqlstate is None:
+                # The connection broke while COMMIT was under way: it may or may not have committed.
+                t.outcome = "unknown"
+                t.kept = inserted
+            else:
+                t.outcome = "serialization_failure" if t.sqlstate in ("40001", "40P01") else "error"
+                t.rolled += [(rid, k) for rid, k, _ in inserted]
+                if t.outcome == "error":
+                    self.errors.append(f"{t.label}: {e!r}")
+            try:
+                if not conn.broken:
+                    conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+        finally:
+            cur.close()
+        with self.lock:
+            self.txns.append(t)
+
+    def long_txn(self, t):
+        try:
+            conn = self.spare.get_nowait()
+        except queue.Empty:
+            conn = self.connect()
+        try:
+            self.run_txn(conn, t)
+        finally:
+            if conn.broken:
+                conn.close()
+            else:
+                self.spare.put(conn)
+
+    def writer(self, idx):
+        try:
+            self._writer(idx)
+        except Exception as e:  # a harness bug or a lost database: the run is not valid
+            self.crashes.append(f"writer {idx}: {e!r}")
+            log(f"writer {idx} crashed: {e!r}")
+
+    def _writer(self, idx):
+        rng = random.Random(f"{self.seed}/writer/{idx}")
+        pace = random.Random(f"{self.seed}/pace/{idx}")
+        conn = self.connect()
+        per_writer_rate = self.a.rate / self.a.writers if self.a.rate else None
+        next_at = time.monotonic()
+        n = 0
+        try:
+            while not self.stop.is_set():
+                n += 1
+                t = draw_txn(rng, f"w{idx}.{n}", idx, self.a.keys)
+                if t.long_s:
+                    th = threading.Thread(target=self.long_txn, args=(t,), daemon=True)
+                    th.start()
+                    with self.lock:
+                        self.long_threads.append(th)
+                else:
+                    if conn.broken:
+                        conn = self.connect()
+                    self.run_txn(conn, t)
+                if per_writer_rate:
+                    # Paced on the rows meant to commit: a rolled-back transaction costs time only.
+                    next_at += (0 if t.rollback else len(t.rows)) / per_writer_rate
+                    now = time.monotonic()
+                    if next_at > now:
+                        time.sleep(next_at - now)
+                    elif now - next_at > 1.0:
+                        next_at = now - 1.0  # no catch-up burst after a long stall
+                else:
+                    time.sleep(pace.uniform(0, 2 * self.a.think_ms / 1000))
+        finally:
+            conn.close()
+
+    def run(self, seconds):
+        threads = [threading.Thread(target=self.writer, args=(i,), daemon=True) for i in range(self.a.writers)]
+        t0 = time.time()
+        for th in threads:
+            th.start()
+        self.stop.wait(seconds)
+        self.stop.set()
+        for th in threads:
+            th.join()
+        for th in list(self.long_threads):
+            th.join()
+        while True:
+            try:
+                self.spare.get_nowait().close()
+            except queue.Empty:
+                break
+        return t0, time.time()
+
+
+# --------------------------------------------------------------------------------------------
+# Relays
+# --------------------------------------------------------------------------------------------
+
+class Replica:
+    def __init__(self, cmd, name, log_dir):
+        self.cmd, self.name, self.log_dir = cmd, name, log_dir
+        self.proc = None
+        self.generation = 0
+        self.log_path = None
+        self.history = []  # (generation, pid, how it ended, exit code)
+
+    def start(self):
+        self.generation += 1
+        self.log_path = os.path.join(self.log_dir, f"{self.name}.{self.generation}.log")
+        logf = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+
+    def tail(self, n=25):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Signals the process and waits for it. Returns (crashed before the signal, exit code)."""
+        crashed = self.proc.poll() is not None
+        if not crashed:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} (pid {self.proc.pid}) did not exit within {timeout} s of {sig.name}; killing it")
+            self.proc.kill()
+            code = self.proc.wait()
+            self.history.append((self.generation, self.proc.pid, f"{sig.name}, then SIGKILL after {timeout} s", code))
+            return crashed, "timeout"
+        self.history.append((self.generation, self.proc.pid, "crashed" if crashed else sig.name, code))
+        return crashed, code
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka
+# --------------------------------------------------------------------------------------------
+
+def create_topics(brokers, topics, partitions):
+    admin = AdminClient({"bootstrap.servers": brokers})
+    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in topics], operation_timeout=30)
+    for t, f in futures.items():
+        f.result(timeout=60)
+    # Wait until the metadata shows every partition (the relays' producers ask for it at once).
+    deadline = time.monotonic() + 30
+    while True:
+        md = admin.list_topics(timeout=10)
+        if all(t in md.topics and len(md.topics[t].partitions) == partitions for t in topics):
+            return
+        if time.monotonic() > deadline:
+            raise HarnessError(f"topics {topics} not visible with {partitions} partitions after 30 s")
+        time.sleep(0.2)
+
+
+def read_topics(brokers, topics, timeout=180):
+    """Every message of the topics, from offset 0 of every partition up to its high watermark
+    (read after the relays stopped; offset 0 explicitly, as Tansu can answer 'earliest' wrongly)."""
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"concurrency-verify-{uuid.uuid4()}",
+                  "enable.auto.commit": False, "enable.partition.eof": False, "fetch.wait.max.ms": 100})
+    assign, high = [], {}
+    try:
+        for t in topics:
+            md = c.list_topics(t, timeout=10).topics[t]
+            for p in sorted(md.partitions):
+                _lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)
+                if hi > 0:
+                    assign.append(TopicPartition(t, p, 0))
+                    high[(t, p)] = hi
+        if not assign:
+            return [], high
+        c.assign(assign)
+        pos = {k: 0 for k in high}
+        msgs = []
+        deadline = time.monotonic() + timeout
+        while any(pos[k] < high[k] for k in high):
+            if time.monotonic() > deadline:
+                short = {f"{t}[{p}]": f"{pos[(t, p)]}/{high[(t, p)]}" for t, p in high if pos[(t, p)] < high[(t, p)]}
+                raise HarnessError(f"reading the topics timed out after {timeout} s: {short}")
+            for m in c.consume(1000, timeout=1.0):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise HarnessError(f"consume error: {m.error()}")
+                k = (m.topic(), m.partition())
+                pos[k] = max(pos[k], m.offset() + 1)
+                hdrs = dict((hk, hv) for hk, hv in (m.headers() or []))
+                oid = hdrs.get("outbox-id")
+                ts_type, ts = m.timestamp()
+                msgs.append({"topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
+                             "key": m.key(), "value": m.value(), "ts_ms": ts if ts_type != 0 else None,
+                             "id": int(oid) if oid is not None else None,
+                             "txn": hdrs["txn"].decode() if hdrs.get("txn") is not None else None})
+        return msgs, high
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+def pct(sorted_vals, p):
+    if not sorted_vals:
+        return None
+    i = min(len(sorted_vals) - 1, max(0, int(round(p / 100 * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[i]
+
+
+def analyze(txns, msgs, left_ids, restarted):
+    committed = {}  # id -> (txn, key, value)
+    rolled = {}     # id -> txn
+    uncertain = set()
+    for t in txns:
+        if t.outcome == "committed":
+            for rid, k, v in t.kept:
+                committed[rid] = (t, k, v)
+        elif t.outcome == "unknown":
+            uncertain.update(rid for rid, _, _ in t.kept)
+        for rid, _k in t.rolled:
+            rolled[rid] = t
+
+    occ = {}
+    without_id = 0
+    for m in msgs:
+        if m["id"] is None:
+            without_id += 1
+            continue
+        occ.setdefault(m["id"], []).append(m)
+    for v in occ.values():
+        v.sort(key=lambda m: (m["topic"], m["partition"], m["offset"]))
+
+    res = {}
+    missing = sorted(set(committed) - set(occ))
+    res["missing"] = len(missing)
+    rb = sorted(set(rolled) & set(occ))
+    res["rolled_back_delivered"] = len(rb)
+    unexpected = sorted(set(occ) - set(committed) - set(rolled) - uncertain)
+    res["unexpected_ids"] = len(unexpected) + without_id
+    res["left_in_outbox"] = len(left_ids)
+    res["duplicates"] = sum(len(v) - 1 for v in occ.values())
+
+    # Payload: key, value, topic and the txn header as written.
+    mism = []
+    for rid, (t, k, v) in committed.items():
+        for m in occ.get(rid, ()):
+            if m["key"] != b"k%d" % k or m["value"] != v or m["txn"] != t.label:
+                mism.append(rid)
+                break
+    res["payload_mismatches"] = len(mism)
+
+    # Group the delivered committed rows by (key, topic, partition) of their first occurrence.
+    key_parts = {}
+    groups = {}
+    for rid, (t, k, _v) in committed.items():
+        if rid not in occ:
+            continue
+        f = occ[rid][0]
+        key_parts.setdefault(k, set()).add((f["topic"], f["partition"]))
+        groups.setdefault((k, f["topic"], f["partition"]), []).append((f["offset"], rid, t))
+    res["keys_on_several_partitions"] = sum(1 for s in key_parts.values() if len(s) > 1)
+
+    inv_rows = inv_pairs = id_inv = overtaken = 0
+    examples = []
+    example_a = set()
+    for (k, topic, part), rows in groups.items():
+        rows.sort()
+        # Causal: sweep from the highest offset down, keeping the commit times of the rows after.
+        later = []          # sorted commit_returned of rows at higher offsets
+        later_min = None    # (commit_returned, offset, id) minimum of those
+        for off, rid, t in reversed(rows):
+            n = bisect.bisect_left(later, t.first_insert_began)
+            if n:
+                inv_rows += 1
+                inv_pairs += n
+                if len(examples) < 3 and later_min[2] not in example_a:
+                    ca, offa, ida = later_min
+                    example_a.add(ida)
+                    examples.append({
+                        "key": f"k{k}", "topic": topic, "partition": part,
+                        "b_id": rid, "b_offset": off, "b_txn": t.label, "b_first_insert_began": t.first_insert_began,
+                        "a_id": ida, "a_offset": offa, "a_txn": committed[ida][0].label, "a_commit_returned": ca,
+                        "a_committed_ms_before_b_began": round((t.first_insert_began - ca) * 1000, 3),
+                    })
+            bisect.insort(later, t.commit_returned)
+            if later_min is None or t.commit_returned < later_min[0]:
+                later_min = (t.commit_returned, off, rid)
+        # The other side of the same pairs: rows a overtaken by some row b begun after a committed.
+        earlier = []  # sorted first_insert_began of rows at lower offsets
+        for _off, _rid, t in rows:
+            if len(earlier) - bisect.bisect_right(earlier, t.commit_returned):
+                overtaken += 1
+            bisect.insort(earlier, t.first_insert_began)
+        # Id order (informational).
+        top = None
+        for _off, rid, _t in rows:
+            if top is not None and rid < top:
+                id_inv += 1
+            else:
+                top = rid
+    res["causal_inversions"] = inv_rows
+    res["causal_inversion_pairs"] = inv_pairs
+    res["causal_overtaken_rows"] = overtaken
+    res["id_order_inversions"] = id_inv
+
+    intra = 0
+    for t in txns:
+        if t.outcome != "committed" or len(t.kept) < 2:
+            continue
+        by_key = {}
+        for rid, k, _v in t.kept:
+            if rid in occ:
+                f = occ[rid][0]
+                by_key.setdefault(k, []).append((rid, (f["topic"], f["partition"], f["offset"])))
+        for lst in by_key.values():
+            lst.sort()
+            for i in range(len(lst)):
+                for j in range(i + 1, len(lst)):
+                    if lst[i][1] > lst[j][1]:
+                        intra += 1
+    res["intra_txn_inversions"] = intra
+
+    # Latency: COMMIT returned → the first copy's CreateTime.
+    lat = []
+    worst = []
+    for rid, (t, _k, _v) in committed.items():
+        if t.writer >= 0 and rid in occ and occ[rid][0]["ts_ms"] is not None:  # not the warm-up rows
+            ms = occ[rid][0]["ts_ms"] - t.commit_returned * 1000
+            lat.append(ms)
+            worst.append((ms, rid, t.label))
+    lat.sort()
+    worst.sort(reverse=True)
+    res["latency_ms"] = {"rows": len(lat), "p50": r3(pct(lat, 50)), "p90": r3(pct(lat, 90)), "p99": r3(pct(lat, 99)),
+                         "max": r3(lat[-1] if lat else None), "min": r3(lat[0] if lat else None),
+                         "over_1s": sum(1 for x in lat if x > 1000)}
+    res["slowest"] = [{"id": rid, "txn": lbl, "ms": r3(ms)} for ms, rid, lbl in worst[:3]]
+    res["examples"] = {
+        "causal_inversions": examples,
+        "missing": missing[:10], "rolled_back_delivered": rb[:10], "unexpected_ids": unexpected[:10],
+        "left_in_outbox": sorted(left_ids)[:10], "payload_mismatches": mism[:10],
+    }
+    res["committed_rows"] = len(committed)
+    res["rolled_back_rows"] = len(rolled)
+    res["uncertain_rows"] = len(uncertain)
+    res["messages"] = len(msgs)
+    res["duplicates_are_violations"] = not restarted
+    return res
+
+
+def r3(x):
+    return None if x is None else round(x, 3)
+
+
+VIOLATIONS = ["missing", "rolled_back_delivered", "left_in_outbox", "causal_inversions", "intra_txn_inversions",
+              "unexpected_ids", "payload_mismatches", "keys_on_several_partitions"]
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+def run(a, seed):
+    rng = random.Random(seed)
+    tag = uuid.uuid4().hex[:10]
+    table = a.table or f"conc_{tag}"
+    topics = [f"conc-{tag}-t{i}" for i in range(a.topics)]
+    log_dir = a.log_dir or tempfile.mkdtemp(prefix="concurrency-")
+    os.makedirs(log_dir, exist_ok=True)
+    kind = "naive" if a.naive else "relay"
+    log(f"{kind} x{a.relays}, restart {a.restart}, {a.writers} writers, {a.seconds} s, "
+        f"rate {a.rate or f'unpaced (think {a.think_ms} ms)'}, {a.keys} keys, topics {', '.join(topics)} "
+        f"({a.partitions} partitions), table {table}, logs {log_dir}")
+
+    admin = psycopg.connect(a.database_url, autocommit=True, application_name="concurrency-admin")
+    t = table_ident(table)
+    if a.relay:
+        subprocess.run([a.relay, "migrate", "--database-url", a.database_url, "--table", table],
+                       check=True, stdout=subprocess.DEVNULL)
+    else:
+        admin.execute(sql.SQL("""CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            topic text NOT NULL, key bytea, value bytea, headers jsonb,
+            created_at timestamptz NOT NULL DEFAULT clock_timestamp())""").format(t))
+    admin.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, n bigint NOT NULL DEFAULT 0)").format(
+        table_ident(table + "_domain")))
+    admin.execute(sql.SQL("INSERT INTO {} (id) SELECT generate_series(1, %s)").format(
+        table_ident(table + "_domain")), (2 * DOMAIN_ROWS,))
+    create_topics(a.brokers, topics, a.partitions)
+
+    if a.naive:
+        base = [sys.executable, os.path.join(HERE, "naive_relay.py"), "--database-url", a.database_url,
+                "--brokers", a.brokers, "--table", table]
+    else:
+        base = [a.relay, "run", "--database-url", a.database_url, "--brokers", a.brokers, "--table", table,
+                "--http-port", "0", "--lease-duration-ms", "6000", "--heartbeat-interval-ms", "300",
+                "--message-timeout-ms", "2000", "--statement-timeout-ms", "1000", "--poll-interval-ms", "200"]
+    replicas = []
+    for i in range(a.relays):
+        name = f"{table}-r{i}"
+        cmd = base + (["--replica-name", name] if not a.naive else []) + list(a.relay_arg)
+        replicas.append(Replica(cmd, name, log_dir))
+
+    wl = Workload(a, table, topics, seed)
+    out = {"seed": seed, "config": {
+        "relay": "naive" if a.naive else a.relay, "relays": a.relays, "restart": a.restart, "writers": a.writers,
+        "seconds": a.seconds, "rate": a.rate, "think_ms": a.think_ms, "keys": a.keys, "topics": topics,
+        "partitions": a.partitions, "table": table}}
+    relay_failures = []
+    restart_info = None
+    try:
+        for r in replicas:
+            r.start()
+        # Warm-up: one committed row per key, relayed before the clock starts (producers connected,
+        # shards leased). These rows are part of the checks like any other.
+        warm = Txn("warmup", -1)
+        with admin.transaction():
+            warm.first_insert_began = time.time()
+            for k in range(a.keys):
+                v = b"warmup/%d" % k
+                rid = admin.execute(wl.insert, (wl.topic_of(k), b"k%d" % k, v, Jsonb({"txn": "warmup"}))).fetchone()[0]
+                warm.kept.append((rid, k, v))
+        warm.commit_returned = time.time()
+        warm.outcome = "committed"
+        wl.txns.append(warm)
+        t_w = time.monotonic()
+        count_sql = sql.SQL("SELECT count(*) FROM {}").format(t)
+        while admin.execute(count_sql).fetchone()[0]:
+            for r in replicas:
+                if r.proc.poll() is not None:
+                    raise HarnessError(f"{r.name} exited with {r.proc.returncode} during warm-up:\n{r.tail()}")
+            if time.monotonic() - t_w > 60:
+                raise HarnessError("warm-up rows not relayed within 60 s:\n" + "".join(r.tail() for r in replicas))
+            time.sleep(0.1)
+        log(f"warm-up relayed in {time.monotonic() - t_w:.2f} s; writing for {a.seconds} s")
+
+        # Restart one replica at the write phase's midpoint.
+        restart_thread = None
+        if a.restart != "none":
+            victim = replicas[rng.randrange(len(replicas))]
+            sig = signal.SIGTERM if a.restart == "sigterm" else signal.SIGKILL
+
+            def restart():
+                nonlocal restart_info
+                if wl.stop.wait(a.seconds / 2):
+                    return
+                t0 = time.monotonic()
+                crashed, code = victim.stop(sig)
+                if crashed:
+                    relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({code}) before the restart")
+                elif sig == signal.SIGTERM and code != 0:
+                    relay_failures.append(f"{victim.name} gen {victim.generation} exited {code} on SIGTERM")
+                stopped = time.monotonic() - t0
+                victim.start()
+                restart_info = {"replica": victim.name, "signal": sig.name, "exit_code": code,
+                                "stop_seconds": round(stopped, 3)}
+                log(f"restart: {victim.name} {sig.name} → exit {code} after {stopped:.2f} s; started again")
+
+            restart_thread = threading.Thread(target=restart, daemon=True)
+            restart_thread.start()
+
+        t0, t1 = wl.run(a.seconds)
+        if restart_thread:
+            restart_thread.join()
+        writes_s = t1 - t0
+        n_committed = sum(len(x.kept) for x in wl.txns if x.outcome == "committed" and x.writer >= 0)
+        log(f"write phase: {writes_s:.1f} s (the last long transactions end after {a.seconds:g} s), {n_committed} rows "
+            f"committed ({n_committed / a.seconds:.0f} rows/s); draining")
+
+        t_d = time.monotonic()
+        drain_timeout = False
+        while True:
+            left = admin.execute(count_sql).fetchone()[0]
+            if not left:
+                break
+            if time.monotonic() - t_d > a.drain_timeout:
+                drain_timeout = True
+                log(f"drain timeout: {left} rows still in the outbox after {a.drain_timeout} s")
+                break
+            time.sleep(0.1)
+        drain_s = time.monotonic() - t_d
+        if not drain_timeout:
+            log(f"outbox empty {drain_s:.2f} s after the last write")
+        for r in replicas:
+            crashed, code = r.stop(signal.SIGTERM)
+            if crashed:
+                relay_failures.append(f"{r.name} gen {r.generation} crashed with exit {code}")
+            elif code != 0:
+                relay_failures.append(f"{r.name} gen {r.generation} exited {code} on SIGTERM")
+        for f in relay_failures:
+            log(f"relay failure: {f}")
+        left_ids = [row[0] for row in admin.execute(sql.SQL("SELECT id FROM {}").format(t)).fetchall()]
+        dead = None
+        if admin.execute("SELECT to_regclass(%s)", (table + "_dead_letters",)).fetchone()[0]:
+            dead = admin.execute(sql.SQL("SELECT count(*) FROM {}").format(table_ident(table + "_dead_letters"))).fetchone()[0]
+        t_r = time.monotonic()
+        msgs, _high = read_topics(a.brokers, topics)
+        log(f"read {len(msgs)} messages in {time.monotonic() - t_r:.1f} s")
+    finally:
+        for r in replicas:
+            if r.proc is not None and r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait()
+        admin.close()
+
+    res = analyze(wl.txns, msgs, left_ids, restarted=a.restart != "none")
+    shapes = {"transactions": 0, "domain_first": 0, "savepoint": 0, "long": 0, "rollback": 0, "repeatable_read": 0,
+              "committed": 0, "rolled_back": 0, "serialization_failure": 0, "error": 0, "unknown": 0}
+    for x in wl.txns:
+        if x.writer < 0:
+            continue
+        shapes["transactions"] += 1
+        shapes["domain_first"] += x.domain_first
+        shapes["savepoint"] += x.savepoint_at is not None
+        shapes["long"] += bool(x.long_s)
+        shapes["rollback"] += x.rollback
+        shapes["repeatable_read"] += x.repeatable_read
+        shapes[x.outcome] += 1
+    res["relay_failures"] = len(relay_failures)
+    res["drain_timeout"] = int(drain_timeout)
+    res["no_committed_rows"] = int(n_committed == 0)
+    res["writer_crashes"] = len(wl.crashes)
+    viol = {k: res[k] for k in VIOLATIONS + ["relay_failures", "drain_timeout", "no_committed_rows", "writer_crashes"]
+            if res[k]}
+    if res["duplicates"] and a.restart == "none":
+        viol["duplicates"] = res["duplicates"]
+    out.update(res)
+    out.update({
+        "ok": not viol, "violations": viol, "shapes": shapes,
+        "write_seconds": round(writes_s, 3), "rows_per_s": round(n_committed / a.seconds, 1),
+        "drain_seconds_after_writes": round(drain_s, 3), "dead_letters": dead,
+        "restart_info": restart_info, "relay_failure_details": relay_failures,
+        "relay_history": {r.name: r.history for r in replicas},
+        "writer_errors": (wl.crashes + wl.errors)[:10], "log_dir": log_dir,
+    })
+    return out
+
+
+def report(o):
+    L = o["latency_ms"]
+    s = o["shapes"]
+    lines = [
+        f"  transactions {s['transactions']}: committed {s['committed']}, rolled back {s['rolled_back']}, "
+        f"serialization failures {s['serialization_failure']}, errors {s['error']}, unknown {s['unknown']} "
+        f"(domain-first {s['domain_first']}, savepoint {s['savepoint']}, long {s['long']}, "
+        f"rollback {s['rollback']}, repeatable read {s['repeatable_read']})",
+        f"  rows: committed {o['committed_rows']} ({o['rows_per_s']:.0f} rows/s; writes ended after {o['write_seconds']:.1f} s), "
+        f"rolled back {o['rolled_back_rows']}, messages {o['messages']}; "
+        + (f"outbox NOT empty {o['drain_seconds_after_writes']:.1f} s after the writes (drain timeout)" if o["drain_timeout"]
+           else f"outbox empty {o['drain_seconds_after_writes']:.2f} s after the writes"),
+        f"  missing {o['missing']}, rolled back but delivered {o['rolled_back_delivered']}, left in outbox "
+        f"{o['left_in_outbox']}, duplicates {o['duplicates']}{'' if o['duplicates_are_violations'] else ' (restart: reported only)'}, "
+        f"unexpected {o['unexpected_ids']}, payload mismatches {o['payload_mismatches']}",
+        f"  causal inversions {o['causal_inversions']} rows ({o['causal_inversion_pairs']} pairs, "
+        f"{o['causal_overtaken_rows']} rows overtaken), "
+        f"intra-transaction inversions {o['intra_txn_inversions']}, keys on >1 partition {o['keys_on_several_partitions']}; "
+        f"id-order inversions {o['id_order_inversions']} (informational)",
+        f"  latency COMMIT returned → Kafka CreateTime: p50 {L['p50']} ms, p90 {L['p90']} ms, p99 {L['p99']} ms, "
+        f"max {L['max']} ms, min {L['min']} ms, over 1 s: {L['over_1s']} rows",
+    ]
+    if o["dead_letters"]:
+        lines.append(f"  dead letters: {o['dead_letters']}")
+    if o["restart_info"]:
+        lines.append(f"  restart: {o['restart_info']}")
+    for e in o["examples"]["causal_inversions"]:
+        lines.append(f"  causal inversion: key {e['key']} {e['topic']}[{e['partition']}]: id {e['b_id']} (txn {e['b_txn']}, "
+                     f"offset {e['b_offset']}) began inserting {e['a_committed_ms_before_b_began']} ms after id {e['a_id']} "
+                     f"(txn {e['a_txn']}) had committed, but id {e['a_id']} is at offset {e['a_offset']}")
+    for k in ("missing", "rolled_back_delivered", "unexpected_ids", "left_in_outbox", "payload_mismatches"):
+        if o["examples"][k]:
+            lines.append(f"  {k} (first ids): {o['examples'][k]}")
+    if o["slowest"]:
+        lines.append(f"  slowest rows: {o['slowest']}")
+    if o["writer_errors"]:
+        lines.append(f"  writer errors: {o['writer_errors']}")
+    lines.append(f"  result: {'OK' if o['ok'] else 'VIOLATIONS ' + json.dumps(o['violations'])}")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database-url", required=True)
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--relay", help="outbox-relay binary (also used for `migrate`; optional with --naive)")
+    ap.add_argument("--naive", action="store_true", help="run scripts/lib/naive_relay.py instances instead")
+    ap.add_argument("--relay-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for each relay (repeat; e.g. --relay-arg=--log-level=debug)")
+    ap.add_argument("--table", help="outbox table to create (default: conc_<random>)")
+    ap.add_argument("--seed", type=int, help="workload seed (default: random, printed)")
+    ap.add_argument("--writers", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--rate", type=float, help="target committed rows/s over all writers (default: unpaced)")
+    ap.add_argument("--think-ms", type=float, default=10.0,
+                    help="unpaced: mean pause between a writer's transactions (uniform 0..2x; default 10, "
+                         "about 1000 committed rows/s with 8 writers on a 2-core machine)")
+    ap.add_argument("--relays", type=int, default=1)
+    ap.add_argument("--restart", choices=["none", "sigterm", "sigkill"], default="none",
+                    help="restart one replica at the write phase's midpoint")
+    ap.add_argument("--topics", type=int, default=2)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--keys", type=int, default=20)
+    ap.add_argument("--drain-timeout", type=float, default=60)
+    ap.add_argument("--log-dir", help="relay logs (default: a temporary directory, removed when the run is OK)")
+    ap.add_argument("--json-out")
+    ap.add_argument("--check", action="store_true", help="exit 1 on any violation")
+    a = ap.parse_args()
+    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
+    print(f"concurrency: seed {seed}", flush=True)
+    if not a.naive and not a.relay:
+        ap.error("--relay is required unless --naive")
+    own_log_dir = a.log_dir is None
+    try:
+        o = run(a, seed)
+    except (HarnessError, subprocess.CalledProcessError, psycopg.Error) as e:
+        log(f"harness error: {e}")
+        return 2
+    print(report(o), flush=True)
+    line = json.dumps(o, separators=(",", ":"), default=str)
+    print("CONCURRENCY_JSON " + line, flush=True)
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            f.write(line + "\n")
+    if o["ok"] and own_log_dir:
+        shutil.rmtree(o["log_dir"], ignore_errors=True)
+    elif not o["ok"]:
+        log(f"relay logs kept in {o['log_dir']}; reproduce the shapes with --seed {seed}")
+    return 1 if (a.check and not o["ok"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
