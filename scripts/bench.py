@@ -585,8 +585,8 @@ class Bench:
     # ---- scenario 4 -------------------------------------------------------------------------
     def ceiling(self):
         """The relay's two statements per 1000 rows, serially, by pgbench, without Kafka.
-        The claim is the relay's claim SELECT for a replica holding every shard (OutboxQueries.swift,
-        claimAllSQL: no shard filter), with the cursor
+        The claim is the relay's sweep SELECT for a replica holding every shard (OutboxQueries.swift,
+        sweepSQL.all: no shard filter; a backlog present at start-up is drained by one sweep), with the cursor
         and LIMIT 1000; the DELETE is its lease-checked DELETE … WHERE id = ANY(array) with the
         1000 ids the claim returned (the backlog's ids are contiguous, so the array is built as
         generate_series(cursor+1, cursor+1000) — pgbench cannot carry the claim's result)."""
@@ -603,7 +603,7 @@ class Bench:
         epochs = "{" + ",".join("1" for _ in range(SHARDS)) + "}"
         b = 1000
         script = f"""\
-SELECT s.xmin, s.xmax, o.id, o.shard, o.topic, o.key, o.value, o.created_at, o.headers::text, CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END FROM (SELECT pg_snapshot_xmin(c) AS xmin, pg_snapshot_xmax(c) AS xmax, clock_timestamp() AS now FROM pg_current_snapshot() AS c) AS s LEFT JOIN LATERAL (SELECT id, shard, topic, key, value, created_at, headers, not_before FROM {qident(table)} WHERE id > :cursor AND id NOT IN (SELECT unnest('{{}}'::bigint[])) ORDER BY id LIMIT {b}) AS o ON true ORDER BY o.id;
+SELECT s.snap::text, o.id, o.shard, o.topic, o.key, o.value, o.created_at, o.headers::text, CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END FROM (SELECT COALESCE(NULL::text::pg_snapshot, pg_current_snapshot()) AS snap, clock_timestamp() AS now OFFSET 0) AS s LEFT JOIN LATERAL (SELECT id, shard, topic, key, value, created_at, headers, not_before FROM {qident(table)} WHERE id > :cursor AND id NOT IN (SELECT unnest('{{}}'::bigint[])) AND pg_visible_in_snapshot(txid, s.snap) ORDER BY id LIMIT {b}) AS o ON true ORDER BY o.id;
 DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELECT generate_series(:cursor + 1, :cursor + {b})::bigint)) AND l.shard = o.shard AND l.owner = 'bench-ceiling' AND l.epoch = ('{epochs}'::bigint[])[o.shard + 1];
 \\set cursor :cursor + {b}
 """
@@ -635,7 +635,7 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
             "pgbench_latency_ms": float(lat.group(1)) if lat else None,
             "postgres_cpu_s": res["postgres_cpu_s"], "pgbench_cpu_s": res["bench_children_cpu_s"],
             "machine_busy_cpu_s": res["machine_busy_cpu_s"], "others_cpu_s": res["others_cpu_s"],
-            "method": "pgbench -M prepared -c 1 -j 1: relay claim SELECT of a replica holding every shard (no shard filter, cursor, LIMIT 1000) + "
+            "method": "pgbench -M prepared -c 1 -j 1: relay sweep SELECT of a replica holding every shard (no shard filter, id > cursor, visible in the snapshot, LIMIT 1000) + "
                       "lease-checked DELETE ... WHERE id = ANY(1000 ids), one autocommit transaction each",
         }
 
