@@ -297,3 +297,28 @@ extension KafkaProducer {
         _ = withHandle { rd_kafka_purge($0, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT | RD_KAFKA_PURGE_F_NON_BLOCKING)) }
     }
 }
+
+extension KafkaProducer {
+    /// ``flush(timeoutMilliseconds:)`` on a thread of its own: `rd_kafka_flush` blocks, and an
+    /// async caller must not hold a cooperative-pool thread (or an actor) meanwhile.
+    public func flushAsync(timeoutMilliseconds: Int32) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let thread = Thread { [self] in c.resume(returning: flush(timeoutMilliseconds: timeoutMilliseconds)) }
+            thread.name = "kafka-flush"
+            thread.start()
+        }
+    }
+
+    /// ``close()`` on a thread of its own (`rd_kafka_destroy` can block for a socket timeout when
+    /// a broker is wedged); returns once the instance is destroyed and can send nothing more.
+    public func closeAsync() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let thread = Thread { [self] in
+                close()
+                c.resume()
+            }
+            thread.name = "kafka-close"
+            thread.start()
+        }
+    }
+}

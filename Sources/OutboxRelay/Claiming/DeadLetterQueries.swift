@@ -9,6 +9,8 @@ public struct DeadLetterQueries: Sendable {
 
     /// Moves one row to the dead-letter table in one statement (so in one transaction with its
     /// delete), only while this replica's lease epoch is current. Returns whether it moved.
+    /// Dead letters have a key of their own: a row whose id is already there (ids repeat after
+    /// `TRUNCATE … RESTART IDENTITY`) lands next to it — nothing leaves the outbox without landing.
     public func deadLetter(_ conn: PGConnection, rowId: Int64, owner: String, epoch: Int64,
                            reason: String, errorCode: String?) throws(PGError) -> Bool {
         let r = try conn.execute(prepared: "dead_letter_move", """
@@ -19,7 +21,6 @@ public struct DeadLetterQueries: Sendable {
             )
             INSERT INTO \(table.deadLetterSQL) (id, topic, key, value, headers, created_at, attempts, reason, error_code, replica)
             SELECT id, topic, key, value, headers, created_at, attempts + 1, $4, $5, $2 FROM moved
-            ON CONFLICT (id) DO NOTHING
             """, [.int8(rowId), .text(owner), .int8(epoch), .text(reason), errorCode.map { .text($0) } ?? .null(oid: PGType.text)])
         return r.affectedRows > 0
     }
@@ -63,7 +64,7 @@ public struct DeadLetterQueries: Sendable {
         let r = try conn.query("""
             SELECT id, topic, CASE WHEN key IS NULL THEN NULL ELSE convert_from(key, 'UTF8') END, attempts, reason, error_code,
                    to_char(dead_lettered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-            FROM \(table.deadLetterSQL) WHERE \(filter.sql) ORDER BY id LIMIT $3
+            FROM \(table.deadLetterSQL) WHERE \(filter.sql) ORDER BY id, dead_letter_id LIMIT $3
             """, filter.parameters + [.int8(Int64(limit))])
         var out: [Entry] = []
         for i in 0..<r.rowCount {
@@ -81,11 +82,11 @@ public struct DeadLetterQueries: Sendable {
         try conn.query("""
             WITH moved AS (
                 DELETE FROM \(table.deadLetterSQL) WHERE \(filter.sql)
-                RETURNING id, topic, key, value, headers
+                RETURNING id, dead_letter_id, topic, key, value, headers
             )
             INSERT INTO \(table.sql) (topic, key, value, headers)
             SELECT topic, key, value, coalesce(headers, '{}'::jsonb) || jsonb_build_object('outbox-requeued-from', id::text)
-            FROM moved ORDER BY id
+            FROM moved ORDER BY id, dead_letter_id
             """, filter.parameters).affectedRows
     }
 

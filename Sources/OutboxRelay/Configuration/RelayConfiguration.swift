@@ -54,6 +54,9 @@ public struct RelayConfiguration: Sendable {
     /// so a row missing from a topic can be told apart as a broker/reader fault or a relay fault.
     /// Grows with every relayed row; off by default.
     public var recordsDeliveries = false
+    /// Tests only: called on the relay's executor right before each row's produce call, with the
+    /// row id — a test blocks in it to stage a process freeze in the middle of a batch.
+    @_spi(Testing) public var beforeProduce: (@Sendable (Int64) -> Void)?
 
     public init(databaseURL: String, brokers: String) {
         self.databaseURL = databaseURL
@@ -101,9 +104,12 @@ public struct RelayConfiguration: Sendable {
         if let idem = kafka["enable.idempotence"], idem != "true" {
             throw RelayError(.configuration, "librdkafka property enable.idempotence=\(idem) is not allowed: per-key order and duplicate-free retries depend on it")
         }
+        if let id = kafka["transactional.id"] {
+            throw RelayError(.configuration, "librdkafka property transactional.id=\(id) is not allowed: the relay never uses Kafka transactions (each row is acknowledged and deleted on its own), and a transactional producer refuses plain produce calls")
+        }
         // Lease must outlive every message's final report plus a reconnect and a statement.
-        let timeout = Int(kafka["message.timeout.ms"] ?? "") ?? messageTimeoutMillis
-        let backoff = Int(kafka["reconnect.backoff.max.ms"] ?? "") ?? 1_000
+        let timeout = effectiveMessageTimeoutMillis
+        let backoff = effectiveReconnectBackoffMaxMillis
         let needed = timeout + backoff + statementTimeoutMillis + Self.leaseSafetyMarginMillis
         if leaseDurationMillis <= needed {
             throw RelayError(.configuration,
@@ -111,7 +117,42 @@ public struct RelayConfiguration: Sendable {
                 "reconnect.backoff.max.ms (\(backoff)) + --statement-timeout-ms (\(statementTimeoutMillis)) + " +
                 "a \(Self.leaseSafetyMarginMillis) ms margin = \(needed), so in-flight messages settle before another replica may take a shard")
         }
+        // Rows are produced only while the lease outlives their final report (see LeaseTable):
+        // renewals must come well within that window, or the replica keeps pausing.
+        let window = leaseDurationMillis - Self.leaseSafetyMarginMillis - timeout - backoff
+        if effectiveHeartbeatMillis >= window {
+            throw RelayError(.configuration,
+                "invalid --heartbeat-interval-ms \(effectiveHeartbeatMillis): a lease is produced to only for lease duration − margin − message timeout − reconnect back-off = \(window) ms after each renewal, and a renewal must come within that window")
+        }
         do { try kafka.validate() } catch { throw RelayError(kafka: error, context: "invalid Kafka configuration") }
+    }
+
+    /// The message timeout librdkafka will really use: `message.timeout.ms` or its alias
+    /// `delivery.timeout.ms` when passed through (the later one wins, as in librdkafka), else
+    /// `--message-timeout-ms`.
+    public var effectiveMessageTimeoutMillis: Int {
+        var value = messageTimeoutMillis
+        for (k, v) in kafkaProperties where k == "message.timeout.ms" || k == "delivery.timeout.ms" {
+            if let ms = Int(v) { value = ms }
+        }
+        return value
+    }
+
+    /// librdkafka `reconnect.backoff.max.ms` in force: a message's final (timed-out) report can
+    /// come up to this long after its timeout when every broker is down.
+    public var effectiveReconnectBackoffMaxMillis: Int {
+        var value = 1_000
+        for (k, v) in kafkaProperties where k == "reconnect.backoff.max.ms" {
+            if let ms = Int(v) { value = ms }
+        }
+        return value
+    }
+
+    /// Seconds between producing a message and the latest moment its final delivery report can
+    /// come: message timeout plus reconnect back-off. A row is produced to a shard only while the
+    /// lease outlives this by the safety margin.
+    public var deliveryBoundSeconds: Double {
+        Double(effectiveMessageTimeoutMillis + effectiveReconnectBackoffMaxMillis) / 1000
     }
 
     /// `HOST:PORT[,HOST:PORT…]`; IPv6 hosts in brackets.

@@ -3,8 +3,14 @@
 /// Each held shard is `active` (claimed and produced) or `draining` (being handed over: no new
 /// claims; released once its in-flight rows are settled). Validity is tracked on the local
 /// monotonic clock from the moment a renewal was *sent*, minus a safety margin, so the local view
-/// always expires before the database's lease does. A shard whose local validity lapsed is not
-/// produced to until a renewal succeeds.
+/// always expires before the database's lease does.
+///
+/// **The ownership rule.** A message produced now can stay in librdkafka — and land — until its
+/// final delivery report, up to `deliveryBound` seconds later (message timeout + reconnect
+/// back-off). So a shard is produced to only while `now + deliveryBound < validUntil`: every
+/// message of this tenure has its final report before the database lease can expire and another
+/// replica can take the shard. The relay checks this per produce call (``produceDeadlines()``),
+/// so a replica frozen in the middle of a batch does not resume producing a shard it no longer owns.
 public struct LeaseTable: Sendable, Equatable {
     public enum Phase: Sendable, Equatable { case active, draining }
 
@@ -13,14 +19,22 @@ public struct LeaseTable: Sendable, Equatable {
         public var validUntil: Double
         public var phase: Phase
 
-        /// Claimed and produced to now: active and still locally valid.
-        func isProducible(now: Double) -> Bool { phase == .active && validUntil > now }
+        /// Claimed and produced to now: active, and still valid when a message produced now
+        /// has had its final report.
+        func isProducible(now: Double, deliveryBound: Double) -> Bool {
+            phase == .active && now + deliveryBound < validUntil
+        }
     }
 
     public private(set) var leases: [Int32: Lease] = [:]
     public let shardCount: Int
+    /// Seconds from a produce call to the message's final report at the latest.
+    public let deliveryBound: Double
 
-    public init(shardCount: Int) { self.shardCount = shardCount }
+    public init(shardCount: Int, deliveryBound: Double = 0) {
+        self.shardCount = shardCount
+        self.deliveryBound = deliveryBound
+    }
 
     /// What one heartbeat should do.
     public struct Plan: Sendable, Equatable {
@@ -93,25 +107,27 @@ public struct LeaseTable: Sendable, Equatable {
         for s in shards { leases[s] = nil }
     }
 
-    /// Shards to claim rows from now: active and locally valid.
+    /// Shards to claim rows from now: producible (no point reading rows that may not be sent).
     public func claimable(now: Double) -> [Int32] {
-        leases.filter { $0.value.isProducible(now: now) }.keys.sorted()
+        leases.filter { $0.value.isProducible(now: now, deliveryBound: deliveryBound) }.keys.sorted()
     }
 
     /// The epoch to produce under, or nil when the shard must not be produced to now.
     public func producibleEpoch(_ shard: Int32, now: Double) -> Int64? {
-        guard let lease = leases[shard], lease.isProducible(now: now) else { return nil }
+        guard let lease = leases[shard], lease.isProducible(now: now, deliveryBound: deliveryBound) else { return nil }
         return lease.epoch
     }
 
-    /// Per shard (index = shard): may it be produced to now? One pass for a whole claimed batch
-    /// instead of a lookup per row.
-    public func producibleMask(now: Double) -> [Bool] {
-        var mask = [Bool](repeating: false, count: shardCount)
-        for (shard, lease) in leases where lease.isProducible(now: now) && Int(shard) < shardCount {
-            mask[Int(shard)] = true
+    /// Per shard (index = shard): the monotonic time until which it may be produced to
+    /// (`-infinity` when not at all). Built once per claimed batch; each produce call then
+    /// compares the clock *at that call* with its shard's deadline — one clock read per row — so
+    /// a pause between two rows of a batch cannot outlast the lease unnoticed.
+    public func produceDeadlines() -> [Double] {
+        var deadlines = [Double](repeating: -.infinity, count: shardCount)
+        for (shard, lease) in leases where lease.phase == .active && Int(shard) < shardCount {
+            deadlines[Int(shard)] = lease.validUntil - deliveryBound
         }
-        return mask
+        return deadlines
     }
 
     /// Epoch per shard (index = shard) for the lease-checked DELETE; 0 where not held.

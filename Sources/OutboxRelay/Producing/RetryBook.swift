@@ -25,6 +25,7 @@ public struct RetryBook: Sendable {
         /// Failures classified as a bad row (a batch-level error may blame an innocent row once).
         public var badRowStrikes = 0
         public var lastFailureAt: Double = 0
+        public init() {}
     }
 
     private var holds: [HoldKey: Hold] = [:]

@@ -21,6 +21,13 @@ public struct RelayStatistics: Sendable, Equatable {
     public var sweeps = 0
     /// Claim reads set aside unproduced because the cursor was rewound while they ran.
     public var staleClaims = 0
+    /// Rows not produced because their shard's produce deadline had passed at the produce call
+    /// (the ownership rule; read again by the shard's owner).
+    public var ownershipRewinds = 0
+    /// Monotonic times of the shutdown steps (0 until they happen): the producer closed — nothing
+    /// more can be sent — and the leases released. Releasing must come after closing.
+    public var producerClosedAt: Double = 0
+    public var leasesReleasedAt: Double = 0
     /// Shards currently held.
     public var shardsHeld = 0
     public var inFlightRows = 0

@@ -1,53 +1,61 @@
 import Foundation
 import Synchronization
 
-/// A level-triggered wake-up for one waiting loop: `signal()` either resumes the waiter or is
-/// remembered, so a signal sent while the loop was busy is never lost.
+/// A level-triggered wake-up: `signal()` resumes every current waiter, or — when nobody waits —
+/// is remembered for the next one, so a signal sent while a loop was busy is never lost.
+///
+/// Several tasks may wait at once (the shutdown drain and a producer re-creation both wait for
+/// the in-flight window to move): each keeps its own continuation and its own timeout, and a
+/// signal wakes them all. (An earlier version kept one waiter and silently replaced it, so the
+/// first waiter's continuation — and its timeout — were lost.)
 final class WakeSignal: Sendable {
     private struct State {
         var pending = false
-        var waiter: CheckedContinuation<Void, Never>?
-        var generation: UInt64 = 0
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextId: UInt64 = 0
     }
     private let state = Mutex(State())
 
     func signal() {
-        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            if let w = s.waiter { s.waiter = nil; return w }
-            s.pending = true
-            return nil
+        let woken = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            if s.waiters.isEmpty {
+                s.pending = true
+                return []
+            }
+            let all = Array(s.waiters.values)
+            s.waiters.removeAll(keepingCapacity: true)
+            return all
         }
-        waiter?.resume()
+        for w in woken { w.resume() }
     }
 
-    /// Returns when signalled (consuming the signal) or after `timeout` seconds. One waiter at a
-    /// time. The timeout is a Dispatch timer rather than a task group with a sleeping child:
-    /// this wait sits on the hot path of an idle relay woken per row.
+    /// Number of tasks waiting now (for tests).
+    var waiterCount: Int { state.withLock { $0.waiters.count } }
+
+    /// Returns when signalled (consuming the signal) or after `timeout` seconds. The timeout is
+    /// a Dispatch timer rather than a task group with a sleeping child: this wait sits on the
+    /// hot path of an idle relay woken per row.
     func wait(timeout: Double) async {
         if timeout <= 0 {
             state.withLock { $0.pending = false }
             return
         }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let generation = state.withLock { s -> UInt64? in
+            let id = state.withLock { s -> UInt64? in
                 if s.pending {
                     s.pending = false
                     return nil
                 }
-                s.generation &+= 1
-                s.waiter = c
-                return s.generation
+                s.nextId &+= 1
+                s.waiters[s.nextId] = c
+                return s.nextId
             }
-            guard let generation else {
+            guard let id else {
                 c.resume()
                 return
             }
             DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [self] in
-                let expired = self.state.withLock { s -> CheckedContinuation<Void, Never>? in
-                    guard s.generation == generation, let w = s.waiter else { return nil }
-                    s.waiter = nil
-                    return w
-                }
+                let expired = self.state.withLock { $0.waiters.removeValue(forKey: id) }
                 expired?.resume()
             }
         }

@@ -96,7 +96,8 @@ public enum Migration {
         );
         INSERT INTO \(t.leasesSQL) (shard) SELECT generate_series(0, \(shards - 1)) ON CONFLICT (shard) DO NOTHING;
         CREATE TABLE IF NOT EXISTS \(t.deadLetterSQL) (
-            id bigint PRIMARY KEY,
+            dead_letter_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id bigint NOT NULL,
             topic text NOT NULL,
             key bytea,
             value bytea,
@@ -109,6 +110,7 @@ public enum Migration {
             dead_lettered_at timestamptz NOT NULL DEFAULT now()
         );
         CREATE INDEX IF NOT EXISTS \(quoteIdentifier("\(t.name)_dead_letters_topic_idx")) ON \(t.deadLetterSQL) (topic, id);
+        CREATE INDEX IF NOT EXISTS \(quoteIdentifier("\(t.name)_dead_letters_id_idx")) ON \(t.deadLetterSQL) (id);
         CREATE TABLE IF NOT EXISTS \(t.replicasSQL) (
             replica_id text PRIMARY KEY,
             hostname text,
@@ -119,6 +121,22 @@ public enum Migration {
             expires_at timestamptz NOT NULL
         );
         """
+    }
+
+    /// Schema version 1 keyed dead letters by the outbox id, and the move skipped a row whose id
+    /// was already there (`ON CONFLICT DO NOTHING`) — after its delete, so the row vanished. Ids
+    /// repeat after `TRUNCATE … RESTART IDENTITY`, a re-created table or a restore: dead letters
+    /// now have a key of their own, and `id` is the (indexed, not unique) original row id.
+    static func convertVersion1DeadLetters(_ conn: PGConnection, table t: OutboxTable) throws(PGError) {
+        let r = try conn.query("""
+            SELECT c.conname::text FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
+            WHERE c.conrelid = to_regclass($1) AND c.contype = 'p' AND a.attname = 'id'
+            """, [.text(t.deadLetterSQL)])
+        guard r.rowCount == 1, let constraint = r.string(0, 0) else { return }
+        try conn.executeScript("""
+            ALTER TABLE \(t.deadLetterSQL) DROP CONSTRAINT \(quoteIdentifier(constraint));
+            ALTER TABLE \(t.deadLetterSQL) ADD COLUMN dead_letter_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY;
+            """)
     }
 
     /// Runs the migration in one transaction; refuses to change the shard count of an existing table.
@@ -147,6 +165,7 @@ public enum Migration {
             if try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(table.sql)]).bool(0, 0) {
                 _ = try ClaimInvariants.convertVersion1Id(conn, table: table)
             }
+            try convertVersion1DeadLetters(conn, table: table)
             try conn.executeScript(script(for: table, shards: shards))
             let problems = try ClaimInvariants.problems(conn, table: table)
             if !problems.isEmpty {

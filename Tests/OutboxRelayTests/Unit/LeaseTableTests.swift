@@ -66,4 +66,20 @@ import Testing
         #expect(t.claimable(now: 105.0).isEmpty)
         #expect(t.heldShards == [0], "still held for the lease-checked DELETE; the database decides")
     }
+
+    /// The ownership rule: a shard is produced to only while a message produced now gets its
+    /// final report (delivery bound) before the local lease view expires.
+    @Test func aShardIsProducedToOnlyWhileTheLeaseOutlivesTheDeliveryBound() {
+        var t = LeaseTable(shardCount: 2, deliveryBound: 3)
+        t.acquired([(0, 7)], sentAt: 100, duration: 10, margin: 1)  // valid until 109
+        #expect(t.producibleEpoch(0, now: 105.9) == 7)
+        #expect(t.producibleEpoch(0, now: 106) == nil, "a message produced at 106 could land at 109")
+        #expect(t.claimable(now: 106).isEmpty, "nothing is claimed that may not be produced")
+        let deadlines = t.produceDeadlines()
+        #expect(deadlines[0] == 106)
+        #expect(deadlines[1] == -.infinity)
+        t.drain([0])
+        #expect(t.produceDeadlines()[0] == -.infinity, "a draining shard is not produced to")
+        #expect(t.epochArray()[0] == 7, "but its acknowledged rows are still deleted under its epoch")
+    }
 }

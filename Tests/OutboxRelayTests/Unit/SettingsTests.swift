@@ -68,6 +68,33 @@ import Testing
         }
     }
 
+    @Test func theDeliveryTimeoutAliasCountsAsTheMessageTimeout() {
+        var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        c.kafkaProperties = [("delivery.timeout.ms", "120000")]
+        #expect(c.effectiveMessageTimeoutMillis == 120_000)
+        #expect { try c.validate() } throws: { error in
+            "\(error)".contains("--lease-duration-ms") && "\(error)".contains("(120000)")
+        }
+        c.leaseDurationMillis = 200_000
+        #expect(throws: Never.self) { try c.validate() }
+        #expect(c.deliveryBoundSeconds == 121)
+    }
+
+    @Test func aTransactionalIdIsRefusedWithTheReason() {
+        var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        c.kafkaProperties = [("transactional.id", "relay-1")]
+        #expect { try c.validate() } throws: { "\($0)".contains("transactional.id") && "\($0)".contains("never uses Kafka transactions") }
+    }
+
+    @Test func aHeartbeatThatCannotRenewWithinTheProduceWindowIsRefused() {
+        var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        c.leaseDurationMillis = 20_000       // produce window: 20000 - 1000 - 10000 - 1000 = 8000
+        c.heartbeatIntervalMillis = 9_000
+        #expect { try c.validate() } throws: { "\($0)".contains("--heartbeat-interval-ms 9000") }
+        c.heartbeatIntervalMillis = 3_000
+        #expect(throws: Never.self) { try c.validate() }
+    }
+
     @Test func negativeBatchSizeAndUnknownKafkaPropertyAreRefused() {
         var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
         c.batchSize = -5

@@ -1,0 +1,249 @@
+import Foundation
+import Kafka
+import Logging
+import PGClient
+
+/// Claiming and producing: the claim loop, the produce call with the ownership rule, solo probes.
+extension Relay {
+    // MARK: Claim and produce
+
+    func claimLoop() async {
+        let poll = Double(configuration.pollIntervalMillis) / 1000
+        while !stopFlag.isSet {
+            let now = monotonicSeconds()
+            claimLoopBeat = now
+            if now < pausedUntil {
+                await claimWake.wait(timeout: pausedUntil - now)
+                continue
+            }
+            if !suspects.isEmpty {
+                // Probe phase: one suspect at a time, alone in the producer.
+                if probeSeq == nil, window.awaitingReport == 0, !recreating, let producer { probeNext(producer, now: now) }
+                await claimWake.wait(timeout: poll)
+                continue
+            }
+            if !retries.isEmpty, retries.anyDue(now: now) {
+                // Keys with rows still awaiting their report stay held (see releaseDue).
+                let busy = Set(window.unreported.compactMap { $0.row?.holdKey })
+                if retries.releaseDue(now: now, busy: { busy.contains($0) }) != nil { cursor.rewind() }
+            }
+            let shards = leases.claimable(now: now)
+            if shards != lastClaimable {
+                if !Set(shards).isSubset(of: Set(lastClaimable)) { cursor.reset() }
+                lastClaimable = shards
+            }
+            let room = window.rowRoom
+            // Claim full batches: with rows still in flight, wait until half a batch fits rather
+            // than issuing many small claims (statements per row matter to the database).
+            let minimumRoom = window.isEmpty ? 1 : max(1, min(configuration.batchSize, window.maxRows) / 2)
+            guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
+                var wait = poll
+                if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
+                await claimWake.wait(timeout: wait)
+                continue
+            }
+            let limit = min(configuration.batchSize, room)
+            let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
+            let queries = outbox
+            let allShards = shards.count == leases.shardCount
+            let batch: ClaimBatch
+            do {
+                batch = try await session.withConnection { conn throws(PGError) in
+                    try queries.claim(conn, shards: shards, allShards: allShards, request: request)
+                }
+            } catch {
+                logger.warning("claim failed; retrying", metadata: [LogKey.error: "\(error)"])
+                if error.isConnectionLoss { resyncAfterConnectionLoss() }
+                backOff()
+                continue
+            }
+            stats.claims += 1
+            failureStreak = 0  // the back-off grows with consecutive failures only
+            if request.mode == .sweep { stats.sweeps += 1 }
+            metrics.claimDuration.recordSeconds(monotonicSeconds() - now)
+            metrics.batchRows.record(batch.rows.count)
+            cursor.observe(request, snapshot: batch.snapshot, lastRowId: batch.rows.last?.id, rowCount: batch.rows.count)
+            if request.generation != cursor.generation {
+                // Rewound while this read was in flight (a producer re-created, a connection lost,
+                // a probe settled): rows not in flight are to be read again, in order, by the new
+                // generation's sweep — these too.
+                stats.staleClaims += 1
+                continue
+            }
+            produce(batch.rows)
+            if !cursor.hasMore {
+                // Idle: sleep until NOTIFY (every committing insert sends one), window room or the
+                // poll timer. A late-committing row is in the next read's window: nothing to ripen.
+                var wait = poll
+                if let due = retries.nextDue { wait = max(0.001, min(wait, due - monotonicSeconds())) }
+                await claimWake.wait(timeout: wait)
+                // Rows committed one by one each send a NOTIFY: gather what arrives within a
+                // millisecond into one claim instead of one claim per row.
+                try? await Task.sleep(nanoseconds: Self.claimGatherNanoseconds)
+            }
+        }
+    }
+
+    func produce(_ rows: [ClaimedRow]) {
+        guard let producer, !recreating else {
+            // Not produced now: read again once a producer is ready.
+            if !rows.isEmpty { cursor.rewind() }
+            return
+        }
+        let deadlines = leases.produceDeadlines()
+        let hook = configuration.beforeProduce
+        for row in rows {
+            hook?(row.id)
+            // The ownership rule, checked at this produce call's own time: a pause (GC, SIGSTOP,
+            // a throttled container) anywhere in this loop cannot outlast the lease unnoticed.
+            let now = monotonicSeconds()
+            guard Int(row.shard) < deadlines.count, now < deadlines[Int(row.shard)] else {
+                // Not ours to produce now: read the row again (its shard's owner will).
+                stats.ownershipRewinds += 1
+                cursor.rewind()
+                continue
+            }
+            if row.notBeforeDelayMillis > 0 {
+                // Delayed delivery: the row (and later rows of its key) wait until its not_before.
+                retries.hold(row.holdKey, rowId: row.id, until: now + Double(row.notBeforeDelayMillis) / 1000)
+                continue
+            }
+            if !retries.isEmpty, retries.isHeld(row.holdKey, rowId: row.id) {
+                // An earlier row of this key waits for its retry: this one must not overtake it.
+                // The hold's release rewinds the cursor to the held row, which re-reads this one.
+                continue
+            }
+            if !retries.history.isEmpty, (retries.history[row.id]?.badRowStrikes ?? 0) > 0 {
+                // Blamed before with its batch and read again after a retry: probe it alone.
+                suspect(row)
+                continue
+            }
+            let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
+                                   createdAtMicros: row.createdAtMicros, row: row)
+            do throws(KafkaError) {
+                if let problem = row.unreadable {
+                    // Refused before librdkafka, as exactly as its own refusals: dead-lettered at once.
+                    throw KafkaError(.produce, errorCode: KafkaErrorCode.invalidArgument, message: problem)
+                }
+                try producer.produce(row.message, opaque: seq)
+            } catch {
+                stats.failed += 1
+                // Refused synchronously: the message never reached librdkafka's queue.
+                guard let entry = window.fail(seq) else { continue }
+                failed(entry, error: error, persistence: .notPersisted, now: now)
+            }
+        }
+    }
+
+    /// Carries out the failure policy's decision for a row whose delivery failed.
+    func failed(_ entry: InFlightWindow.Entry, error: KafkaError, persistence: DeliveryReport.Persistence, now: Double) {
+        guard let row = entry.row else { return }
+        let failure = FailurePolicy.Failure(error: error, persistence: persistence,
+                                            producerWithdrawn: recreating || lifecycle.state == .draining)
+        guard let kind = FailurePolicy.classify(failure) else {
+            // Taken back from the producer being replaced (re-sent in id order by the new
+            // instance), or purged at shutdown (left for the shard's next owner).
+            cursor.rewind()
+            return
+        }
+        if kind == .environment {
+            stats.environmentFailures += 1
+            // librdkafka caches a topic-level error until its next metadata refresh: ask again
+            // (at most once a second per topic) so a fixed ACL or a created topic is seen soon.
+            if (metadataRefreshedAt[row.message.topic] ?? -.infinity) + 1 < now {
+                metadataRefreshedAt[row.message.topic] = now
+                producer?.refreshMetadata(topic: row.message.topic)
+            }
+        }
+        let counts = FailurePolicy.counts(kind, previousFailureAt: retries.history[row.id]?.lastFailureAt,
+                                          topicLastSuccessAt: topicLastSuccess[row.message.topic])
+        let history = retries.recordFailure(rowId: row.id, counts: counts, badRow: kind == .badRow, now: now)
+        metrics.deliveryFailed(code: error.name)
+        var metadata: Logger.Metadata = [
+            LogKey.rowId: "\(row.id)", LogKey.shard: "\(row.shard)", LogKey.topic: "\(row.message.topic)",
+            LogKey.errorCode: "\(error.name)", LogKey.error: "\(error)", "outbox.failure_class": "\(kind.rawValue)",
+        ]
+        switch failurePolicy.action(kind, error: error, history: history, environmentFailures: stats.environmentFailures,
+                                    jitter: Double.random(in: 0.8...1.2)) {
+        case .rewind:
+            cursor.rewind()
+        case .deadLetter(let reason):
+            let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
+                                   createdAtMicros: row.createdAtMicros, row: row)
+            _ = window.acknowledge(seq)
+            pendingDeadLetters[seq] = (reason, error.name)
+            deleteWake.signal()
+            logger.error("dead-lettering row", metadata: metadata)
+        case .probeAlone:
+            suspect(row)
+            pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
+            deleteWake.signal()
+            logger.warning("the broker refused this row's batch; the row will be produced alone to find the culprit", metadata: metadata)
+        case .retry(let delay):
+            retries.hold(row.holdKey, rowId: row.id, until: now + delay)
+            metrics.retried(topic: row.message.topic)
+            pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
+            deleteWake.signal()
+            metadata["outbox.retry_in_ms"] = "\(Int(delay * 1000))"
+            logger.warning("delivery failed; the row stays in the outbox and is retried", metadata: metadata)
+        }
+    }
+
+    /// Marks `row` for a solo probe; its key (from this row on) is held until the probe settles.
+    func suspect(_ row: ClaimedRow) {
+        suspects[row.id] = row
+        retries.hold(row.holdKey, rowId: row.id, until: .infinity)
+        claimWake.signal()
+    }
+
+    /// Produces the lowest suspect alone (the caller checked nothing else is awaiting a report).
+    func probeNext(_ producer: KafkaProducer, now: Double) {
+        while let id = suspects.keys.min(), let row = suspects.removeValue(forKey: id) {
+            guard leases.producibleEpoch(row.shard, now: now) != nil else {
+                // No longer ours: the shard's owner reads it again.
+                settleProbe(row)
+                continue
+            }
+            let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
+                                   createdAtMicros: row.createdAtMicros, row: row)
+            stats.probes += 1
+            do {
+                try producer.produce(row.message, opaque: seq)
+                probeSeq = seq
+                return
+            } catch {
+                stats.failed += 1
+                guard let entry = window.fail(seq) else { continue }
+                settleProbe(row)
+                failed(entry, error: error, persistence: .notPersisted, now: now)
+            }
+        }
+    }
+
+    /// A probe settled (or was dropped): release its key's hold (keeping it for other suspects
+    /// of the key) and read the key's later rows again.
+    func settleProbe(_ row: ClaimedRow) {
+        let key = row.holdKey
+        retries.clear(key)
+        for other in suspects.values where other.holdKey == key {
+            retries.hold(key, rowId: other.id, until: .infinity)
+        }
+        cursor.rewind()
+        claimWake.signal()
+    }
+
+    /// After a lost connection the relay cannot be sure what the database kept: a crash with
+    /// `synchronous_commit = off` can bring back rows whose DELETE had been reported committed.
+    /// Read everything again from the start (rows in flight excluded); a resurrected row is
+    /// re-sent — a bounded duplicate — rather than left behind the cursor for ever.
+    func resyncAfterConnectionLoss() {
+        cursor.reset()
+    }
+
+    func backOff() {
+        failureStreak += 1
+        let base = Double(configuration.retryBackoffMillis) / 1000
+        let delay = min(Self.maxRetryBackoff, base * pow(2, Double(min(failureStreak - 1, 20))))
+        pausedUntil = monotonicSeconds() + delay * Double.random(in: 0.8...1.2)
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import Kafka
+import Logging
+import PGClient
+
+/// Lease heartbeats, renewals and rebalancing.
+extension Relay {
+    // MARK: Leases
+
+    func leaseLoop() async {
+        let interval = Double(configuration.effectiveHeartbeatMillis) / 1000
+        var first = true
+        while !terminated {
+            leaseLoopBeat = monotonicSeconds()
+            await leaseTick(announce: first)
+            await sampleBacklog()
+            probeBroker()
+            first = false
+            await leaseWake.wait(timeout: interval)
+        }
+    }
+
+    func leaseTick(announce: Bool) async {
+        guard let session = leaseSession else { return }
+        // Watchdog: rows outstanding or waiting for a retry, yet no delivery succeeded for too
+        // long (e.g. a producer wedged by fencing that librdkafka does not report as fatal).
+        if lastSuccessAt == 0 { lastSuccessAt = monotonicSeconds() }
+        let silentFor = monotonicSeconds() - lastSuccessAt
+        if window.awaitingReport > 0 || !retries.isEmpty, silentFor * 1000 > Double(configuration.effectiveWatchdogMillis) {
+            scheduleRecreation(reason: "no delivery succeeded for \(Int(silentFor)) s with rows outstanding")
+        }
+        let queries = leaseQueries
+        let replica = replicaId
+        let leaseMillis = Int64(configuration.leaseDurationMillis)
+        let duration = Double(configuration.leaseDurationMillis) / 1000
+        let margin = Double(RelayConfiguration.leaseSafetyMarginMillis) / 1000
+        let host = ProcessInfo.processInfo.hostName
+        let pid = getpid()
+        let held = leases.heldShards
+        let sentAt = monotonicSeconds()
+        do {
+            let (live, renewed) = try await session.withConnection { conn throws(PGError) in
+                let live = try queries.heartbeat(conn, replica: replica, hostname: host, pid: pid,
+                                                 version: RelayVersion.current, leaseMillis: leaseMillis)
+                let renewed = try queries.renew(conn, replica: replica, shards: held, leaseMillis: leaseMillis)
+                if announce { try queries.notifyRebalance(conn) }
+                return (live, renewed.map { RenewedLease(shard: $0.shard, epoch: $0.epoch) })
+            }
+            stats.liveReplicas = live.count
+            lastLeaseOK = monotonicSeconds()
+            lastDatabaseError = nil
+            metrics.leaseDuration.recordSeconds(lastLeaseOK - sentAt)
+            metrics.liveReplicas.record(live.count)
+            // Shards acquired while the renewal ran are not in `held`; keep them.
+            let lost = leases.renewed(renewed.map { ($0.shard, $0.epoch) } + leases.leases.filter { !held.contains($0.key) }.map { ($0.key, $0.value.epoch) },
+                                      sentAt: sentAt, duration: duration, margin: margin)
+            if !lost.isEmpty {
+                logger.warning("lost shard leases to another replica", metadata: ["outbox.shards": "\(lost)"])
+            }
+            if stopFlag.isSet { return }
+            let desired = ShardAssignment.shards(for: replica, among: live, shardCount: shardCount)
+            if desired.count != desiredShardCount {
+                desiredShardCount = desired.count
+                desiredSince = monotonicSeconds()
+            }
+            let plan = leases.plan(desired: desired, inFlightByShard: window.byShard)
+            leases.drain(plan.drain)
+            leases.reactivate(plan.reactivate)
+            if !plan.release.isEmpty {
+                try await session.withConnection { conn throws(PGError) in
+                    try queries.release(conn, replica: replica, shards: plan.release)
+                    try queries.notifyRebalance(conn)
+                }
+                leases.released(plan.release)
+                logger.info("released shards", metadata: ["outbox.shards": "\(plan.release.count)"])
+            }
+            // A shard this replica lost (paused past its lease, say) may still have rows of that
+            // old tenure awaiting reports here. Take it again only once they are settled: until
+            // then claims would skip them (they are in the window) and read the key's later rows,
+            // which a late failure of theirs would then have overtaken.
+            let acquire = plan.acquire.filter { window.inFlight(shard: $0) == 0 }
+            if !acquire.isEmpty {
+                let acquireAt = monotonicSeconds()
+                let got = try await session.withConnection { conn throws(PGError) in
+                    try queries.acquire(conn, replica: replica, shards: acquire, leaseMillis: leaseMillis)
+                        .map { RenewedLease(shard: $0.shard, epoch: $0.epoch) }
+                }
+                if !got.isEmpty {
+                    leases.acquired(got.map { ($0.shard, $0.epoch) }, sentAt: acquireAt, duration: duration, margin: margin)
+                    logger.info("acquired shards", metadata: ["outbox.shards": "\(got.count)", "outbox.held": "\(leases.heldShards.count)"])
+                }
+            }
+            // Wake the claim loop only when what it may claim changed (new or resumed shards):
+            // an idle relay is otherwise woken by NOTIFY or its poll timer alone.
+            if leases.claimable(now: monotonicSeconds()) != lastClaimable { claimWake.signal() }
+            metrics.shardsHeld.record(leases.heldShards.count)
+        } catch {
+            lastDatabaseError = "\(error)"
+            logger.warning("lease heartbeat failed", metadata: [LogKey.error: "\(error)"])
+        }
+    }
+}

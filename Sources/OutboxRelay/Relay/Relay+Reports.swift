@@ -1,0 +1,126 @@
+import Foundation
+import Kafka
+import Logging
+import PGClient
+
+/// Delivery reports, the failure policy carried out, and producer re-creation.
+extension Relay {
+    // MARK: Delivery reports
+
+    func reportLoop(_ stream: AsyncStream<ProducerEvent>) async {
+        for await tagged in stream {
+            guard tagged.generation == producerGeneration else { continue }
+            switch tagged.event {
+            case .deliveryReports(let reports):
+                handle(reports)
+            case .error(let error):
+                if error.isFatal {
+                    logger.error("fatal Kafka producer error", metadata: [LogKey.error: "\(error)"])
+                    scheduleRecreation(reason: "fatal error: \(error)")
+                } else {
+                    logger.warning("Kafka client error", metadata: [LogKey.error: "\(error)"])
+                }
+            }
+        }
+    }
+
+    func handle(_ reports: [DeliveryReport]) {
+        let now = monotonicSeconds()
+        let wallMicros = Int64(Date().timeIntervalSince1970 * 1_000_000)
+        var producedByTopic: [String: Int] = [:]
+        defer { for (topic, n) in producedByTopic { metrics.produced(topic: topic, count: n) } }
+        var anyFailure = false
+        let tracking = !retries.history.isEmpty
+        for report in reports {
+            if let seq = probeSeq, report.opaque == seq {
+                probeSeq = nil
+                if let row = window.entry(seq)?.row { settleProbe(row) }
+            }
+            if let error = report.error {
+                guard let entry = window.fail(report.opaque) else { continue }
+                stats.failed += 1
+                anyFailure = true
+                let fencing = [KafkaErrorCode.producerFenced, KafkaErrorCode.invalidProducerEpoch,
+                               KafkaErrorCode.unknownProducerId, KafkaErrorCode.outOfOrderSequence].contains(error.errorCode)
+                consecutiveFencing = fencing ? consecutiveFencing + 1 : 0
+                failed(entry, error: error, persistence: report.persistence, now: now)
+            } else if let entry = window.acknowledge(report.opaque) {
+                stats.delivered += 1
+                consecutiveFencing = 0
+                lastSuccessAt = now
+                pendingDeletes.append(report.opaque)
+                if let row = entry.row {
+                    producedByTopic[row.message.topic, default: 0] += 1
+                    if configuration.recordsDeliveries {
+                        ledger[row.id] = DeliveryPlace(topic: row.message.topic, partition: report.partition, offset: report.offset)
+                    }
+                    metrics.commitToAck.recordMicroseconds(max(0, wallMicros - row.createdAtMicros))
+                }
+                if tracking, let row = entry.row {
+                    topicLastSuccess[row.message.topic] = now
+                    retries.forget(rowId: row.id)
+                }
+            }
+        }
+        if !pendingDeletes.isEmpty { deleteWake.signal() }
+        if anyFailure {
+            claimWake.signal()
+            windowWake.signal()
+        }
+        if consecutiveFencing >= Self.fencingStormThreshold, !lifecycle.recreationScheduled {
+            consecutiveFencing = 0
+            scheduleRecreation(reason: "producer fenced repeatedly")
+        }
+    }
+
+
+    /// Replaces the producer: after a fatal error, a fencing storm, or when the watchdog sees
+    /// outstanding messages without any report. The old instance's outstanding messages are
+    /// purged and their reports taken for a moment — a refused batch's own report names the
+    /// rows to probe alone — and whatever is still unreported is then written off; every such
+    /// row is read again and re-sent in id order by the new instance.
+    func scheduleRecreation(reason: String) {
+        guard lifecycle.requestRecreation() else { return }
+        Task { await self.recreateProducer(reason: reason) }
+    }
+
+    func recreateProducer(reason: String) async {
+        guard producer != nil, lifecycle.recreationStarts(), let old = producer else { return }
+        logger.error("re-creating the Kafka producer", metadata: ["outbox.reason": "\(reason)"])
+        // The old instance must not send anything more (a zombie within the process): purge
+        // what it holds and take the reports that brings, for a bounded moment.
+        old.purgeAll()
+        let deadline = monotonicSeconds() + Self.recreationReportWait
+        while window.awaitingReport > 0 {
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { break }
+            await windowWake.wait(timeout: left)
+        }
+        // Then let it shut down on a thread of its own: rd_kafka_destroy can block for a socket
+        // timeout when a broker is wedged, and nothing needs to wait for it.
+        producer = nil
+        Thread { old.close() }.start()
+        if let seq = probeSeq, let row = window.entry(seq)?.row {
+            // The probe's producer is gone: probe the row again with the new one.
+            suspects[row.id] = row
+        }
+        probeSeq = nil
+        let lost = window.failAllUnreported()
+        if !lost.isEmpty { cursor.rewind() }
+        stats.producerRecreations += 1
+        metrics.producerRecreations.increment()
+        while true {
+            do {
+                producer = try makeProducer()
+                break
+            } catch {
+                logger.error("cannot create the Kafka producer; retrying", metadata: [LogKey.error: "\(error)"])
+                try? await Task.sleep(nanoseconds: 1_000_000_000)
+            }
+        }
+        lastSuccessAt = monotonicSeconds()
+        lifecycle.recreationEnded()
+        claimWake.signal()
+        windowWake.signal()
+    }
+}

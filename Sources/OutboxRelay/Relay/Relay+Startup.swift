@@ -1,0 +1,138 @@
+import Foundation
+import Kafka
+import Logging
+import PGClient
+
+/// Start-up: connections, schema checks, the first producer, the listener.
+extension Relay {
+    // MARK: Start-up
+
+    /// Connects, checks the schema and the producer configuration. Throws a ``RelayError`` naming
+    /// what is wrong (unreachable database, missing table — suggesting `migrate` —, bad property).
+    public func start() async throws(RelayError) {
+        guard claimSession == nil else { return }
+        try Librdkafka.checkVersionForRelay()
+        let timeout = configuration.statementTimeoutMillis
+        let setup: @Sendable (PGConnection) throws(PGError) -> Void = { conn throws(PGError) in
+            try conn.executeScript("SET statement_timeout = \(timeout); SET lock_timeout = \(timeout); SET idle_in_transaction_session_timeout = \(timeout * 2)")
+        }
+        let app = "outbox-relay"
+        let url = configuration.databaseURL
+        // rd_kafka_new spends tens of milliseconds in one-time library set-up (OpenSSL and SASL
+        // plug-ins, even for plaintext): create the producer on its own thread while the
+        // database is connected and checked, and it starts fetching its producer id meanwhile.
+        let (stream, continuation) = AsyncStream.makeStream(of: ProducerEvent.self)
+        reportStream = stream
+        reportContinuation = continuation
+        let pendingProducer = startProducerCreation()
+        // The claim session runs only the claim statements, whose plans are prepared once and
+        // reused: a plan cached while the table was small must not become a sequential scan of a
+        // large backlog (a window's rows are found on the txid index, a sweep walks the key).
+        let claimSetup: @Sendable (PGConnection) throws(PGError) -> Void = { conn throws(PGError) in
+            try setup(conn)
+            try conn.executeScript("SET enable_seqscan = off")
+        }
+        let claim = PGSession(url: url, applicationName: app, label: "claim", setup: claimSetup)
+        let table = self.table
+        let info: OutboxSchemaInfo
+        do {
+            info = try await checkSchema(claim)
+        } catch {
+            await claim.close()
+            if case .success(let unused) = await pendingProducer.value { unused.close() }
+            switch error {
+            case let error as PGError: throw RelayError(database: error, context: "cannot connect to the database")
+            case let error as RelayError: throw error
+            default: throw RelayError(.internalState, "\(error)")
+            }
+        }
+        shardCount = info.shardCount
+        leases = LeaseTable(shardCount: info.shardCount, deliveryBound: configuration.deliveryBoundSeconds)
+        claimSession = claim
+        deleteSession = PGSession(url: url, applicationName: app, label: "delete", setup: setup)
+        leaseSession = PGSession(url: url, applicationName: app, label: "lease", setup: setup)
+
+        do {
+            producer = try await pendingProducer.value.get()
+        } catch {
+            await closeSessions()
+            throw RelayError(kafka: error, context: "cannot create the Kafka producer")
+        }
+        let listener = PGListener(url: url, applicationName: "outbox-relay-listen", channels: [table.channel],
+                                  onError: { [logger] error in
+                                      logger.warning("notification listener reconnecting", metadata: [LogKey.error: "\(error)"])
+                                  }) { [claimWake, leaseWake] note in
+            if let note, note.payload == OutboxTable.rebalancePayload {
+                leaseWake.signal()
+            } else {
+                claimWake.signal()
+                if note == nil { leaseWake.signal() }
+            }
+        }
+        self.listener = listener
+        listener.start()
+        logger.info("relay started", metadata: [
+            "outbox.shards": "\(info.shardCount)", "kafka.librdkafka": "\(Librdkafka.versionString)",
+        ])
+    }
+
+    /// The start-up checks, retried when an established connection breaks under them (a
+    /// terminated backend, a restart); a database that cannot be reached at all is refused at once.
+    func checkSchema(_ session: PGSession) async throws -> OutboxSchemaInfo {
+        let table = self.table
+        var attempt = 0
+        while true {
+            do {
+                return try await session.withConnection { conn throws(PGError) -> Result<OutboxSchemaInfo, RelayError> in
+                    do throws(RelayError) { return .success(try SchemaCheck.check(conn, table: table)) } catch { return .failure(error) }
+                }.get()
+            } catch {
+                let lost = (error as? PGError)?.isBrokenConnection ?? (error as? RelayError)?.connectionLost ?? false
+                guard lost, attempt < Self.startupRetries else { throw error }
+                attempt += 1
+                logger.warning("database connection lost during start-up checks; retrying", metadata: [LogKey.error: "\(error)"])
+                try? await Task.sleep(nanoseconds: UInt64(attempt) * 200_000_000)
+            }
+        }
+    }
+
+    func makeProducer() throws(KafkaError) -> KafkaProducer {
+        try nextProducer()()
+    }
+
+    /// How to build the next producer instance (a new generation, reporting into the stream);
+    /// cheap to make here, while running it takes tens of milliseconds.
+    func nextProducer() throws(KafkaError) -> @Sendable () throws(KafkaError) -> KafkaProducer {
+        guard let continuation = reportContinuation else {
+            throw KafkaError(.client, message: "report stream missing")
+        }
+        producerGeneration += 1
+        let generation = producerGeneration
+        let kafka = configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")
+        return { () throws(KafkaError) in
+            try KafkaProducer(configuration: kafka) { event in
+                continuation.yield(ProducerEvent(generation: generation, event: event))
+            }
+        }
+    }
+
+    /// The first producer, built on a thread of its own (see `start`): awaited once, either
+    /// taken or closed.
+    func startProducerCreation() -> Task<Result<KafkaProducer, KafkaError>, Never> {
+        let build: Result<@Sendable () throws(KafkaError) -> KafkaProducer, KafkaError> = Result { () throws(KafkaError) in try nextProducer() }
+        return Task.detached {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<KafkaProducer, KafkaError>, Never>) in
+                let thread = Thread { c.resume(returning: build.flatMap { make in Result { () throws(KafkaError) in try make() } }) }
+                thread.name = "kafka-create"
+                thread.start()
+            }
+        }
+    }
+
+    /// An event tagged with the producer instance it came from; events of a replaced producer
+    /// are ignored (its rows were already taken back).
+    struct ProducerEvent: Sendable {
+        let generation: Int
+        let event: KafkaProducer.Event
+    }
+}

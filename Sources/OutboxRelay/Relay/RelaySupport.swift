@@ -1,0 +1,36 @@
+import Kafka
+import Synchronization
+
+struct RenewedLease: Sendable {
+    let shard: Int32
+    let epoch: Int64
+}
+
+/// A stop flag readable from any thread.
+final class StopFlag: Sendable {
+    private let flag = Synchronization.Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .releasing) }
+    var isSet: Bool { flag.load(ordering: .acquiring) }
+}
+
+/// Dotted metadata keys used in log lines, in one place.
+public enum LogKey {
+    public static let replica = "outbox.replica"
+    public static let table = "outbox.table"
+    public static let rowId = "outbox.row_id"
+    public static let shard = "outbox.shard"
+    public static let topic = "kafka.topic"
+    public static let error = "error"
+    public static let errorCode = "kafka.error_code"
+}
+
+/// The relay's version string (recorded in the replicas table).
+public enum RelayVersion {
+    public static let current = "0.1.0"
+}
+
+extension Librdkafka {
+    static func checkVersionForRelay() throws(RelayError) {
+        do { try checkVersion() } catch { throw RelayError(kafka: error, context: "unsupported librdkafka") }
+    }
+}
