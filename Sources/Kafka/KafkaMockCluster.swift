@@ -5,7 +5,7 @@ import CKafka
 /// ``bootstrapServers``.
 ///
 /// - Important: for tests only. The cluster lives as long as this object.
-public final class KafkaMockCluster: @unchecked Sendable {
+@_spi(Testing) public final class KafkaMockCluster: @unchecked Sendable {
     private let owner: OpaquePointer
     fileprivate let cluster: OpaquePointer
 

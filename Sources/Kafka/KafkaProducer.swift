@@ -33,6 +33,10 @@ public final class KafkaProducer: @unchecked Sendable {
     private let closed = Atomic<Bool>(false)
     private let pollerExited = DispatchSemaphore(value: 0)
     private let onEvent: @Sendable (Event) -> Void
+    /// The producer's one worker for blocking metadata requests (readiness probes, refreshes):
+    /// a serial queue it owns, so a heartbeat's probe neither starts an OS thread nor holds a
+    /// thread of the cooperative pool while librdkafka waits for a broker.
+    let metadataQueue = DispatchQueue(label: "kafka-metadata")
     /// Threads using the handle outside the poller (metadata probes); `close` waits for them.
     private let users = Mutex<(count: Int, closing: Bool)>((0, false))
 
@@ -245,13 +249,13 @@ public final class KafkaProducer: @unchecked Sendable {
 }
 
 extension KafkaProducer {
-    /// Asks the cluster for `topic`'s metadata on a background thread, refreshing librdkafka's
+    /// Asks the cluster for `topic`'s metadata on the producer's metadata queue, refreshing librdkafka's
     /// cache. After a topic-level error (authorization, unknown topic) librdkafka otherwise keeps
     /// refusing the topic until its periodic refresh (`topic.metadata.refresh.interval.ms`).
     public func refreshMetadata(topic: String, timeoutMilliseconds: Int32 = 5_000) {
         guard let rkt = try? topicHandle(topic) else { return }
         let box = UncheckedBox(rkt)
-        let thread = Thread { [self] in
+        metadataQueue.async { [self] in
             _ = withHandle { handle in
                 var metadata: UnsafePointer<rd_kafka_metadata>?
                 if rd_kafka_metadata(handle, 0, box.value, &metadata, timeoutMilliseconds) == RD_KAFKA_RESP_ERR_NO_ERROR,
@@ -260,7 +264,6 @@ extension KafkaProducer {
                 }
             }
         }
-        thread.start()
     }
 }
 
@@ -270,11 +273,11 @@ struct UncheckedBox<T>: @unchecked Sendable {
 }
 
 extension KafkaProducer {
-    /// Asks a broker for cluster metadata (on a thread of its own); nil when a broker answered
-    /// within the timeout. Used for readiness: "connected to a broker".
+    /// Asks a broker for cluster metadata (on the producer's metadata queue); nil when a broker
+    /// answered within the timeout. Used for readiness: "connected to a broker".
     public func probe(timeoutMilliseconds: Int32 = 1_000) async -> KafkaError? {
         return await withCheckedContinuation { (c: CheckedContinuation<KafkaError?, Never>) in
-            let thread = Thread { [self] in
+            metadataQueue.async { [self] in
                 var result: KafkaError? = KafkaError(.client, message: "producer closed")
                 _ = withHandle { handle in
                     var metadata: UnsafePointer<rd_kafka_metadata>?
@@ -284,7 +287,6 @@ extension KafkaProducer {
                 }
                 c.resume(returning: result)
             }
-            thread.start()
         }
     }
 }

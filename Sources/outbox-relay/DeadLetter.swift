@@ -10,13 +10,11 @@ struct DeadLetter: ParsableCommand {
         subcommands: [List.self, Requeue.self, Purge.self])
 
     struct Target: ParsableArguments {
-        @Option(name: .customLong("database-url"), help: "PostgreSQL URL [env: OUTBOX_DATABASE_URL]") var databaseURL: String?
-        @Option(name: .customLong("table"), help: "Outbox table [env: OUTBOX_TABLE] (default: outbox)") var table: String?
+        @OptionGroup var database: DatabaseOptions
         @Option(name: .customLong("topic"), help: "Only dead letters of this topic") var topic: String?
 
         func open() throws -> (PGConnection, DeadLetterQueries) {
-            let url = resolveDatabaseURL(databaseURL)
-            let t = try OutboxTable(table ?? ProcessInfo.processInfo.environment["OUTBOX_TABLE"] ?? "outbox")
+            let (url, t) = database.resolve()
             do {
                 let conn = try PGConnection(url: url, applicationName: "outbox-relay-dead-letter")
                 _ = try SchemaCheck.check(conn, table: t)

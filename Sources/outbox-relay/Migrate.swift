@@ -7,14 +7,12 @@ struct Migrate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create (idempotently) the outbox table and the relay's tables.")
 
-    @Option(name: .customLong("database-url"), help: "PostgreSQL URL [env: OUTBOX_DATABASE_URL]") var databaseURL: String?
-    @Option(name: .customLong("table"), help: "Outbox table, optionally SCHEMA.TABLE [env: OUTBOX_TABLE] (default: outbox)") var table: String?
+    @OptionGroup var database: DatabaseOptions
     @Option(name: .customLong("shards"), help: "Number of shards, fixed at creation (default: 256, or the existing table's count)") var shards: Int?
 
     func run() throws {
-        let url = resolveDatabaseURL(databaseURL)
+        let (url, t) = database.resolve()
         do {
-            let t = try OutboxTable(table ?? ProcessInfo.processInfo.environment["OUTBOX_TABLE"] ?? "outbox")
             let conn: PGConnection
             do { conn = try PGConnection(url: url, applicationName: "outbox-relay-migrate") } catch {
                 throw RelayError(database: error, context: "cannot connect to the database")

@@ -43,15 +43,3 @@ func bootstrapLogging(level: String?, format: String? = nil, file: [String: Stri
     }
     return Logger(label: "outbox-relay")
 }
-
-/// Database URL from the flag or the environment (also `_FILE`).
-func resolveDatabaseURL(_ flag: String?) -> String {
-    do {
-        let config = try Settings.resolve(flags: flag.map { ["database-url": $0] } ?? [:],
-                                          environment: ProcessInfo.processInfo.environment)
-        guard !config.databaseURL.isEmpty else { fail("missing --database-url (OUTBOX_DATABASE_URL)") }
-        return config.databaseURL
-    } catch {
-        fail(error.description)
-    }
-}

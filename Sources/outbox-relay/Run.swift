@@ -7,38 +7,33 @@ import Prometheus
 import RelayHTTP
 import ServiceLifecycle
 
-private func help(_ flag: String) -> ArgumentHelp {
-    ArgumentHelp(Settings.all.first { $0.flag == flag }!.helpText)
-}
-
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Relay outbox rows to Kafka until SIGTERM/SIGINT.",
         discussion: "librdkafka properties: --kafka-property NAME=VALUE (repeatable) or OUTBOX_KAFKA_<NAME> with dots as underscores.")
 
-    @Option(name: .customLong("database-url"), help: help("database-url")) var databaseURL: String?
-    @Option(name: .customLong("brokers"), help: help("brokers")) var brokers: String?
-    @Option(name: .customLong("table"), help: help("table")) var table: String?
-    @Option(name: .customLong("batch-size"), help: help("batch-size")) var batchSize: String?
-    @Option(name: .customLong("max-in-flight-rows"), help: help("max-in-flight-rows")) var maxInFlightRows: String?
-    @Option(name: .customLong("max-in-flight-bytes"), help: help("max-in-flight-bytes")) var maxInFlightBytes: String?
-    @Option(name: .customLong("poll-interval-ms"), help: help("poll-interval-ms")) var pollIntervalMs: String?
-    @Option(name: .customLong("lease-duration-ms"), help: help("lease-duration-ms")) var leaseDurationMs: String?
-    @Option(name: .customLong("heartbeat-interval-ms"), help: help("heartbeat-interval-ms")) var heartbeatIntervalMs: String?
-    @Option(name: .customLong("message-timeout-ms"), help: help("message-timeout-ms")) var messageTimeoutMs: String?
-    @Option(name: .customLong("statement-timeout-ms"), help: help("statement-timeout-ms")) var statementTimeoutMs: String?
-    @Option(name: .customLong("shutdown-timeout-ms"), help: help("shutdown-timeout-ms")) var shutdownTimeoutMs: String?
-    @Option(name: .customLong("retry-backoff-ms"), help: help("retry-backoff-ms")) var retryBackoffMs: String?
-    @Option(name: .customLong("replica-name"), help: help("replica-name")) var replicaName: String?
-    @Option(name: .customLong("retry-backoff-max-ms"), help: help("retry-backoff-max-ms")) var retryBackoffMaxMs: String?
-    @Option(name: .customLong("max-attempts"), help: help("max-attempts")) var maxAttempts: String?
-    @Option(name: .customLong("dead-letter-topic"), help: help("dead-letter-topic")) var deadLetterTopic: String?
-    @Option(name: .customLong("watchdog-ms"), help: help("watchdog-ms")) var watchdogMs: String?
-    @Option(name: .customLong("created-at-header"), help: help("created-at-header")) var createdAtHeader: String?
-    @Option(name: .customLong("relay-header"), help: help("relay-header")) var relayHeader: String?
-    @Option(name: .customLong("cloudevents-source"), help: help("cloudevents-source")) var cloudEventsSource: String?
-    @Option(name: .customLong("http-port"), help: help("http-port")) var httpPort: String?
-    @Option(name: .customLong("http-host"), help: help("http-host")) var httpHost: String?
+    @OptionGroup var database: DatabaseOptions
+    @Option(name: .customLong("brokers"), help: settingHelp("brokers")) var brokers: String?
+    @Option(name: .customLong("batch-size"), help: settingHelp("batch-size")) var batchSize: String?
+    @Option(name: .customLong("max-in-flight-rows"), help: settingHelp("max-in-flight-rows")) var maxInFlightRows: String?
+    @Option(name: .customLong("max-in-flight-bytes"), help: settingHelp("max-in-flight-bytes")) var maxInFlightBytes: String?
+    @Option(name: .customLong("poll-interval-ms"), help: settingHelp("poll-interval-ms")) var pollIntervalMs: String?
+    @Option(name: .customLong("lease-duration-ms"), help: settingHelp("lease-duration-ms")) var leaseDurationMs: String?
+    @Option(name: .customLong("heartbeat-interval-ms"), help: settingHelp("heartbeat-interval-ms")) var heartbeatIntervalMs: String?
+    @Option(name: .customLong("message-timeout-ms"), help: settingHelp("message-timeout-ms")) var messageTimeoutMs: String?
+    @Option(name: .customLong("statement-timeout-ms"), help: settingHelp("statement-timeout-ms")) var statementTimeoutMs: String?
+    @Option(name: .customLong("shutdown-timeout-ms"), help: settingHelp("shutdown-timeout-ms")) var shutdownTimeoutMs: String?
+    @Option(name: .customLong("retry-backoff-ms"), help: settingHelp("retry-backoff-ms")) var retryBackoffMs: String?
+    @Option(name: .customLong("replica-name"), help: settingHelp("replica-name")) var replicaName: String?
+    @Option(name: .customLong("retry-backoff-max-ms"), help: settingHelp("retry-backoff-max-ms")) var retryBackoffMaxMs: String?
+    @Option(name: .customLong("max-attempts"), help: settingHelp("max-attempts")) var maxAttempts: String?
+    @Option(name: .customLong("dead-letter-topic"), help: settingHelp("dead-letter-topic")) var deadLetterTopic: String?
+    @Option(name: .customLong("watchdog-ms"), help: settingHelp("watchdog-ms")) var watchdogMs: String?
+    @Option(name: .customLong("created-at-header"), help: settingHelp("created-at-header")) var createdAtHeader: String?
+    @Option(name: .customLong("relay-header"), help: settingHelp("relay-header")) var relayHeader: String?
+    @Option(name: .customLong("cloudevents-source"), help: settingHelp("cloudevents-source")) var cloudEventsSource: String?
+    @Option(name: .customLong("http-port"), help: settingHelp("http-port")) var httpPort: String?
+    @Option(name: .customLong("http-host"), help: settingHelp("http-host")) var httpHost: String?
     @Option(name: .customLong("log-format"), help: "text|json [env: OUTBOX_LOG_FORMAT] (default: text)") var logFormat: String?
     @Option(name: .customLong("config"), help: "File of `name = value` settings; flags > environment > file > defaults [env: OUTBOX_CONFIG] (default: none)")
     var config: String?
@@ -49,7 +44,7 @@ struct Run: AsyncParsableCommand {
 
     var flagValues: [String: String] {
         let pairs: [(String, String?)] = [
-            ("database-url", databaseURL), ("brokers", brokers), ("table", table), ("batch-size", batchSize),
+            ("brokers", brokers), ("batch-size", batchSize),
             ("max-in-flight-rows", maxInFlightRows), ("max-in-flight-bytes", maxInFlightBytes),
             ("poll-interval-ms", pollIntervalMs), ("lease-duration-ms", leaseDurationMs),
             ("heartbeat-interval-ms", heartbeatIntervalMs), ("message-timeout-ms", messageTimeoutMs),
@@ -60,7 +55,7 @@ struct Run: AsyncParsableCommand {
             ("http-port", httpPort), ("http-host", httpHost), ("created-at-header", createdAtHeader),
             ("relay-header", relayHeader), ("cloudevents-source", cloudEventsSource),
         ]
-        var out: [String: String] = [:]
+        var out = database.flagValues
         for (k, v) in pairs { if let v { out[k] = v } }
         return out
     }
@@ -75,25 +70,15 @@ struct Run: AsyncParsableCommand {
         // Prometheus is bootstrapped here, in main only; the relay records through swift-metrics.
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let relay: Relay
-        let configuration: RelayConfiguration
+        let application: RelayApplication
         do {
-            configuration = try Settings.resolve(flags: flagValues, kafkaProperties: kafkaProperty, environment: env, file: file)
-            relay = try Relay(configuration: configuration, logger: logger)
-            try await relay.start()
+            let configuration = try Settings.resolve(flags: flagValues, kafkaProperties: kafkaProperty, environment: env, file: file)
+            application = try await RelayApplication.build(configuration: configuration, registry: registry, logger: logger)
         } catch {
             fail(error.description)
         }
-        let http = RelayHTTPServer(relay: relay, registry: registry, host: configuration.httpHost,
-                                   port: configuration.httpPort, logger: logger)
-        // The HTTP server is listed first so it is shut down last: /readyz answers 503 while
-        // the relay drains.
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: http), .init(service: relay)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
         do {
-            try await group.run()
+            try await application.serviceGroup(logger: logger).run()
         } catch {
             fail("\(error)", code: 1)
         }

@@ -7,14 +7,12 @@ struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show backlog, oldest row age and replicas (reads the tables; no relay needed).")
 
-    @Option(name: .customLong("database-url"), help: "PostgreSQL URL [env: OUTBOX_DATABASE_URL]") var databaseURL: String?
-    @Option(name: .customLong("table"), help: "Outbox table [env: OUTBOX_TABLE] (default: outbox)") var table: String?
+    @OptionGroup var database: DatabaseOptions
     @Flag(name: .customLong("json"), help: "Print one JSON object") var json = false
 
     func run() throws {
-        let url = resolveDatabaseURL(databaseURL)
+        let (url, t) = database.resolve()
         do {
-            let t = try OutboxTable(table ?? ProcessInfo.processInfo.environment["OUTBOX_TABLE"] ?? "outbox")
             let report: OutboxStatus
             do {
                 let conn = try PGConnection(url: url, applicationName: "outbox-relay-status")

@@ -7,16 +7,13 @@ struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check the outbox table and the relay's tables against this version; print each difference with the statement that fixes it.")
 
-    @Option(name: .customLong("database-url"), help: "PostgreSQL URL [env: OUTBOX_DATABASE_URL]") var databaseURL: String?
-    @Option(name: .customLong("table"), help: "Outbox table [env: OUTBOX_TABLE] (default: outbox)") var table: String?
+    @OptionGroup var database: DatabaseOptions
     @Flag(name: .customLong("json"), help: "Print a JSON array of {problem, fix}") var json = false
 
     func run() throws {
-        let url = resolveDatabaseURL(databaseURL)
+        let (url, t) = database.resolve()
         let diffs: [SchemaValidation.Difference]
-        let t: OutboxTable
         do {
-            t = try OutboxTable(table ?? ProcessInfo.processInfo.environment["OUTBOX_TABLE"] ?? "outbox")
             diffs = try Self.differences(url: url, table: t)
         } catch {
             fail(error.description)

@@ -53,7 +53,7 @@ public struct RelayConfiguration: Sendable {
     /// Diagnostics for tests: remember where the broker said each row landed (`Relay.deliveryLedger()`),
     /// so a row missing from a topic can be told apart as a broker/reader fault or a relay fault.
     /// Grows with every relayed row; off by default.
-    public var recordsDeliveries = false
+    @_spi(Testing) public var recordsDeliveries = false
     /// Tests only: called on the relay's executor right before each row's produce call, with the
     /// row id — a test blocks in it to stage a process freeze in the middle of a batch.
     @_spi(Testing) public var beforeProduce: (@Sendable (Int64) -> Void)?

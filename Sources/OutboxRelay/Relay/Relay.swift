@@ -151,7 +151,7 @@ public actor Relay: Service {
 
     /// Where the broker acknowledged each relayed row (row id → topic, partition, offset), when
     /// `configuration.recordsDeliveries` is on; empty otherwise.
-    public func deliveryLedger() -> [Int64: DeliveryPlace] { ledger }
+    @_spi(Testing) public func deliveryLedger() -> [Int64: DeliveryPlace] { ledger }
 
     /// Shards held right now.
     public func heldShards() -> [Int32] { leases.heldShards }

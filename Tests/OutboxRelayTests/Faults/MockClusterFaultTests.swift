@@ -1,6 +1,6 @@
 import Foundation
-import Kafka
-import OutboxRelay
+@_spi(Testing) import Kafka
+@_spi(Testing) import OutboxRelay
 import PGClient
 import Testing
 

@@ -7,29 +7,32 @@ import RelayHTTP
 import Testing
 
 @Suite(.serialized) struct EndpointTests {
+    /// The service graph `outbox-relay run` starts (RelayApplication), in this process.
     struct Running {
-        let relay: RunningRelay
-        let server: RelayHTTPServer
-        let serverTask: Task<Void, Error>
+        let application: RelayApplication
+        let task: Task<Void, Error>
         let port: Int
         func stop() async throws {
-            try await relay.stop()
-            serverTask.cancel()
-            _ = try? await serverTask.value
+            application.relay.shutdown()
+            task.cancel()
+            _ = try? await task.value
         }
     }
 
     func start(_ config: RelayConfiguration) async throws -> Running {
-        let registry = TestMetrics.registry
-        let relay = try await RunningRelay.start(config)
-        let server = RelayHTTPServer(relay: relay.relay, registry: registry, host: "127.0.0.1", port: 0, logger: TestEnvironment.logger)
-        let task = Task { try await server.run() }
+        var config = config
+        config.httpHost = "127.0.0.1"
+        config.httpPort = 0
+        let application = try await RelayApplication.build(configuration: config, registry: TestMetrics.registry,
+                                                           logger: TestEnvironment.logger)
+        let group = application.serviceGroup(logger: TestEnvironment.logger, signals: false)
+        let task = Task { try await group.run() }
         var port = 0
         try await TestEnvironment.eventually("HTTP server listening") {
-            port = server.listeningPort ?? 0
+            port = application.http.listeningPort ?? 0
             return port > 0
         }
-        return Running(relay: relay, server: server, serverTask: task, port: port)
+        return Running(application: application, task: task, port: port)
     }
 
     @Test func readinessFollowsTheBrokerAndMetricsFollowTheRows() async throws {

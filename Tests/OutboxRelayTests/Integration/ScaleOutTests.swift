@@ -1,5 +1,5 @@
 import Foundation
-import OutboxRelay
+@_spi(Testing) import OutboxRelay
 import PGClient
 import Testing
 
