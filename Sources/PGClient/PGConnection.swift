@@ -12,6 +12,10 @@ public final class PGConnection {
     /// Opens a connection. `url` is a libpq URI or conninfo string; every libpq option
     /// (`sslmode`, `sslrootcert`, …) passes through it. The URL is never logged or echoed.
     public init(url: String, applicationName: String, connectTimeoutSeconds: Int = 5) throws(PGError) {
+        // Refuse a URL libpq would echo parts of, and learn its password (removed by value from
+        // every message from now on).
+        try ConnectionString.inspect(url)
+        if let password = ProcessInfo.processInfo.environment["PGPASSWORD"] { Secrets.register(password) }
         // expand_dbname=1 makes libpq treat the "dbname" value as a full connection string.
         // Our values come first so that anything the URL sets wins (later keywords override).
         let keys = ["application_name", "connect_timeout", "keepalives", "keepalives_idle",

@@ -63,11 +63,13 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// Removes secrets from text that may have come from a connection string or URL.
+/// Removes secrets from text that may have come from a connection string or URL: every value
+/// registered in ``Secrets``, then `password=…` pairs and URL user-info passwords by pattern.
 public enum Redaction {
     /// Replaces `password=…` pairs and the password part of `scheme://user:password@host` URLs.
     public static func redact(_ text: String) -> String {
-        var out = text
+        // First every secret this process knows, by value (see ``Secrets``); then the patterns.
+        var out = Secrets.redact(text)
         // URL user-info: scheme://user:secret@host
         if let schemeRange = out.range(of: "://") {
             let afterScheme = out[schemeRange.upperBound...]

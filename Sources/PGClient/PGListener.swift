@@ -124,7 +124,25 @@ public func quoteIdentifier(_ name: String) -> String {
     "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
 }
 
-/// Quotes an SQL string literal (doubling embedded single quotes).
+/// Quotes an SQL string literal so that no text can escape it, whatever the session's
+/// `standard_conforming_strings`: quotes are doubled, and text with a backslash becomes an
+/// escape string (`E'…'`, backslashes doubled), which reads the same under both settings.
 public func quoteLiteral(_ text: String) -> String {
-    "'" + text.replacingOccurrences(of: "'", with: "''") + "'"
+    let quoted = text.replacingOccurrences(of: "'", with: "''")
+    if text.contains("\\") {
+        return "E'" + quoted.replacingOccurrences(of: "\\", with: "\\\\") + "'"
+    }
+    return "'" + quoted + "'"
+}
+
+/// Dollar-quotes `body` with a tag that does not occur in it (`$outbox_relay$`, else
+/// `$outbox_relay_1$`, …), so that no name embedded in the body can close the quote early.
+public func dollarQuote(_ body: String) -> String {
+    var tag = "$outbox_relay$"
+    var n = 0
+    while body.contains(tag) {
+        n += 1
+        tag = "$outbox_relay_\(n)$"
+    }
+    return tag + body + tag
 }

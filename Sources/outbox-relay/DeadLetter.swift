@@ -13,11 +13,11 @@ struct DeadLetter: ParsableCommand {
         @OptionGroup var database: DatabaseOptions
         @Option(name: .customLong("topic"), help: "Only dead letters of this topic") var topic: String?
 
-        func open() throws -> (PGConnection, DeadLetterQueries) {
+        func open(for purpose: SchemaCheck.Purpose) throws -> (PGConnection, DeadLetterQueries) {
             let (url, t) = database.resolve()
             do {
                 let conn = try PGConnection(url: url, applicationName: "outbox-relay-dead-letter")
-                _ = try SchemaCheck.check(conn, table: t)
+                _ = try SchemaCheck.check(conn, table: t, for: purpose)
                 return (conn, DeadLetterQueries(table: t))
             } catch let error as PGError {
                 throw RelayError(database: error, context: "cannot connect to the database")
@@ -38,7 +38,7 @@ struct DeadLetter: ParsableCommand {
 
         func run() {
             DeadLetter.run {
-                let (conn, q) = try target.open()
+                let (conn, q) = try target.open(for: .read)
                 let entries = try q.list(conn, filter: .init(topic: target.topic, ids: ids), limit: limit)
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys]
@@ -46,7 +46,7 @@ struct DeadLetter: ParsableCommand {
                     if json {
                         print(String(decoding: try encoder.encode(e), as: UTF8.self))
                     } else {
-                        print("id=\(e.id) topic=\(e.topic) key=\(e.key ?? "<null>") attempts=\(e.attempts) at=\(e.deadLetteredAt) code=\(e.errorCode ?? "-") reason=\(e.reason)")
+                        print("id=\(e.id) topic=\(e.topic) key=\(e.key.map { e.keyEncoding == "hex" ? "hex:\($0)" : $0 } ?? "<null>") attempts=\(e.attempts) at=\(e.deadLetteredAt) code=\(e.errorCode ?? "-") reason=\(e.reason)")
                     }
                 }
                 if !json { print("\(entries.count) dead letter(s)") }
@@ -60,10 +60,10 @@ struct DeadLetter: ParsableCommand {
         @Argument(help: "Row ids") var ids: [Int64] = []
         @Flag(name: .customLong("all"), help: "Every dead letter (of --topic, if given)") var all = false
 
-        func run(_ verb: String, _ action: (DeadLetterQueries, PGConnection, DeadLetterQueries.Filter) throws -> Int) {
+        func run(_ verb: String, purpose: SchemaCheck.Purpose, _ action: (DeadLetterQueries, PGConnection, DeadLetterQueries.Filter) throws -> Int) {
             DeadLetter.run {
                 guard all || !ids.isEmpty else { throw RelayError(.configuration, "name the ids to \(verb), or pass --all") }
-                let (conn, q) = try target.open()
+                let (conn, q) = try target.open(for: purpose)
                 let n = try action(q, conn, .init(topic: target.topic, ids: all ? [] : ids))
                 print("\(verb)d \(n) row(s)")
             }
@@ -74,12 +74,12 @@ struct DeadLetter: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Put dead letters back into the outbox (as new rows, in id order; the old id goes in the outbox-requeued-from header).")
         @OptionGroup var selection: Selection
-        func run() { selection.run("requeue") { q, conn, filter in try q.requeue(conn, filter: filter) } }
+        func run() { selection.run("requeue", purpose: .requeueDeadLetters) { q, conn, filter in try q.requeue(conn, filter: filter) } }
     }
 
     struct Purge: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete dead letters for good.")
         @OptionGroup var selection: Selection
-        func run() { selection.run("purge") { q, conn, filter in try q.purge(conn, filter: filter) } }
+        func run() { selection.run("purge", purpose: .purgeDeadLetters) { q, conn, filter in try q.purge(conn, filter: filter) } }
     }
 }

@@ -39,7 +39,7 @@ func bootstrapLogging(level: String?, format: String? = nil, file: [String: Stri
         }
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = parsed
-        return handler
+        return RedactingLogHandler(inner: handler)
     }
     return Logger(label: "outbox-relay")
 }

@@ -16,7 +16,7 @@ struct Status: ParsableCommand {
             let report: OutboxStatus
             do {
                 let conn = try PGConnection(url: url, applicationName: "outbox-relay-status")
-                _ = try SchemaCheck.check(conn, table: t)
+                _ = try SchemaCheck.check(conn, table: t, for: .read)
                 report = try OutboxStatus.read(conn, table: t)
             } catch let error as PGError {
                 throw RelayError(database: error, context: "status")

@@ -1,3 +1,4 @@
+import Foundation
 import PGClient
 
 /// Statements on the dead-letter table: moving a row there (atomically with its lease-checked
@@ -41,7 +42,10 @@ public struct DeadLetterQueries: Sendable {
     public struct Entry: Sendable, Codable, Equatable {
         public let id: Int64
         public let topic: String
+        /// The key as text when it is valid UTF-8, else as hexadecimal (see `keyEncoding`).
         public let key: String?
+        /// `utf8` or `hex`; nil for a NULL key.
+        public let keyEncoding: String?
         public let attempts: Int
         public let reason: String
         public let errorCode: String?
@@ -62,13 +66,18 @@ public struct DeadLetterQueries: Sendable {
 
     public func list(_ conn: PGConnection, filter: Filter, limit: Int) throws(PGError) -> [Entry] {
         let r = try conn.query("""
-            SELECT id, topic, CASE WHEN key IS NULL THEN NULL ELSE convert_from(key, 'UTF8') END, attempts, reason, error_code,
+            SELECT id, topic, key, attempts, reason, error_code,
                    to_char(dead_lettered_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
             FROM \(table.deadLetterSQL) WHERE \(filter.sql) ORDER BY id, dead_letter_id LIMIT $3
             """, filter.parameters + [.int8(Int64(limit))])
         var out: [Entry] = []
         for i in 0..<r.rowCount {
-            out.append(Entry(id: try r.int64(i, 0), topic: r.string(i, 1) ?? "", key: r.string(i, 2),
+            // A binary key (not valid UTF-8) is shown as hex; the table keeps the bytes.
+            let bytes = r.bytes(i, 2)
+            let text = bytes.flatMap { String(validating: $0, as: UTF8.self) }
+            let key = bytes.map { b in text ?? b.map { String(format: "%02x", $0) }.joined() }
+            out.append(Entry(id: try r.int64(i, 0), topic: r.string(i, 1) ?? "", key: key,
+                             keyEncoding: bytes == nil ? nil : (text != nil ? "utf8" : "hex"),
                              attempts: Int(try r.int32(i, 3)), reason: r.string(i, 4) ?? "", errorCode: r.string(i, 5),
                              deadLetteredAt: r.string(i, 6) ?? ""))
         }

@@ -109,8 +109,9 @@ public struct OutboxQueries: Sendable {
         rows.reserveCapacity(result.rowCount)
         var scratch: [UInt8] = []
         var topics = TopicNames()
+        let reserved = shape.reservedHeaderNames
         for r in 0..<result.rowCount where !result.isNull(r, 1) {
-            rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics))
+            rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics, reserved: reserved))
         }
         return ClaimBatch(snapshot: snapshot, rows: rows)
     }
@@ -130,7 +131,7 @@ public struct OutboxQueries: Sendable {
     }
 
     static func row(_ result: PGResult, _ r: Int, shape: MessageShape, scratch: inout [UInt8],
-                    topics: inout TopicNames) throws(PGError) -> ClaimedRow {
+                    topics: inout TopicNames, reserved: [[UInt8]] = [Array(ClaimedRow.idHeader.utf8)]) throws(PGError) -> ClaimedRow {
         let id = try result.int64(r, 1)
         let shard = try result.int32(r, 2)
         let topic = topics.name(result, r, 3)
@@ -157,6 +158,8 @@ public struct OutboxQueries: Sendable {
             do {
                 try result.withRawValue(r, 7) { text throws(HeaderJSON.Malformed) in
                     try HeaderJSON.forEachMember(text, scratch: &scratch) { name, value in
+                        // The relay's own headers win: a row may not forge its outbox-id.
+                        for n in reserved where n.elementsEqual(name) { return }
                         message.addHeader(name: name, value: value)
                         if active { rowHeaders.append(String(decoding: name, as: UTF8.self)) }
                     }

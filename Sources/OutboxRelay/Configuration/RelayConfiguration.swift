@@ -1,4 +1,5 @@
 import Kafka
+import PGClient
 
 /// Everything `outbox-relay run` needs. Defaults are stated on each property; the command line
 /// layer (flags > environment > default) resolves values into this struct.
@@ -71,6 +72,9 @@ public struct RelayConfiguration: Sendable {
 
     /// Checks every setting; the error names the one at fault.
     public func validate() throws(RelayError) {
+        // Secret librdkafka values (SASL passwords, key passwords, OAUTHBEARER secrets) are
+        // removed by value from every message from now on.
+        for (k, v) in kafkaProperties where KafkaConfiguration.isSecret(k) { Secrets.register(v) }
         if databaseURL.isEmpty { throw RelayError(.configuration, "missing --database-url (OUTBOX_DATABASE_URL)") }
         _ = try Self.parseBrokers(brokers)
         _ = try OutboxTable(table)

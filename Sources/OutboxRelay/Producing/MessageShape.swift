@@ -2,8 +2,12 @@ import Foundation
 import Kafka
 
 /// Optional headers added to every message besides the row's own headers and `outbox-id`.
-/// A header the row already carries is never overwritten (trace context such as `traceparent`
-/// and `tracestate` passes through untouched).
+///
+/// The relay's own headers win: a row header named `outbox-id`, or named like the configured
+/// created-at or relay header, is dropped (a consumer de-duplicating on the first `outbox-id`
+/// must never see a forged one). CloudEvents `ce_*` headers the row carries win over the relay's
+/// (so producers can set `ce_type`); everything else the row carries passes through untouched
+/// (trace context such as `traceparent` and `tracestate` included).
 public struct MessageShape: Sendable, Equatable {
     /// Header carrying the row's `created_at` (RFC 3339, UTC, microseconds). Off when nil.
     public var createdAtHeader: String?
@@ -28,6 +32,12 @@ public struct MessageShape: Sendable, Equatable {
         return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", c.year!, c.month!, c.day!, c.hour!, c.minute!, c.second!, Int(fraction))
     }
 
+    /// Header names the relay sets itself and a row may not: `outbox-id` and the configured
+    /// created-at and relay headers, as bytes.
+    var reservedHeaderNames: [[UInt8]] {
+        [Array(ClaimedRow.idHeader.utf8)] + [createdAtHeader, relayHeader].compactMap { $0.map { Array($0.utf8) } }
+    }
+
     /// True when any optional header is configured.
     var isActive: Bool { createdAtHeader != nil || relayHeader != nil || cloudEventsSource != nil }
 
@@ -36,8 +46,9 @@ public struct MessageShape: Sendable, Equatable {
         func add(_ name: String, _ value: String) {
             if !rowHeaders.contains(name) { message.addHeader(name: name, value: value) }
         }
-        if let h = createdAtHeader { add(h, Self.rfc3339(micros: createdAtMicros)) }
-        if let h = relayHeader { add(h, relayName) }
+        // The row's own headers of these names were dropped (reservedHeaderNames).
+        if let h = createdAtHeader { message.addHeader(name: h, value: Self.rfc3339(micros: createdAtMicros)) }
+        if let h = relayHeader { message.addHeader(name: h, value: relayName) }
         if let source = cloudEventsSource {
             add("ce_specversion", "1.0")
             add("ce_id", String(id))

@@ -36,12 +36,14 @@ public enum Migration {
 
     static func notifyFunctionSQL(_ t: OutboxTable) -> String {
         """
-        CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS $outbox_relay$
+        CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS \(dollarQuote("""
+
         BEGIN
             PERFORM pg_notify(\(quoteLiteral(t.channel)), '');
             RETURN NULL;
         END
-        $outbox_relay$;
+
+        """));
         """
     }
 

@@ -35,10 +35,20 @@ public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
     public var sequenceSQL: String { qualify("\(name)_id_seq") }
     public var notifyFunctionSQL: String { qualify("\(name)_notify") }
     public var notifyTriggerName: String { "\(name)_notify" }
-    /// LISTEN/NOTIFY channel (at most 63 bytes, the identifier limit).
+    /// LISTEN/NOTIFY channel: at most 63 bytes (the identifier limit; `pg_notify` refuses
+    /// longer names while `LISTEN` would silently truncate them), cut at a character boundary so
+    /// that a multibyte name is never split — the trigger and the listener use this one string.
     public var channel: String {
         let full = "outbox_relay:\(schema).\(name)"
-        return String(decoding: full.utf8.prefix(63), as: UTF8.self)
+        var out = ""
+        var bytes = 0
+        for c in full.unicodeScalars {
+            let n = String(c).utf8.count
+            if bytes + n > 63 { break }
+            out.unicodeScalars.append(c)
+            bytes += n
+        }
+        return out
     }
 
     /// Payload of the notification sent when replicas join or leave.

@@ -16,17 +16,45 @@ public enum SchemaCheck {
         ("last_error", "text"), ("not_before", "timestamp with time zone"),
     ]
 
-    /// Privileges the relay's database user needs, per table.
-    public static func requiredPrivileges(_ t: OutboxTable) -> [(String, [String])] {
-        [(t.sql, ["SELECT", "DELETE", "UPDATE"]), (t.deadLetterSQL, ["SELECT", "INSERT"]),
-         (t.leasesSQL, ["SELECT", "UPDATE"]), (t.replicasSQL, ["SELECT", "INSERT", "UPDATE", "DELETE"]),
-         (t.metaSQL, ["SELECT"])]
+    /// What a command is about to do, hence which privileges it needs.
+    public enum Purpose: Sendable {
+        /// `run`: claim, delete, record attempts, dead-letter, lease, heartbeat.
+        case relay
+        /// `status`, `dead-letter list`, `validate`: read only — a monitoring role with SELECT.
+        case read
+        /// `dead-letter purge`.
+        case purgeDeadLetters
+        /// `dead-letter requeue`: back into the outbox as new rows.
+        case requeueDeadLetters
     }
 
-    /// Refuses to start — before producing anything — when a privilege is missing, naming it.
-    static func checkPrivileges(_ conn: PGConnection, table: OutboxTable) throws {
+    /// Privileges the relay's database user needs, per table.
+    public static func requiredPrivileges(_ t: OutboxTable) -> [(String, [String])] {
+        requiredPrivileges(t, for: .relay)
+    }
+
+    /// Privileges a command needs, per table (README, "Privileges").
+    public static func requiredPrivileges(_ t: OutboxTable, for purpose: Purpose) -> [(String, [String])] {
+        let read: [(String, [String])] = [(t.sql, ["SELECT"]), (t.deadLetterSQL, ["SELECT"]), (t.leasesSQL, ["SELECT"]),
+                                          (t.replicasSQL, ["SELECT"]), (t.metaSQL, ["SELECT"])]
+        switch purpose {
+        case .relay:
+            return [(t.sql, ["SELECT", "DELETE", "UPDATE"]), (t.deadLetterSQL, ["SELECT", "INSERT"]),
+                    (t.leasesSQL, ["SELECT", "UPDATE"]), (t.replicasSQL, ["SELECT", "INSERT", "UPDATE", "DELETE"]),
+                    (t.metaSQL, ["SELECT"])]
+        case .read:
+            return read
+        case .purgeDeadLetters:
+            return read + [(t.deadLetterSQL, ["DELETE"])]
+        case .requeueDeadLetters:
+            return read + [(t.deadLetterSQL, ["DELETE"]), (t.sql, ["INSERT"])]
+        }
+    }
+
+    /// Refuses — before doing anything — when a privilege is missing, naming the GRANT.
+    static func checkPrivileges(_ conn: PGConnection, table: OutboxTable, for purpose: Purpose = .relay) throws {
         let user = try conn.query("SELECT current_user::text").string(0, 0) ?? "?"
-        for (relation, privileges) in requiredPrivileges(table) {
+        for (relation, privileges) in requiredPrivileges(table, for: purpose) {
             for privilege in privileges {
                 let ok = try conn.query("SELECT has_table_privilege($1::text::regclass, $2)", [.text(relation), .text(privilege)]).bool(0, 0)
                 if !ok {
@@ -36,7 +64,7 @@ public enum SchemaCheck {
         }
     }
 
-    public static func check(_ conn: PGConnection, table: OutboxTable) throws(RelayError) -> OutboxSchemaInfo {
+    public static func check(_ conn: PGConnection, table: OutboxTable, for purpose: Purpose = .relay) throws(RelayError) -> OutboxSchemaInfo {
         let hint = "run `outbox-relay migrate --table \(table)` first"
         do {
             for (label, sql) in [("outbox table", table.sql), ("relay table", table.metaSQL),
@@ -77,7 +105,7 @@ public enum SchemaCheck {
             if let problem = try ClaimInvariants.problems(conn, table: table).first {
                 throw RelayError(.schema, "\(problem.problem); fix: \(problem.fix)")
             }
-            try checkPrivileges(conn, table: table)
+            try checkPrivileges(conn, table: table, for: purpose)
             return info
         } catch let error as RelayError {
             throw error
