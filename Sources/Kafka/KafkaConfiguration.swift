@@ -50,4 +50,12 @@ public struct KafkaConfiguration: Sendable, Equatable {
         let conf = try makeConf()
         rd_kafka_conf_destroy(conf)
     }
+
+    /// Whether librdkafka knows a property of this name (whatever its value would be).
+    public static func isKnownProperty(_ name: String) -> Bool {
+        guard let conf = rd_kafka_conf_new() else { return false }
+        defer { rd_kafka_conf_destroy(conf) }
+        var errstr = [CChar](repeating: 0, count: 256)
+        return rd_kafka_conf_set(conf, name, "", &errstr, errstr.count) != RD_KAFKA_CONF_UNKNOWN
+    }
 }

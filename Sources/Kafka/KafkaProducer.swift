@@ -15,6 +15,10 @@ public final class KafkaProducer: @unchecked Sendable {
     public enum Event: Sendable {
         case deliveryReports([DeliveryReport])
         case error(KafkaError)
+        /// One of librdkafka's own log lines (syslog level 0–7, facility such as `CONFWARN`),
+        /// routed here instead of librdkafka printing it to stderr, so it goes through the
+        /// application's logger (format, level, redaction).
+        case log(level: Int32, facility: String, message: String)
     }
 
     fileprivate let handle: OpaquePointer
@@ -57,8 +61,12 @@ public final class KafkaProducer: @unchecked Sendable {
     /// only where the caller put them; this type sets the event mask and nothing else.
     public init(configuration: KafkaConfiguration, onEvent: @escaping @Sendable (Event) -> Void) throws(KafkaError) {
         try Librdkafka.checkVersion()
+        var configuration = configuration
+        // librdkafka's log lines wait on a queue (also those of rd_kafka_new itself) until the
+        // poller below takes them as events, instead of going to stderr from its own threads.
+        configuration.set("log.queue", "true")
         let conf = try configuration.makeConf()
-        rd_kafka_conf_set_events(conf, Int32(RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR))
+        rd_kafka_conf_set_events(conf, Int32(RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG))
         var errstr = [CChar](repeating: 0, count: 512)
         // rd_kafka_new takes ownership of conf on success only.
         guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count) else {
@@ -67,6 +75,7 @@ public final class KafkaProducer: @unchecked Sendable {
         }
         handle = rk
         queue = rd_kafka_queue_get_main(rk)
+        _ = rd_kafka_set_log_queue(rk, queue)
         self.onEvent = onEvent
         let thread = Thread { [self] in pollLoop() }
         thread.name = "kafka-dr"
@@ -221,6 +230,14 @@ public final class KafkaProducer: @unchecked Sendable {
                                            message: String(cString: rd_kafka_event_error_string(event)))
                     if fatal, let cause = fatalError() { error = cause }
                     onEvent(.error(error))
+                case RD_KAFKA_EVENT_LOG:
+                    var facility: UnsafePointer<CChar>?
+                    var text: UnsafePointer<CChar>?
+                    var level: Int32 = 6
+                    if rd_kafka_event_log(event, &facility, &text, &level) == 0 {
+                        onEvent(.log(level: level, facility: facility.map { String(cString: $0) } ?? "",
+                                     message: text.map { String(cString: $0) } ?? ""))
+                    }
                 default:
                     break
                 }

@@ -23,6 +23,16 @@ public struct ConsumedMessage: Sendable {
 public enum KafkaTopicReader {
     public static func readAll(topic: String, configuration: KafkaConfiguration,
                                timeoutMilliseconds: Int = 30_000) throws(KafkaError) -> [ConsumedMessage] {
+        var out: [ConsumedMessage] = []
+        try forEach(topic: topic, configuration: configuration, timeoutMilliseconds: timeoutMilliseconds) { out.append($0) }
+        return out
+    }
+
+    /// Streams every message of `topic` from offset 0 to the current end of each partition to
+    /// `body`, one at a time (memory does not grow with the topic). Partitions interleave; each
+    /// partition's messages come in offset order.
+    public static func forEach(topic: String, configuration: KafkaConfiguration, timeoutMilliseconds: Int = 30_000,
+                               _ body: (ConsumedMessage) -> Void) throws(KafkaError) {
         var config = configuration
         config.set("group.id", "outbox-relay-reader-\(UUID().uuidString)")
         config.set("enable.auto.commit", "false")
@@ -50,7 +60,6 @@ public enum KafkaTopicReader {
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(.consume, err) }
 
         var done = Set<Int32>()
-        var out: [ConsumedMessage] = []
         let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
         while done.count < Int(partitions) {
             if Date() > deadline {
@@ -80,8 +89,7 @@ public enum KafkaTopicReader {
             var consumed = ConsumedMessage(topic: topic, partition: msg.partition, offset: msg.offset,
                                            key: key, value: value, headers: headers)
             consumed.timestampMillis = rd_kafka_message_timestamp(m, nil)
-            out.append(consumed)
+            body(consumed)
         }
-        return out
     }
 }

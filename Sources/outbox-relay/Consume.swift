@@ -1,22 +1,35 @@
 import ArgumentParser
 import Foundation
 import Kafka
+import OutboxRelay
+import PGClient
 
 struct Consume: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print every message of a topic from the beginning (topic, partition, offset, key, headers).")
+        abstract: "Print every message of a topic from the beginning (topic, partition, offset, key, headers), streaming.",
+        discussion: "Reads a SASL/TLS cluster with the same librdkafka properties as `run`: --kafka-property NAME=VALUE or OUTBOX_KAFKA_<NAME> (also _FILE).")
 
-    @Option(name: .customLong("brokers"), help: "Kafka brokers [env: OUTBOX_BROKERS]") var brokers: String?
+    @Option(name: .customLong("brokers"), help: settingHelp("brokers")) var brokers: String?
     @Option(name: .customLong("topic"), help: "Topic to read") var topic: String
     @Flag(name: .customLong("values"), help: "Also print values") var values = false
+    @Option(name: .customLong("kafka-property"), help: "librdkafka property NAME=VALUE, repeatable [env: OUTBOX_KAFKA_<NAME>]")
+    var kafkaProperty: [String] = []
 
     func run() throws {
-        guard let b = brokers ?? ProcessInfo.processInfo.environment["OUTBOX_BROKERS"] else {
-            fail("missing --brokers (OUTBOX_BROKERS)")
-        }
+        let settings: RelayConfiguration
         do {
-            let messages = try KafkaTopicReader.readAll(topic: topic, configuration: KafkaConfiguration([("bootstrap.servers", b)]))
-            for m in messages.sorted(by: { ($0.partition, $0.offset) < ($1.partition, $1.offset) }) {
+            settings = try Settings.resolve(flags: brokers.map { ["brokers": $0] } ?? [:], kafkaProperties: kafkaProperty,
+                                            environment: ProcessInfo.processInfo.environment)
+        } catch {
+            fail(error.description)
+        }
+        guard !settings.brokers.isEmpty else { fail("missing --brokers (OUTBOX_BROKERS)") }
+        // Only what the user passed through: the relay's producer settings mean nothing to a reader.
+        var kafka = KafkaConfiguration([("bootstrap.servers", settings.brokers)])
+        for (k, v) in settings.kafkaProperties { kafka.set(k, v) }
+        for (k, v) in settings.kafkaProperties where KafkaConfiguration.isSecret(k) { Secrets.register(v) }
+        do {
+            try KafkaTopicReader.forEach(topic: topic, configuration: kafka) { m in
                 let key = m.key.map { String(decoding: $0, as: UTF8.self) } ?? "<null>"
                 let headers = m.headers.map { "\($0.name)=\($0.value.map { String(decoding: $0, as: UTF8.self) } ?? "<null>")" }
                 var line = "topic=\(m.topic) partition=\(m.partition) offset=\(m.offset) key=\(key) headers={\(headers.joined(separator: ", "))}"
@@ -24,7 +37,7 @@ struct Consume: ParsableCommand {
                 print(line)
             }
         } catch {
-            fail("\(error)")
+            fail(Redaction.redact("\(error)"))
         }
     }
 }

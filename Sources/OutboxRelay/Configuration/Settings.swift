@@ -1,4 +1,5 @@
 import Foundation
+import Kafka
 
 /// The one table of `run` settings: flag, environment variable, default and help. The command
 /// line, `--help` and the README's configuration table are all derived from it.
@@ -77,11 +78,16 @@ public enum Settings {
                 try setting.apply(&config, v)
             }
         }
-        // Kafka pass-through: environment first, then flags (later wins).
-        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("OUTBOX_KAFKA_") && !name.hasSuffix("_FILE") {
+        // Kafka pass-through: environment first, then flags (later wins). `…_FILE` reads the value
+        // from a file — unless the whole name is itself a librdkafka property (librdkafka has
+        // properties ending in `.file`, e.g. sasl.oauthbearer.assertion.private.key.file).
+        func indirect(_ name: String) -> Bool {
+            name.hasSuffix("_FILE") && !KafkaConfiguration.isKnownProperty(kafkaPropertyName(fromEnvironment: name))
+        }
+        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("OUTBOX_KAFKA_") && !indirect(name) {
             config.kafkaProperties.append((kafkaPropertyName(fromEnvironment: name), value))
         }
-        for (name, _) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("OUTBOX_KAFKA_") && name.hasSuffix("_FILE") {
+        for (name, _) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("OUTBOX_KAFKA_") && indirect(name) {
             let base = String(name.dropLast(5))
             if environment[base] == nil, let v = try environmentValue(base, environment) {
                 config.kafkaProperties.append((kafkaPropertyName(fromEnvironment: base), v))

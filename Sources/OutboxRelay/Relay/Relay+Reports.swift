@@ -13,6 +13,11 @@ extension Relay {
             switch tagged.event {
             case .deliveryReports(let reports):
                 handle(reports)
+            case .log(let level, let facility, let message):
+                // librdkafka's own lines, with its syslog level, through the relay's logger.
+                let mapped: Logger.Level = level <= 2 ? .error : level <= 4 ? .warning
+                    : level == 5 ? .notice : level == 6 ? .info : .debug
+                logger.log(level: mapped, "librdkafka: \(message)", metadata: ["kafka.facility": "\(facility)"])
             case .error(let error):
                 if error.isFatal {
                     logger.error("fatal Kafka producer error", metadata: [LogKey.error: "\(error)"])

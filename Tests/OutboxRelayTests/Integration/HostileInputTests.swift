@@ -123,4 +123,40 @@ import Testing
         #expect(purge.status != 0)
         #expect(purge.output.contains("lacks DELETE on \(table.deadLetterSQL)") && purge.output.contains("GRANT DELETE"), "\(purge.output)")
     }
+
+    /// `consume` takes the same librdkafka pass-through as `run` (a bad one is refused, naming it)
+    /// and streams the topic.
+    @Test func consumeTakesKafkaPropertiesAndStreams() throws {
+        let topic = try TestEnvironment.topics(1, partitions: 2)[0]
+        let table = try TestEnvironment.migratedTable()
+        let conn = try TestEnvironment.connect()
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT $1, convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 3) i", [.text(topic)])
+        let relay = try RelayProcess(RelayProcess.runArguments(table: table.description))
+        defer { relay.terminate() }
+        let deadline = Date().addingTimeInterval(30)
+        while try TestEnvironment.count(table) > 0, Date() < deadline { usleep(20_000) }
+        let ok = try run(["consume", "--brokers", TestEnvironment.brokers, "--topic", topic, "--kafka-property", "client.id=consume-test"])
+        #expect(ok.status == 0, "\(ok.output)")
+        #expect(ok.output.split(separator: "\n").filter { $0.hasPrefix("topic=") }.count == 3, "\(ok.output)")
+        let bad = try run(["consume", "--brokers", TestEnvironment.brokers, "--topic", topic], environment: ["OUTBOX_KAFKA_BOGUS_PROPERTY": "1"])
+        #expect(bad.status != 0)
+        #expect(bad.output.contains("bogus.property"), "\(bad.output)")
+    }
+
+    /// With --log-format json every line on stderr is one JSON object — librdkafka's own lines
+    /// (the CONFWARN at start-up) included, routed through the relay's logger.
+    @Test func jsonLogsAreJSONIncludingLibrdkafkasLines() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let relay = try RelayProcess(RelayProcess.runArguments(table: table.description, extra: ["--log-format", "json"]))
+        try await TestEnvironment.eventually("librdkafka's start-up line logged") { relay.output.contains("librdkafka:") }
+        #expect(relay.terminate() == 0)
+        let lines = relay.output.split(separator: "\n")
+        #expect(!lines.isEmpty)
+        for line in lines {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object != nil, "not a JSON object: \(line.prefix(200))")
+            #expect(object?["time"] as? String != nil && object?["source"] as? String != nil, "\(line.prefix(200))")
+        }
+        #expect(lines.contains { $0.contains("\"kafka.facility\":\"CONFWARN\"") }, "librdkafka's CONFWARN went through the logger")
+    }
 }

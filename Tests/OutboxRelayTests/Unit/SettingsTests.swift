@@ -80,6 +80,21 @@ import Testing
         #expect(c.deliveryBoundSeconds == 121)
     }
 
+    /// `OUTBOX_KAFKA_…_FILE` reads a value from a file — except where the whole name is a real
+    /// librdkafka property ending in `.file`.
+    @Test func aLibrdkafkaPropertyEndingInFileIsNotAFileIndirection() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sasl-\(UUID().uuidString)").path
+        try "from-file\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let c = try Settings.resolve(flags: [:], environment: [
+            "OUTBOX_KAFKA_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE": "/etc/keys/assertion.pem",
+            "OUTBOX_KAFKA_SASL_PASSWORD_FILE": path,
+        ])
+        let props = Dictionary(c.kafkaProperties, uniquingKeysWith: { $1 })
+        #expect(props["sasl.oauthbearer.assertion.private.key.file"] == "/etc/keys/assertion.pem")
+        #expect(props["sasl.oauthbearer.assertion.private.key"] == nil, "not read as a file")
+        #expect(props["sasl.password"] == "from-file")
+    }
+
     @Test func aTransactionalIdIsRefusedWithTheReason() {
         var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
         c.kafkaProperties = [("transactional.id", "relay-1")]
