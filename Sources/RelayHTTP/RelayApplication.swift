@@ -1,3 +1,4 @@
+import Kafka
 import Logging
 import OutboxRelay
 import Prometheus
@@ -13,11 +14,21 @@ public struct RelayApplication: Sendable {
     /// ``RelayError`` that names it), and its HTTP server on the configured host and port.
     public static func build(configuration: RelayConfiguration, registry: PrometheusCollectorRegistry,
                              logger: Logger) async throws(RelayError) -> RelayApplication {
+        RelayMetrics.recordBuildInfo(version: RelayVersion.current, librdkafka: Librdkafka.versionString)
         let relay = try Relay(configuration: configuration, logger: logger)
         try await relay.start()
         let http = RelayHTTPServer(relay: relay, registry: registry, host: configuration.httpHost,
                                    port: configuration.httpPort, logger: logger)
         return RelayApplication(relay: relay, http: http)
+    }
+
+    /// The Prometheus factory `main` bootstraps swift-metrics with: the relay's histograms get
+    /// buckets that resolve its real latencies.
+    public static func metricsFactory(registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets[RelayMetrics.commitToAckLabel] = RelayMetrics.commitToAckBuckets
+        factory.durationHistogramBuckets[RelayMetrics.statementLabel] = RelayMetrics.statementBuckets
+        return factory
     }
 
     /// Both services in one group, shut down on SIGTERM/SIGINT when `signals` (the command) or

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Kafka
 import Logging
 import OutboxRelay
 
@@ -12,6 +13,7 @@ struct OutboxRelayCommand: AsyncParsableCommand {
             Every option of `run` also reads an environment variable: --some-name <=> OUTBOX_SOME_NAME \
             (OUTBOX_SOME_NAME_FILE reads it from a file). Flags win over the environment.
             """,
+        version: "outbox-relay \(RelayVersion.current) (librdkafka \(Librdkafka.versionString))",
         subcommands: [Migrate.self, Run.self, Status.self, Validate.self, DeadLetter.self, Consume.self, ConfigTable.self])
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Kafka
 import Logging
 import Metrics
 import OutboxRelay
@@ -69,7 +70,7 @@ struct Run: AsyncParsableCommand {
         let logger = bootstrapLogging(level: logLevel, format: logFormat, file: file)
         // Prometheus is bootstrapped here, in main only; the relay records through swift-metrics.
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        MetricsSystem.bootstrap(RelayApplication.metricsFactory(registry: registry))
         let application: RelayApplication
         do {
             let configuration = try Settings.resolve(flags: flagValues, kafkaProperties: kafkaProperty, environment: env, file: file)

@@ -5,13 +5,17 @@ import PGClient
 struct BacklogQueries: Sendable {
     let table: OutboxTable
 
-    func sample(_ conn: PGConnection) throws(PGError) -> (rows: Int64, oldestAgeSeconds: Double) {
-        let r = try conn.execute(prepared: "backlog_sample", """
+    /// Backlog (planner estimate; 0 when empty), oldest row age, and dead letters (exact up to
+    /// 10 000: a gauge to alert on, cheap however large the table grows).
+    func sample(_ conn: PGConnection) throws(PGError) -> (rows: Int64, oldestAgeSeconds: Double, deadLetters: Int64) {
+        let r = try conn.execute(prepared: "backlog_sample_v2", """
             SELECT (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8::text FROM \(table.sql) ORDER BY id LIMIT 1),
-                   (SELECT greatest(n_live_tup, 1) FROM pg_stat_user_tables WHERE relid = $1::text::regclass)
+                   (SELECT greatest(n_live_tup, 1) FROM pg_stat_user_tables WHERE relid = $1::text::regclass),
+                   (SELECT count(*) FROM (SELECT 1 FROM \(table.deadLetterSQL) LIMIT 10000) AS d)
             """, [.text(table.sql)])
-        guard let age = r.string(0, 0).flatMap(Double.init) else { return (0, 0) }
+        let deadLetters = try r.int64(0, 2)
+        guard let age = r.string(0, 0).flatMap(Double.init) else { return (0, 0, deadLetters) }
         let rows = r.isNull(0, 1) ? 1 : try r.int64(0, 1)
-        return (rows, age)
+        return (rows, age, deadLetters)
     }
 }

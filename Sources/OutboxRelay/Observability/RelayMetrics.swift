@@ -3,7 +3,7 @@ import Metrics
 /// The relay's metrics, created once per relay through swift-metrics (the process chooses the
 /// backend: Prometheus in `outbox-relay run`). Every name has the `outbox_relay_` prefix and
 /// follows Prometheus conventions (`_total` counters, `_seconds` durations).
-final class RelayMetrics: Sendable {
+public final class RelayMetrics: Sendable {
     static let prefix = "outbox_relay_"
     let table: String
 
@@ -22,6 +22,7 @@ final class RelayMetrics: Sendable {
     let deleteDuration: Timer
     let leaseDuration: Timer
     let ready: Gauge
+    let deadLetters: Gauge
 
     init(table: String) {
         self.table = table
@@ -41,6 +42,27 @@ final class RelayMetrics: Sendable {
         deleteDuration = Timer(label: Self.prefix + "db_statement_duration_seconds", dimensions: t + [("statement", "delete")], preferredDisplayUnit: .seconds)
         leaseDuration = Timer(label: Self.prefix + "db_statement_duration_seconds", dimensions: t + [("statement", "lease")], preferredDisplayUnit: .seconds)
         ready = Gauge(label: Self.prefix + "ready", dimensions: t)
+        deadLetters = Gauge(label: Self.prefix + "dead_letters", dimensions: t)
+    }
+
+    /// Histogram buckets that resolve the relay's real latencies (p50 commit → ack is about a
+    /// millisecond; the default buckets started at 5 ms), for backends that take them.
+    public static let commitToAckBuckets: [Duration] = [
+        .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(3), .milliseconds(5),
+        .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30), .seconds(60),
+    ]
+    public static let statementBuckets: [Duration] = [
+        .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+        .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .seconds(5),
+    ]
+    public static let commitToAckLabel = prefix + "commit_to_ack_seconds"
+    public static let statementLabel = prefix + "db_statement_duration_seconds"
+
+    /// `outbox_relay_build_info{version, librdkafka} 1`.
+    public static func recordBuildInfo(version: String, librdkafka: String) {
+        Gauge(label: prefix + "build_info", dimensions: [("version", version), ("librdkafka", librdkafka)]).record(1)
     }
 
     func produced(topic: String, count: Int) {

@@ -10,9 +10,10 @@ extension Relay {
         guard let session = leaseSession, !terminated else { return }
         let queries = backlog
         do {
-            let (rows, age) = try await session.withConnection { conn throws(PGError) in try queries.sample(conn) }
+            let (rows, age, deadLetters) = try await session.withConnection { conn throws(PGError) in try queries.sample(conn) }
             metrics.backlogRows.record(rows)
             metrics.oldestRowAge.record(age)
+            metrics.deadLetters.record(deadLetters)
         } catch {
             lastDatabaseError = "\(error)"
         }

@@ -15,6 +15,8 @@ extension Relay {
             await leaseTick(announce: first)
             await sampleBacklog()
             probeBroker()
+            // Readiness as a metric follows the relay's own state, not only /readyz requests.
+            _ = health()
             first = false
             await leaseWake.wait(timeout: interval)
         }

@@ -65,7 +65,10 @@ import Testing
         let metrics = try httpGet(port: r.port, path: "/metrics").body
         for name in ["outbox_relay_commit_to_ack_seconds_bucket", "outbox_relay_batch_rows", "outbox_relay_in_flight_rows",
                      "outbox_relay_shards_held{\(labels)} 256", "outbox_relay_live_replicas", "outbox_relay_oldest_row_age_seconds",
-                     "outbox_relay_db_statement_duration_seconds_bucket"] {
+                     "outbox_relay_db_statement_duration_seconds_bucket", "outbox_relay_dead_letters{\(labels)} 0",
+                     "outbox_relay_build_info{", "outbox_relay_ready{\(labels)} 1",
+                     // Buckets that resolve millisecond latencies (the defaults began at 5 ms).
+                     "outbox_relay_commit_to_ack_seconds_bucket{\(labels),le=\"0.001\"}"] {
             #expect(metrics.contains(name), "missing \(name)")
         }
 

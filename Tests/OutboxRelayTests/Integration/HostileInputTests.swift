@@ -159,4 +159,10 @@ import Testing
         }
         #expect(lines.contains { $0.contains("\"kafka.facility\":\"CONFWARN\"") }, "librdkafka's CONFWARN went through the logger")
     }
+
+    @Test func versionNamesTheRelayAndLibrdkafka() throws {
+        let (status, output) = try run(["--version"])
+        #expect(status == 0)
+        #expect(output.contains("outbox-relay \(RelayVersion.current)") && output.contains("librdkafka 2."), "\(output)")
+    }
 }

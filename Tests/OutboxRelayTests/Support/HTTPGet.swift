@@ -1,4 +1,5 @@
 import Foundation
+import RelayHTTP
 import Metrics
 import Prometheus
 
@@ -52,7 +53,8 @@ private func dechunk(_ s: String) -> String {
 enum TestMetrics {
     static let registry: PrometheusCollectorRegistry = {
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        // The same factory (and histogram buckets) as `outbox-relay run`.
+        MetricsSystem.bootstrap(RelayApplication.metricsFactory(registry: registry))
         return registry
     }()
 
