@@ -26,6 +26,7 @@ import Testing
     }
 
     @Test func knownSecretsAreRemovedByValueWhereverTheyAppear() throws {
+        defer { Secrets.reset() }
         #expect(throws: PGError.self) { try ConnectionString.inspect("postgresql://u:Sec%zzret@h/db") }
         try ConnectionString.inspect("host=h password='qu ote\\'d pw' dbname=x")
         #expect(Redaction.redact("boom: qu ote'd pw at the end") == "boom: *** at the end")
