@@ -4,19 +4,22 @@
 # ---------------------------------------------------------------------------------------------
 FROM swift:6.1-bookworm AS build
 
-# libpq-dev for the CLibPQ target; the rest builds librdkafka (same list as scripts/bootstrap).
-# xz-utils only in case the Debian orig tarball is ever .tar.xz.
+# libpq-dev for the CLibPQ target; the rest builds librdkafka (same list as scripts/bootstrap;
+# libcurl4-openssl-dev for SASL/OAUTHBEARER OIDC). xz-utils only in case the Debian orig tarball
+# is ever .tar.xz.
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get -q update \
  && apt-get -q install -y --no-install-recommends \
       libpq-dev build-essential pkg-config zlib1g-dev libssl-dev libsasl2-dev libzstd-dev \
-      liblz4-dev python3 ca-certificates dpkg-dev xz-utils \
+      liblz4-dev libcurl4-openssl-dev python3 ca-certificates dpkg-dev xz-utils \
  && rm -rf /var/lib/apt/lists/*
 
 # librdkafka >= 2.10 is required (bookworm's 2.0.2 mis-parses KIP-482 tagged fields; 2.8-2.9
 # crash on topic-error metadata), so build Debian forky's source package into /usr/local, as
-# scripts/bootstrap does. Private apt sources/lists keep the image's own apt state on bookworm;
-# the mirror is whichever one the base image is configured with, never a hard-coded host.
+# scripts/bootstrap does, with libcurl (--enable-curl fails rather than silently dropping it):
+# sasl.oauthbearer.method=oidc needs it. Private apt sources/lists keep the image's own apt state
+# on bookworm; the mirror is whichever one the base image is configured with, never a hard-coded
+# host.
 RUN set -eu; \
     work=/tmp/rdkafka; mkdir -p "$work/lists/partial" "$work/src" "$work/tree"; \
     mirror="$(grep -E '^URIs:' /etc/apt/sources.list.d/debian.sources | awk '{print $2}' | grep -v security | head -n1)"; \
@@ -27,10 +30,11 @@ RUN set -eu; \
     (cd "$work/src" && apt-get $aptopts source --download-only librdkafka/forky); \
     tar -C "$work/tree" -xf "$(ls "$work"/src/librdkafka_*.orig.tar.* | head -n1)"; \
     cd "$(find "$work/tree" -mindepth 1 -maxdepth 1 -type d | head -n1)"; \
-    ./configure --prefix=/usr/local --disable-debug-symbols --disable-curl; \
+    ./configure --prefix=/usr/local --disable-debug-symbols --enable-curl; \
     make -C src -j"$(nproc)"; \
     make -C src install; \
     ldconfig; \
+    ldd /usr/local/lib/librdkafka.so.1 | grep -q 'libcurl\.so'; \
     echo "librdkafka $(pkg-config --modversion rdkafka) installed in /usr/local"; \
     rm -rf "$work"
 
@@ -48,13 +52,14 @@ RUN swift build -c release --product outbox-relay \
 FROM debian:bookworm-slim
 
 # Runtime libraries only: libpq for PostgreSQL, and what librdkafka was linked against
-# (OpenSSL, Cyrus SASL, zstd, lz4, zlib). libstdc++6/libgcc-s1 for the Swift runtime come
-# with the base image. ca-certificates for TLS to brokers and databases. curl for container
+# (OpenSSL, Cyrus SASL, zstd, lz4, zlib, and libcurl4 — the OpenSSL flavour — for OIDC token
+# requests). libstdc++6/libgcc-s1 for the Swift runtime come with the base image.
+# ca-certificates for TLS to brokers, databases and the OIDC token endpoint. curl for container
 # health checks against the relay's HTTP port (docker-compose.yml: GET /readyz).
 RUN export DEBIAN_FRONTEND=noninteractive \
  && apt-get -q update \
  && apt-get -q install -y --no-install-recommends \
-      libpq5 libssl3 libsasl2-2 libzstd1 liblz4-1 zlib1g ca-certificates curl \
+      libpq5 libssl3 libsasl2-2 libzstd1 liblz4-1 zlib1g libcurl4 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 
 # librdkafka as built above (/usr/local/lib is already on Debian's ld.so path).
