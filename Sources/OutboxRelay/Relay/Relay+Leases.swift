@@ -95,6 +95,8 @@ extension Relay {
             // Wake the claim loop only when what it may claim changed (new or resumed shards):
             // an idle relay is otherwise woken by NOTIFY or its poll timer alone.
             if leases.claimable(now: monotonicSeconds()) != lastClaimable { claimWake.signal() }
+            let nowHeld = leases.heldShards
+            wakeFilter.update(nowHeld)
             metrics.shardsHeld.record(leases.heldShards.count)
         } catch {
             lastDatabaseError = "\(error)"

@@ -61,12 +61,18 @@ extension Relay {
         let listener = PGListener(url: url, applicationName: "outbox-relay-listen", channels: [table.channel],
                                   onError: { [logger] error in
                                       logger.warning("notification listener reconnecting", metadata: [LogKey.error: "\(error)"])
-                                  }) { [claimWake, leaseWake] note in
-            if let note, note.payload == OutboxTable.rebalancePayload {
-                leaseWake.signal()
-            } else {
+                                  }) { [claimWake, leaseWake, wakeFilter] note in
+            guard let note else {
+                // (Re)connected: notifications may have been missed.
                 claimWake.signal()
-                if note == nil { leaseWake.signal() }
+                leaseWake.signal()
+                return
+            }
+            if note.payload == OutboxTable.rebalancePayload {
+                leaseWake.signal()
+            } else if wakeFilter.wakes(note.payload) {
+                // Only rows of shards this replica holds wake its claim loop.
+                claimWake.signal()
             }
         }
         self.listener = listener

@@ -35,6 +35,9 @@ public actor Relay: Service {
     nonisolated let leaseWake = WakeSignal()
     nonisolated let windowWake = WakeSignal()
     nonisolated let stopFlag = StopFlag()
+    /// Which insert notifications wake the claim loop (the shards held): updated by the lease
+    /// loop, read on the listener's thread. Sized for the largest shard count `migrate` allows.
+    nonisolated let wakeFilter = WakeFilter(shardCount: 65_536)
 
     var cursor = ClaimCursor()
     let failurePolicy: FailurePolicy

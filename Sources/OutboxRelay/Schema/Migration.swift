@@ -34,12 +34,18 @@ public enum Migration {
         "ELSE ((('x' || substr(md5(key), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
     }
 
+    /// One notification per INSERT statement, naming the shards it wrote (`shards:3,17`; `*` past
+    /// WakeFilter.maxListed), so that only their owners claim. PostgreSQL folds identical
+    /// notifications of one transaction into one.
     static func notifyFunctionSQL(_ t: OutboxTable) -> String {
         """
         CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS \(dollarQuote("""
 
         BEGIN
-            PERFORM pg_notify(\(quoteLiteral(t.channel)), '');
+            PERFORM pg_notify(\(quoteLiteral(t.channel)),
+                CASE WHEN count(DISTINCT shard) > \(WakeFilter.maxListed) THEN '*'
+                     ELSE '\(WakeFilter.payloadPrefix)' || string_agg(DISTINCT shard::text, ',') END)
+            FROM outbox_relay_new_rows HAVING count(*) > 0;
             RETURN NULL;
         END
 
@@ -48,7 +54,8 @@ public enum Migration {
     }
 
     static func notifyTriggerSQL(_ t: OutboxTable) -> String {
-        "CREATE OR REPLACE TRIGGER \(quoteIdentifier(t.notifyTriggerName)) AFTER INSERT ON \(t.sql) FOR EACH STATEMENT EXECUTE FUNCTION \(t.notifyFunctionSQL)();"
+        "CREATE OR REPLACE TRIGGER \(quoteIdentifier(t.notifyTriggerName)) AFTER INSERT ON \(t.sql) " +
+        "REFERENCING NEW TABLE AS outbox_relay_new_rows FOR EACH STATEMENT EXECUTE FUNCTION \(t.notifyFunctionSQL)();"
     }
 
     static func autovacuumSQL(_ t: OutboxTable) -> String {

@@ -71,3 +71,50 @@ import Testing
         #expect(v.orderInversions == 0, "\(v)")
     }
 }
+
+@Suite(.serialized) struct WakeUpTests {
+    /// A row wakes (only) the replica that owns its shard: with two replicas splitting the shards
+    /// and no poll timer, rows of the first one's shards cost the second one no claims.
+    @Test func aRowWakesOnlyItsShardsOwner() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        var config = TestEnvironment.configuration(table: table, pollMillis: 600_000)
+        config.heartbeatIntervalMillis = 300
+        let a = try await RunningRelay.start(config)
+        let b = try await RunningRelay.start(config)
+        try await TestEnvironment.eventually("the shards split between the two") {
+            let (ha, hb) = (await a.relay.heldShards().count, await b.relay.heldShards().count)
+            return ha == 128 && hb == 128
+        }
+        let aShards = Set(await a.relay.heldShards())
+        let conn = try TestEnvironment.connect()
+        // Keys whose shard (md5-based, as the table computes it) belongs to replica a.
+        var keys: [String] = []
+        var i = 0
+        while keys.count < 20 {
+            let key = "wake-\(i)"
+            let shard = try conn.query("SELECT (((('x' || substr(md5(convert_to($1, 'UTF8')), 1, 8))::bit(32)::integer & 2147483647) % 256))::integer",
+                                       [.text(key)]).int32(0, 0)
+            if aShards.contains(shard) { keys.append(key) }
+            i += 1
+        }
+        // Let both settle into their idle wait, then count.
+        try await TestEnvironment.eventually("idle") {
+            let before = (await a.relay.statistics().claims, await b.relay.statistics().claims)
+            try await Task.sleep(nanoseconds: 200_000_000)
+            return (await a.relay.statistics().claims, await b.relay.statistics().claims) == before
+        }
+        let bBefore = await b.relay.statistics().claims
+        let aBefore = await a.relay.statistics().claims
+        for key in keys {
+            try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, convert_to($2, 'UTF8'), 'v')", [.text(topic), .text(key)])
+            try await TestEnvironment.eventually("relayed") { try TestEnvironment.count(table) == 0 }
+        }
+        let aClaims = await a.relay.statistics().claims - aBefore
+        let bClaims = await b.relay.statistics().claims - bBefore
+        try await a.stop()
+        try await b.stop()
+        #expect(aClaims >= 20, "the owner claimed each row: \(aClaims)")
+        #expect(bClaims <= 2, "the other replica was not woken by rows it does not own: \(bClaims) claims")
+    }
+}

@@ -83,3 +83,21 @@ import Testing
         #expect(t.epochArray()[0] == 7, "but its acknowledged rows are still deleted under its epoch")
     }
 }
+
+@Suite struct WakeFilterTests {
+    @Test func onlyNotificationsNamingAHeldShardWake() {
+        let f = WakeFilter(shardCount: 256)
+        f.update([3, 64, 200])
+        #expect(f.wakes("shards:3"))
+        #expect(f.wakes("shards:1,2,200"))
+        #expect(!f.wakes("shards:1,2,65"))
+        #expect(!f.wakes("shards:4"))
+        #expect(f.wakes("*"), "a statement with many shards wakes everyone")
+        #expect(f.wakes(""), "an older trigger's empty payload wakes everyone")
+        #expect(f.wakes("shards:"), "unreadable: wake")
+        #expect(f.wakes("shards:1,,2"), "unreadable: wake")
+        #expect(f.wakes("shards:99999"), "out of range: wake")
+        f.update([])
+        #expect(!f.wakes("shards:3"))
+    }
+}
