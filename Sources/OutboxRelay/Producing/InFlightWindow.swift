@@ -51,6 +51,19 @@ public struct InFlightWindow: Sendable {
 
     /// Rows that may be claimed now.
     public var rowRoom: Int { bytes >= maxBytes ? 0 : max(0, maxRows - rows) }
+    /// Bytes that still fit.
+    public var byteRoom: Int { max(0, maxBytes - bytes) }
+
+    /// Rows the next claim may read so that the byte budget — not the backlog — bounds memory:
+    /// `byteRoom` over the average size of recently claimed rows, at most `batchSize` and the
+    /// row room, at least 1. Before any row was seen (sizes unknown) a claim reads at most
+    /// `coldStartRows`. A sudden switch from small to large rows can still overshoot once, by at
+    /// most the claim's row count × the large size; the next claim adapts.
+    public func claimLimit(batchSize: Int, averageRowBytes: Double?, coldStartRows: Int = 32) -> Int {
+        let byRows = min(batchSize, rowRoom)
+        guard let average = averageRowBytes, average > 0 else { return max(1, min(byRows, coldStartRows)) }
+        return max(1, min(byRows, Int(Double(byteRoom) / average)))
+    }
     public var isEmpty: Bool { rows == 0 }
 
     /// Admits a row about to be produced; returns the opaque sequence for its message.

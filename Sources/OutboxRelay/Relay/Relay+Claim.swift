@@ -42,7 +42,7 @@ extension Relay {
                 await claimWake.wait(timeout: wait)
                 continue
             }
-            let limit = min(configuration.batchSize, room)
+            let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes)
             let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
             let queries = outbox
             let allShards = shards.count == leases.shardCount
@@ -58,6 +58,12 @@ extension Relay {
                 continue
             }
             stats.claims += 1
+            if !batch.rows.isEmpty {
+                // Average message size of recent claims (bytes of key, value and headers): what
+                // the next claim's row limit is sized by.
+                let claimed = Double(batch.rows.reduce(0) { $0 + $1.message.byteCount }) / Double(batch.rows.count)
+                averageRowBytes = averageRowBytes.map { 0.7 * $0 + 0.3 * claimed } ?? claimed
+            }
             failureStreak = 0  // the back-off grows with consecutive failures only
             if request.mode == .sweep { stats.sweeps += 1 }
             metrics.claimDuration.recordSeconds(monotonicSeconds() - now)

@@ -66,6 +66,8 @@ public actor Relay: Service {
     var recreating: Bool { lifecycle.state == .recreatingProducer }
     var terminated: Bool { lifecycle.terminated }
     var lastClaimable: [Int32] = []
+    /// Average message bytes of recently claimed rows (nil until a row was seen).
+    var averageRowBytes: Double?
     var pausedUntil: Double = 0
     var failureStreak = 0
     var metadataRefreshedAt: [String: Double] = [:]

@@ -108,3 +108,90 @@ import Testing
         #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
     }
 }
+
+@Suite(.serialized) struct ResourceFaultTests {
+    func ids(_ r: PGResult) throws -> Set<Int64> {
+        var out = Set<Int64>()
+        for i in 0..<r.rowCount { out.insert(try r.int64(i, 0)) }
+        return out
+    }
+
+    func peakRSSMiB(_ pid: Int32) -> Double? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kb = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") else { return nil }
+        return kb / 1024
+    }
+
+    /// A backlog of 300 rows of 900 KB each (270 MB): the in-flight window (16 MiB by default)
+    /// bounds the relay's memory, not the backlog.
+    @Test func memoryIsBoundedByTheWindowNotABacklogOfLargeRows() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        let conn = try TestEnvironment.connect()
+        let all = try ids(conn.query("""
+            INSERT INTO \(table.sql) (topic, key, value)
+            SELECT $1, convert_to('k' || (i % 20), 'UTF8'), convert_to(repeat(chr(65 + i % 26), 900000), 'UTF8')
+            FROM generate_series(1, 300) i RETURNING id
+            """, [.text(topic)]))
+        let started = Date()
+        let relay = try RelayProcess(RelayProcess.runArguments(table: table.description))
+        try await TestEnvironment.eventually("drained", timeout: 120) { try TestEnvironment.count(table) == 0 }
+        let elapsed = Date().timeIntervalSince(started)
+        let rss = peakRSSMiB(relay.pid)
+        #expect(relay.terminate() == 0)
+        let v = try Verification.verify(topics: [topic], expectedIds: all)
+        let left = try leftovers(table)
+        FaultReport("backlog of 300 rows of 900 KB (270 MB) with a 16 MiB in-flight window",
+                    bound: "relay peak RSS < 160 MiB; lost 0, duplicates 0, order inversions 0", inserted: all.count, verification: v,
+                    pending: left.pending, deadLettered: left.deadLettered, recoverySeconds: elapsed,
+                    note: "relay peak RSS \(rss.map { String(format: "%.0f", $0) } ?? "?") MiB; recovery = relay start to backlog 0").write()
+        #expect(rss.map { $0 < 160 } ?? false, "peak RSS \(rss ?? -1) MiB")
+        #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
+    }
+
+    /// The relay's role reaches its connection limit while reconnecting (backends terminated,
+    /// CONNECTION LIMIT 0): every reconnect is refused with 53300; once the limit is lifted the
+    /// relay reconnects and drains, losing nothing.
+    @Test func connectionLimitReachedWhileReconnecting() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        let admin = try TestEnvironment.connect()
+        let role = "relay_\(UUID().uuidString.prefix(8).lowercased())"
+        try admin.executeScript("""
+            CREATE ROLE \(role) LOGIN;
+            GRANT USAGE ON SCHEMA public TO \(role);
+            GRANT SELECT, UPDATE, DELETE ON \(table.sql) TO \(role);
+            GRANT SELECT, INSERT ON \(table.deadLetterSQL) TO \(role);
+            GRANT SELECT, UPDATE ON \(table.leasesSQL) TO \(role);
+            GRANT SELECT, INSERT, UPDATE, DELETE ON \(table.replicasSQL) TO \(role);
+            GRANT SELECT ON \(table.metaSQL) TO \(role);
+            """)
+        defer { try? admin.executeScript("DROP OWNED BY \(role); DROP ROLE IF EXISTS \(role)") }
+        var all = try ids(admin.query("""
+            INSERT INTO \(table.sql) (topic, key, value) SELECT $1, convert_to('k' || (i % 100), 'UTF8'), 'v' FROM generate_series(1, 20000) i RETURNING id
+            """, [.text(topic)]))
+        var args = RelayProcess.runArguments(table: table.description)
+        args[args.firstIndex(of: "--database-url")! + 1] = TestEnvironment.databaseURL.replacingOccurrences(of: "postgres@", with: "\(role)@")
+        let relay = try RelayProcess(args)
+        try await TestEnvironment.eventually("progress") { try TestEnvironment.count(table) < 20_000 }
+        try admin.executeScript("ALTER ROLE \(role) CONNECTION LIMIT 0")
+        _ = try admin.query("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1", [.text(role)])
+        all.formUnion(try ids(admin.query("""
+            INSERT INTO \(table.sql) (topic, key, value) SELECT $1, convert_to('k' || (i % 100), 'UTF8'), 'w' FROM generate_series(1, 1000) i RETURNING id
+            """, [.text(topic)])))
+        try await TestEnvironment.eventually("the relay was refused by the limit") { relay.output.contains("53300") || relay.output.contains("too many connections") }
+        try admin.executeScript("ALTER ROLE \(role) CONNECTION LIMIT -1")
+        let lifted = Date()
+        try await TestEnvironment.eventually("drained after the limit was lifted", timeout: 60) { try TestEnvironment.count(table) == 0 }
+        let recovery = Date().timeIntervalSince(lifted)
+        #expect(relay.terminate() == 0)
+        let v = try Verification.verify(topics: [topic], expectedIds: all)
+        let left = try leftovers(table)
+        FaultReport("relay's role at its connection limit while reconnecting (backends terminated, CONNECTION LIMIT 0), then lifted",
+                    bound: "lost 0, duplicates <= in-flight window (2000), order inversions 0", inserted: all.count, verification: v,
+                    pending: left.pending, deadLettered: left.deadLettered, recoverySeconds: recovery,
+                    note: "recovery = limit lifted to backlog 0; reconnects refused with SQLSTATE 53300 meanwhile").write()
+        #expect(v.lost.isEmpty && v.duplicates <= 2_000 && v.orderInversions == 0, "\(v)")
+    }
+}

@@ -104,6 +104,17 @@ import Testing
     }
 }
 
+@Suite struct ClaimLimitTests {
+    @Test func theByteBudgetNotTheBacklogBoundsAClaim() {
+        var w = InFlightWindow(maxRows: 5000, maxBytes: 16 << 20)
+        #expect(w.claimLimit(batchSize: 1000, averageRowBytes: nil) == 32, "sizes unknown: start small")
+        #expect(w.claimLimit(batchSize: 1000, averageRowBytes: 300) == 1000, "small rows: a full batch")
+        #expect(w.claimLimit(batchSize: 1000, averageRowBytes: 900_000) == 18, "large rows: what the byte budget holds")
+        _ = w.admit(rowId: 1, shard: 0, bytes: 16 << 20, createdAtMicros: 0)
+        #expect(w.claimLimit(batchSize: 1000, averageRowBytes: 300) == 0 || w.rowRoom == 0, "a full byte budget: nothing")
+    }
+}
+
 struct SplitMix {
     var state: UInt64
     init(seed: UInt64) { state = seed }
