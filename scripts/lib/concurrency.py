@@ -618,7 +618,29 @@ def run(a, seed):
 
         # Restart one replica at the write phase's midpoint.
         restart_thread = None
-        if a.restart != "none":
+        if a.restart == "rolling":
+            # A Kubernetes rolling deploy: every replica replaced in turn with SIGTERM, spread
+            # over the write phase (each new one started before the next is stopped).
+            def roll():
+                nonlocal restart_info
+                rolled = []
+                for i, victim in enumerate(replicas):
+                    if wl.stop.wait(a.seconds * (i + 1) / (len(replicas) + 1) - (a.seconds * i / (len(replicas) + 1))):
+                        return
+                    t0 = time.monotonic()
+                    crashed, code = victim.stop(signal.SIGTERM)
+                    if crashed:
+                        relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({code}) before the roll")
+                    elif code != 0:
+                        relay_failures.append(f"{victim.name} gen {victim.generation} exited {code} on SIGTERM")
+                    victim.start()
+                    rolled.append({"replica": victim.name, "exit_code": code, "stop_seconds": round(time.monotonic() - t0, 3)})
+                    log(f"rolling: {victim.name} SIGTERM → exit {code}; started again")
+                restart_info = {"signal": "SIGTERM", "rolling": rolled}
+
+            restart_thread = threading.Thread(target=roll, daemon=True)
+            restart_thread.start()
+        elif a.restart != "none":
             victim = replicas[rng.randrange(len(replicas))]
             sig = signal.SIGTERM if a.restart == "sigterm" else signal.SIGKILL
 
@@ -776,8 +798,10 @@ def main():
                     help="unpaced: mean pause between a writer's transactions (uniform 0..2x; default 10, "
                          "about 1000 committed rows/s with 8 writers on a 2-core machine)")
     ap.add_argument("--relays", type=int, default=1)
-    ap.add_argument("--restart", choices=["none", "sigterm", "sigkill"], default="none",
-                    help="restart one replica at the write phase's midpoint")
+    ap.add_argument("--restart", choices=["none", "sigterm", "sigkill", "rolling"], default="none",
+                    help="restart one replica at the write phase's midpoint (sigterm, sigkill), or every replica in turn "
+                         "with SIGTERM (rolling: a rolling deploy)")
+    ap.add_argument("--reliability-out", help="append the run's figures as a fault-case line (docs/RELIABILITY.md)")
     ap.add_argument("--topics", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--keys", type=int, default=20)
@@ -802,6 +826,21 @@ def main():
     if a.json_out:
         with open(a.json_out, "w") as f:
             f.write(line + "\n")
+    if a.reliability_out:
+        kind = {"none": "", "sigterm": ", one replica restarted with SIGTERM midway",
+                "sigkill": ", one replica killed (SIGKILL) midway and restarted", "rolling": ", every replica replaced in turn with SIGTERM (rolling deploy)"}[a.restart]
+        lat = o.get("latency_ms") or {}
+        case = {
+            "name": f"concurrent writers: {a.writers} sessions, {a.seconds:g} s, random transaction shapes, {a.relays} relay(s){kind}",
+            "bound": "missing 0, rolled back delivered 0, causal same-key inversions 0" + (", duplicates 0" if a.restart == "none" else ", duplicates reported"),
+            "inserted": o.get("committed_rows", 0), "lost": o.get("missing", 0), "duplicates": o.get("duplicates", 0),
+            "orderInversions": o.get("causal_inversions", 0), "pending": o.get("left_in_outbox", 0), "deadLettered": o.get("dead_letters", 0),
+            "recoverySeconds": o.get("drain_seconds_after_writes"),
+            "note": f"seed {seed}; commit → Kafka p50 {lat.get('p50')} / p99 {lat.get('p99')} / max {lat.get('max')} ms; "
+                    f"recovery = last write to backlog 0; inversions counted from client-side commit and insert times",
+        }
+        with open(a.reliability_out, "a") as f:
+            f.write(json.dumps(case, sort_keys=True) + "\n")
     if o["ok"] and own_log_dir:
         shutil.rmtree(o["log_dir"], ignore_errors=True)
     elif not o["ok"]:
