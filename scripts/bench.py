@@ -13,7 +13,12 @@ Scenarios (each on a fresh table and a fresh topic):
            pgbench on the same backlog without Kafka: the database's serial upper bound
   steady   single-row autocommit INSERTs at fixed rates while the relay runs; per-row latency
            from the row's created_at (clock_timestamp() at INSERT) to the relay's DELETE of it,
-           recorded by a bench-only AFTER DELETE row trigger
+           recorded by a bench-only AFTER DELETE row trigger. Each rate runs once per relay in
+           --steady-relays (default: outbox-relay, then the naive SKIP LOCKED relay of
+           scripts/lib/naive_relay.py), with per-row costs: relay and PostgreSQL CPU, statements
+           and transactions per row
+  steady_scale  the same at --steady-scale-rate rows/s with --steady-scale-replicas relay
+           processes (default 1 and 3) of each relay in --steady-relays: what replicas cost
   insert_only  the same paced INSERTs at the highest rate without any relay: can the machine
            and the database take that rate at all?
   scale    drain of --scale-rows rows with 1, 2, 4 relay processes on one table
@@ -44,6 +49,7 @@ import urllib.parse
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
+NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
 VENV_PYTHON = os.path.join(ROOT, ".tools", "venv", "bin", "python")
 SHARDS = 256  # migrate's default shard count; the ceiling passes all of them like one relay would
 
@@ -156,6 +162,19 @@ class PG:
         self.sock.close()
 
 
+class Inserters:
+    """The paced INSERTs' connections."""
+
+    def __init__(self, conns, committed):
+        self.conns = conns
+        self.backend_pids = [c.backend_pid for c in conns]
+        self.committed = committed  # {row id: wall-clock time its autocommit INSERT returned}
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+
+
 def qident(name):
     return '"' + name.replace('"', '""') + '"'
 
@@ -243,7 +262,9 @@ class CpuWindow:
         self.all0 = all_cpu()
         self.t0 = time.monotonic()
 
-    def finish(self, relay_pids):
+    def finish(self, relay_pids, pg_groups=None):
+        """pg_groups: {name: pids} of postgres backends whose CPU in the window is also reported
+        on its own (postgres_cpu_s_by_group; "rest" is the cluster's remainder)."""
         all1 = all_cpu()
         wall = time.monotonic() - self.t0
         delta = {pid: (start, ppid, c - self.all0[pid][2] if pid in self.all0 and self.all0[pid][0] == start else c)
@@ -256,6 +277,12 @@ class CpuWindow:
         bench_s = self_cpu() - self.self0
         kids = children_cpu() - self.children0
         everything = sum(c for _, _, c in delta.values()) + kids
+        by_group = None
+        if pg_groups is not None:
+            by_group = {name: round(sum(delta[p][2] for p in set(pids) if p in delta), 3)
+                        for name, pids in pg_groups.items()}
+            rest = round(pg - sum(by_group.values()), 3)
+            by_group["rest"] = rest if abs(rest) >= 0.001 else 0.0  # no "-0.000" from rounding
         return {
             "bench_cpu_s": round(bench_s, 3),
             # Programs the bench ran and waited for in the window (pgbench in the ceiling).
@@ -263,6 +290,7 @@ class CpuWindow:
             "relay_cpu_s": round(relay_s, 3),
             "relay_peak_rss_mib": round(max(((proc_hwm_kib(p) or 0) for p in relay_pids), default=0) / 1024, 1),
             "postgres_cpu_s": round(pg, 3),
+            **({"postgres_cpu_s_by_group": by_group} if by_group is not None else {}),
             "tansu_cpu_s": None if tansu is None else round(tansu, 3),
             # Every process's CPU (including anything else running on the machine) against
             # wall time × CPUs.
@@ -300,6 +328,16 @@ class Bench:
         self.relay_oid = self.admin.scalar(f"SELECT oid FROM pg_roles WHERE rolname = '{self.relay_user}'")
         CpuWindow.postmaster_pid = parent_pid(self.admin.backend_pid)
         self.seq = 0
+        self.perf_rates = {int(x) for x in (a.perf_rates or "").split(",") if x.strip()}
+
+    def postgres_settings(self):
+        """The durability settings the cluster runs with: "durable" when fsync, synchronous_commit
+        and full_page_writes are all on (scripts/bench's default), "unsafe" when all are off
+        (scripts/bench --unsafe-db, scripts/test), else "mixed"."""
+        s = {k: self.admin.scalar(f"SHOW {k}") for k in ("fsync", "synchronous_commit", "full_page_writes")}
+        s["durability"] = ("durable" if all(v == "on" for v in s.values())
+                           else "unsafe" if all(v == "off" for v in s.values()) else "mixed")
+        return s
 
     # ---- helpers --------------------------------------------------------------------------
     def relay_args(self):
@@ -641,25 +679,40 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
 
     # ---- scenario 2 -------------------------------------------------------------------------
     def paced_inserts(self, table, topic, rate, seconds):
-        """Single-row autocommit INSERTs at `rate` rows/s for `seconds`, on one connection,
-        pipelined: this thread sends every INSERT due (1 ms pacing granularity), a reader
-        thread consumes the responses, so a slow response does not delay the next send unless
-        the socket's buffers are full (the database is not keeping up; see max_send_lag_ms).
-        Returns the open connection (close it after measuring CPU: its backend's CPU counts
-        only while it lives) and the timings."""
-        ins = PG.from_url(self.admin_url, application_name="outbox-bench-inserter")
+        """Single-row autocommit INSERTs at `rate` rows/s for `seconds`, over --insert-connections
+        connections, pipelined: this thread sends every INSERT due (1 ms pacing granularity), one
+        reader thread per connection consumes the responses, so a slow response does not delay the
+        next send unless the socket's buffers are full (the database is not keeping up; see
+        max_send_lag_ms). Row j has key j % keys and goes to connection key % connections, so each
+        key's rows commit in id order. Several connections because with synchronous_commit=on a
+        connection commits one row per WAL flush (0.3–3 ms on this VM's disk, depending on what
+        else is written): one connection caps the rate at one row per flush, while concurrent
+        commits can share a flush (unless something serializes them: see docs/BENCHMARKS.md).
+        Returns the open connections (close them after measuring CPU: a backend's CPU counts only
+        while it lives) and the timings."""
+        n = max(1, self.a.insert_connections)
+        conns = [PG.from_url(self.admin_url, application_name="outbox-bench-inserter") for _ in range(n)]
         total = int(rate * seconds)
+        conn_of = [(j % self.a.keys) % n for j in range(total)]
+        per_conn = [0] * n
+        for c in conn_of:
+            per_conn[c] += 1
         errors = []
+        # (id, wall-clock time the INSERT's autocommit returned), per connection: for commit →
+        # DELETE latency (the reader's clock read can lag the response by a GIL switch).
+        committed = [[] for _ in range(n)]
 
-        def reader():
+        def reader(conn, count, out):
             try:
-                for _ in range(total):
-                    ins.result()
+                for _ in range(count):
+                    rows = conn.result()
+                    out.append((int(rows[0][0]), time.time()))
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
 
-        rt = threading.Thread(target=reader, daemon=True)
-        rt.start()
+        readers = [threading.Thread(target=reader, args=(c, k, o), daemon=True) for c, k, o in zip(conns, per_conn, committed)]
+        for rt in readers:
+            rt.start()
         max_lag = 0.0
         t0 = time.monotonic()
         i = 0
@@ -667,24 +720,31 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
             now = time.monotonic()
             due = min(total, int((now - t0) * rate) + 1)
             if due > i:
-                buf = b"".join(PG.encode(
-                    f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ({qlit(topic)}, "
-                    f"convert_to('key-{j % self.a.keys}', 'UTF8'), "
-                    f"substring(decode(repeat(md5('{j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
-                    f"'{{\"type\": \"BenchEvent\"}}')") for j in range(i, due))
+                bufs = [[] for _ in range(n)]
+                for j in range(i, due):
+                    bufs[conn_of[j]].append(PG.encode(
+                        f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ({qlit(topic)}, "
+                        f"convert_to('key-{j % self.a.keys}', 'UTF8'), "
+                        f"substring(decode(repeat(md5('{j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
+                        f"'{{\"type\": \"BenchEvent\"}}') RETURNING id"))
                 max_lag = max(max_lag, now - (t0 + i / rate))
-                ins.sock.sendall(buf)
-                ins.queries += due - i
+                for c, b in zip(conns, bufs):
+                    if b:
+                        c.sock.sendall(b"".join(b))
+                        c.queries += len(b)
                 i = due
             delay = t0 + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
         send_done = time.monotonic()
-        rt.join(timeout=300)
+        deadline = time.monotonic() + 300
+        for rt in readers:
+            rt.join(timeout=max(0.1, deadline - time.monotonic()))
         if errors:
             raise RuntimeError(f"insert failed: {errors[0]}")
-        if rt.is_alive():
+        if any(rt.is_alive() for rt in readers):
             raise RuntimeError("inserts not answered within 300 s")
+        ins = Inserters(conns, {i: t for out in committed for i, t in out})
         return ins, total, t0, send_done, time.monotonic(), max_lag
 
     def insert_only(self, rate):
@@ -708,62 +768,214 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
             "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
         }
 
-    def steady(self, rate):
+    def start_naive(self, table, name):
+        """One naive SKIP LOCKED relay (scripts/lib/naive_relay.py under .tools/venv's Python). It
+        connects as the relay's role, bench_relay, so that pg_stat_statements and
+        pg_stat_activity account its statements and backends exactly as they do the relay's."""
+        logf = open(os.path.join(self.run_dir, f"relay-{name}.log"), "wb")
+        cmd = [VENV_PYTHON, NAIVE_RELAY_PY, "--database-url", self.relay_url, "--brokers", self.a.brokers,
+               "--table", table]
+        if self.a.batch_size:
+            cmd += ["--batch-size", str(self.a.batch_size)]
+        p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        p.bench_log = logf.name
+        self.relays.append(p)
+        return p
+
+    def wait_relays_ready(self, table, relay, procs, timeout=90):
+        """outbox-relay: every shard leased, by len(procs) distinct replicas with even shares (sizes
+        differ by at most one, as ShardAssignment splits them). naive: each instance connected."""
+        n = len(procs)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive(procs)
+            if relay == "naive":
+                if int(self.admin.scalar(f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{self.relay_user}' "
+                                         f"AND application_name = 'naive-relay'")) >= n:
+                    return
+            else:
+                counts = [int(c) for _, c in self.admin.query(
+                    f"SELECT owner, count(*) FROM {qident(table + '_leases')} WHERE owner IS NOT NULL GROUP BY owner")]
+                if sum(counts) == SHARDS and len(counts) == n and max(counts) - min(counts) <= 1:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{n} {relay} relay(s) not ready within {timeout} s")
+            time.sleep(0.05)
+
+    def xacts(self):
+        c, r = self.admin.query("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()")[0]
+        return int(c), int(r)
+
+    def start_perf(self, table, rate, seconds):
+        """perf record -a -g over the paced load (--perf-dir, only at --perf-rates): every process
+        on the machine, so the relay(s), the postgres backends and the rest can be told apart by pid."""
+        if not self.a.perf_dir or rate not in self.perf_rates:
+            return None
+        os.makedirs(self.a.perf_dir, exist_ok=True)
+        path = os.path.join(os.path.abspath(self.a.perf_dir), f"{table}.perf.data")
+        p = subprocess.Popen(["perf", "record", "-a", "-g", "-F", str(self.a.perf_freq), "-o", path, "--",
+                              "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p.bench_path = path
+        return p
+
+    def perf_summary(self, perf, groups, rows):
+        """Top self-time symbols per group of pids, and each group's samples as CPU ms per row."""
+        perf.wait()
+        out = {"file": perf.bench_path, "frequency_hz": self.a.perf_freq, "pids": {k: sorted(v) for k, v in groups.items()}}
+        counts = {}
+        try:
+            script = subprocess.run(["perf", "script", "-i", perf.bench_path, "-F", "pid"], check=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+            for line in script.split():
+                if line.isdigit():
+                    counts[int(line)] = counts.get(int(line), 0) + 1
+        except (OSError, subprocess.CalledProcessError) as e:
+            out["error"] = str(e)
+            return out
+        for name, pids in groups.items():
+            pids = sorted(set(pids))
+            n = sum(counts.get(p, 0) for p in pids)
+            g = {"samples": n, "cpu_ms_per_row": round(n / self.a.perf_freq * 1000 / rows, 4) if rows else None, "top": []}
+            if n and pids:
+                def report(sort):
+                    return subprocess.run(["perf", "report", "-i", perf.bench_path, "--stdio", "--no-children", "-g", "none",
+                                           "--percentage", "relative", "--sort", sort, "--pid", ",".join(map(str, pids))],
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+                dsos = {}
+                for line in report("dso,sym").splitlines():
+                    m = re.match(r"^\s+([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*\S)\s*$", line)
+                    if m:
+                        pct = float(m.group(1))
+                        g["top"].append([pct, m.group(2), m.group(3)[:120]])
+                        dsos[m.group(2)] = dsos.get(m.group(2), 0.0) + pct
+                g["top"] = g["top"][:25]
+                # By shared object (the program, libc, librdkafka, the kernel …), and by thread name
+                # (digits dropped: the pool's threads together).
+                g["by_dso"] = sorted(([round(v, 2), k] for k, v in dsos.items()), reverse=True)[:12]
+                threads = {}
+                for line in report("pid").splitlines():
+                    m = re.match(r"^\s+([\d.]+)%\s+\d+:(.*\S)\s*$", line)
+                    if m:
+                        key = re.sub(r"\d+", "#", m.group(2))
+                        threads[key] = threads.get(key, 0.0) + float(m.group(1))
+                g["by_thread"] = sorted(([round(v, 2), k] for k, v in threads.items()), reverse=True)[:12]
+            out[name] = g
+        return out
+
+    def steady(self, rate, relay="outbox", replicas=1):
+        """Paced single-row INSERTs at `rate` rows/s with `replicas` processes of outbox-relay
+        ("outbox") or of the naive SKIP LOCKED relay ("naive") on a fresh table. Per-row costs over
+        the load window (first INSERT → table empty again): relay and PostgreSQL CPU, the relay
+        role's statements (pg_stat_statements, reset at the window's start) and the database's
+        transactions less the INSERTs' and the bench's own."""
         seconds = self.a.steady_seconds
-        table = self.name(f"steady{rate}")
+        kind = f"steady{rate}" + ("_naive" if relay == "naive" else "") + (f"_x{replicas}" if replicas > 1 else "")
+        table = self.name(kind)
         topic = table.replace("_", "-")
         lat = qident(table + "_latency")
         self.create_topic(topic, 8)
         self.migrate(table)
+        notify_trigger = True
+        if relay == "naive" and not self.a.naive_keep_notify_trigger:
+            # The naive relay polls and never LISTENs: its users would not have outbox-relay's
+            # statement-level NOTIFY trigger, whose pg_notify costs every inserting transaction
+            # (and, with synchronous_commit=on, serializes their commits: PostgreSQL holds a
+            # database-wide lock from a notifying transaction's pre-commit until after its WAL
+            # flush). The trigger is part of outbox-relay's cost per row, not the naive relay's.
+            # (Every trigger migrate made, whatever its name; the bench's own is made below.)
+            for (tg,) in self.admin.query(f"SELECT tgname FROM pg_trigger WHERE tgrelid = {qlit(qident(table))}::regclass "
+                                          f"AND NOT tgisinternal"):
+                self.admin.query(f"DROP TRIGGER {qident(tg)} ON {qident(table)}")
+            notify_trigger = False
         # Bench-only: record, in the relay's DELETE, how long ago each row was inserted.
-        self.admin.query(f"CREATE TABLE {lat} (id bigint, ms double precision)")
+        self.admin.query(f"CREATE TABLE {lat} (id bigint, ms double precision, deleted_at double precision)")
         if self.a.latency_trigger:
             self.admin.query(f"""
             CREATE FUNCTION {qident(table + '_bench_latency')}() RETURNS trigger LANGUAGE plpgsql AS $f$
+            DECLARE t timestamptz := clock_timestamp();
             BEGIN
-                INSERT INTO {lat} VALUES (OLD.id, extract(epoch FROM clock_timestamp() - OLD.created_at) * 1000);
+                INSERT INTO {lat} VALUES (OLD.id, extract(epoch FROM t - OLD.created_at) * 1000, extract(epoch FROM t));
                 RETURN NULL;
             END $f$""")
             self.admin.query(f"CREATE TRIGGER bench_latency AFTER DELETE ON {qident(table)} "
                              f"FOR EACH ROW EXECUTE FUNCTION {qident(table + '_bench_latency')}()")
         self.admin.query("CHECKPOINT")
-        self.admin.query("SELECT pg_stat_statements_reset()")
 
-        proc = self.start_relay(table, f"{table}-r0")
-        # Ready when it holds every shard's lease.
-        deadline = time.monotonic() + 30
-        while int(self.admin.scalar(f"SELECT count(*) FROM {qident(table + '_leases')} WHERE owner IS NOT NULL")) < SHARDS:
-            self.check_alive([proc])
-            if time.monotonic() > deadline:
-                raise RuntimeError("relay did not lease all shards within 30 s")
-            time.sleep(0.05)
+        if relay == "naive":
+            procs = [self.start_naive(table, f"{table}-n{i}") for i in range(replicas)]
+        else:
+            procs = [self.start_relay(table, f"{table}-r{i}") for i in range(replicas)]
+        pids = [p.pid for p in procs]
+        self.wait_relays_ready(table, relay, procs)
         time.sleep(0.5)
-        # Idle cost: the relay's CPU while the table stays empty.
-        idle0, idle_t0 = proc_cpu(proc.pid), time.monotonic()
+        # Idle cost: the relays' CPU while the table stays empty.
+        idle0, idle_t0 = sum(proc_cpu(p) or 0.0 for p in pids), time.monotonic()
         time.sleep(self.a.idle_seconds)
-        idle_cpu = (proc_cpu(proc.pid) - idle0) / (time.monotonic() - idle_t0)
+        idle_cpu = (sum(proc_cpu(p) or 0.0 for p in pids) - idle0) / (time.monotonic() - idle_t0)
 
-        cpu = CpuWindow(self.a.tansu_pid, [proc.pid])
+        # The window. Statements: reset now, so start-up and the idle probe are not counted.
+        # Transactions: as in the drain (flush, baseline; at the end the relays' and the inserter's
+        # backends exit, which flushes their counts), less the INSERTs (one each) and the bench's
+        # own statements. A backend publishes its counts at most once a second while running, so
+        # up to a second of the relays' idle-probe transactions can land in the window.
+        self.admin.query("SELECT pg_stat_statements_reset()")
+        self.admin.query("SELECT pg_stat_force_next_flush()")
+        admin_q0 = self.admin.queries
+        c0, r0 = self.xacts()
+        cpu = CpuWindow(self.a.tansu_pid, pids)
+        perf = self.start_perf(table, rate, seconds)
         ins, total, t0, send_done, ins_done, max_lag = self.paced_inserts(table, topic, rate, seconds)
-        # Let the relay finish the tail.
+        # Let the relays finish the tail.
         deadline = time.monotonic() + 120
         while self.admin.scalar(f"SELECT min(id) FROM {qident(table)}") is not None:
-            self.check_alive([proc])
+            self.check_alive(procs)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{table} not empty 120 s after the last insert")
             time.sleep(0.02)
         drained = time.monotonic()
-        res = cpu.finish([proc.pid])  # before the inserter's backend exits, so its CPU counts
+        relay_backends = [int(r[0]) for r in self.admin.query(
+            f"SELECT pid FROM pg_stat_activity WHERE usename = '{self.relay_user}'")]
+        inserter_pids = ins.backend_pids
+        pm = CpuWindow.postmaster_pid
+        pg_pids = [pid for pid, (_, ppid, _) in all_cpu().items() if pid == pm or ppid == pm]
+        # Before the inserter's and the relays' backends exit, so their CPU counts.
+        res = cpu.finish(pids, pg_groups={"relay_backends": relay_backends, "inserter_backend": inserter_pids})
         ins.close()
-        codes = self.stop_relays([proc])
+        codes = self.stop_relays(procs)
+        self.wait_no_relay_backends()
+        for pid in inserter_pids:
+            self.wait_backend_gone(pid)
+        self.admin.query("SELECT pg_stat_force_next_flush()")
+        own = self.admin.queries - admin_q0
+        c1, r1 = self.xacts()
+        commits = c1 - c0 - own - total
+        rollbacks = r1 - r0
         r = self.admin.query(f"""
             SELECT count(*), percentile_cont(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY ms),
                    max(ms), avg(ms), min(ms) FROM {lat}""")[0]
         pct = [float(x) for x in r[1].strip("{}").split(",")] if r[1] else [None] * 4
         st_table, st_all = self.relay_statements(table)
+        kinds = self.relay_statement_kinds(table)
+        # Where the relay role's statement time went (execution only; commits and their WAL
+        # flushes are not in pg_stat_statements' times).
+        top_statements = [{"query": re.sub(r"\s+", " ", q)[:160], "calls": int(c), "total_ms": round(float(t), 1),
+                           "mean_ms": round(float(m), 3), "rows": int(rw)}
+                          for q, c, t, m, rw in self.admin.query(
+                              f"SELECT query, calls, total_exec_time, mean_exec_time, rows FROM pg_stat_statements "
+                              f"WHERE userid = {self.relay_oid} ORDER BY total_exec_time DESC LIMIT 8")]
         msgs = self.consume(topic)
+        commit_lat = None
         if self.a.latency_trigger:
-            ids = [int(x[0]) for x in self.admin.query(f"SELECT id FROM {lat}")]
+            recs = self.admin.query(f"SELECT id, deleted_at FROM {lat}")
+            ids = [int(x[0]) for x in recs]
+            # COMMIT returned (client wall clock) → the DELETE (server wall clock, same machine).
+            # Unlike INSERT → DELETE it leaves out the inserting transaction's own commit: its WAL
+            # flush and, on outbox-relay's table, its wait for the NOTIFY lock (below).
+            cl = sorted((float(d) - ins.committed[int(i)]) * 1000 for i, d in recs if int(i) in ins.committed)
+            if cl:
+                q = lambda p: round(cl[min(len(cl) - 1, int(p * len(cl)))], 3)  # noqa: E731
+                commit_lat = {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": round(cl[-1], 3),
+                              "below_zero": sum(1 for x in cl if x < 0)}
         else:  # no record of the deleted ids: every id consumed is expected, lost = inserted - distinct
             ids = {m[3] for m in msgs if m[3] is not None}
         ver = self.verify(msgs, ids)
@@ -771,24 +983,53 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
             ver["lost"] = total - len(ids)
         ver["rows_inserted"] = total
         ver["latency_rows_recorded"] = int(r[0])
+        g = res["postgres_cpu_s_by_group"]
+        per_row = lambda x, k=1000: None if x is None else round(x * k / total, 4)  # noqa: E731
         res.update({
-            "table": table, "rate_target": rate, "seconds": seconds, "rows": total,
+            "table": table, "relay": "naive" if relay == "naive" else "outbox-relay", "replicas": replicas,
+            "rate_target": rate, "seconds": seconds, "rows": total,
             "rate_achieved": round(total / (ins_done - t0), 1),
             "send_seconds": round(send_done - t0, 3),
             "max_send_lag_ms": round(max_lag * 1000, 2),
             "tail_drain_seconds_after_last_insert": round(drained - ins_done, 3),
+            "window_seconds": round(drained - t0, 3),
             "latency_ms": {"p50": pct[0], "p90": pct[1], "p99": pct[2], "p999": pct[3],
                            "max": float(r[2]) if r[2] else None, "mean": float(r[3]) if r[3] else None,
                            "min": float(r[4]) if r[4] else None},
+            "commit_to_delete_ms": commit_lat,
             "relay_cpu_s_per_s": round(res["relay_cpu_s"] / (drained - t0), 3),
             "relay_idle_cpu_s_per_s": round(idle_cpu, 4),
             "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
             "db_statements_on_table_per_1000_rows": round(st_table * 1000 / total, 1),
             "db_statements_all_relay_per_1000_rows": round(st_all * 1000 / total, 1),
+            "db_transactions": {"commits": commits, "rollbacks": rollbacks, "inserts_subtracted": total,
+                                "bench_own_subtracted": own},
+            # Per row, over the window: CPU in ms, statements and transactions as counts.
+            "per_row": {
+                "relay_cpu_ms": per_row(res["relay_cpu_s"]),
+                "postgres_cpu_ms": per_row(res["postgres_cpu_s"]),
+                "postgres_relay_backends_cpu_ms": per_row(g["relay_backends"]),
+                "postgres_inserter_backend_cpu_ms": per_row(g["inserter_backend"]),
+                "postgres_rest_cpu_ms": per_row(g["rest"]),
+                "relay_plus_postgres_cpu_ms": per_row(res["relay_cpu_s"] + res["postgres_cpu_s"]),
+                "statements_on_table": per_row(st_table, 1),
+                "claims": per_row(kinds["select"], 1),
+                "deletes": per_row(kinds["delete"], 1),
+                "statements_all": per_row(st_all, 1),
+                "transactions": per_row(commits + rollbacks, 1),
+                "commits": per_row(commits, 1),
+                "rollbacks": per_row(rollbacks, 1),
+            },
+            "relay_top_statements": top_statements,
+            "relay_backend_pids": relay_backends, "relay_pids": pids, "notify_trigger": notify_trigger,
             "latency_trigger": self.a.latency_trigger,
             "relay_exit_codes": codes,
             "verify": ver,
         })
+        if perf is not None:
+            res["perf"] = self.perf_summary(perf, {
+                "relay_process": pids, "relay_backends": relay_backends, "inserter_backend": inserter_pids,
+                "postgres_other": [p for p in pg_pids if p not in relay_backends and p not in inserter_pids]}, total)
         for k in res["latency_ms"]:
             if res["latency_ms"][k] is not None:
                 res["latency_ms"][k] = round(res["latency_ms"][k], 3)
@@ -865,11 +1106,65 @@ def ver_s(v):
             + (f", keys on >1 partition {v['keys_on_several_partitions']}" if v.get("keys_on_several_partitions") else ""))
 
 
+def per_row_table(out, runs):
+    """Steady-state costs per row, outbox-relay beside the naive relay (and steady_scale)."""
+    lines = ["2b. Steady state per row (window: first INSERT → table empty; CPU ms per row; PostgreSQL = whole cluster,"
+             " of which the relays' backends / the inserters' backends / the rest;",
+             "    statements = the relay role's pg_stat_statements calls, on the table and all; transactions ="
+             " pg_stat_database commits + rollbacks less the INSERTs and the bench's own;",
+             "    latency ms: INSERT → DELETE (p50/p99/max, as in 2.) and COMMIT returned → DELETE (c→d p50/p99/max))"]
+    head = (f"   {'rate':>6} {'relay':<16}{'n':>3}{'achieved':>9}{'relay ms':>9}{'pg ms':>8}{'(relay bk/ins/rest)':>21}"
+            f"{'relay+pg':>9}{'stmt tbl':>9}{'stmt all':>9}{'xact':>7}{'p50':>7}{'p99':>7}{'max':>7}"
+            f"{'c→d p50':>8}{'p99':>7}{'max':>7}{'machine':>8}{'others s':>9}  verification")
+    def row(s):
+        P, L, C = s["per_row"], s["latency_ms"], s.get("commit_to_delete_ms") or {}
+        name = "outbox-relay" if s["relay"] == "outbox-relay" else "naive SKIP LOCKED"
+        split = (f"{fmt(P['postgres_relay_backends_cpu_ms'], 3)}/{fmt(P['postgres_inserter_backend_cpu_ms'], 3)}/"
+                 f"{fmt(P['postgres_rest_cpu_ms'], 3)}")
+        return (f"   {s['rate_target']:>6} {name:<16}{s['replicas']:>3}{fmt(s['rate_achieved'], 0):>9}"
+                f"{fmt(P['relay_cpu_ms'], 3):>9}{fmt(P['postgres_cpu_ms'], 3):>8}{split:>21}"
+                f"{fmt(P['relay_plus_postgres_cpu_ms'], 3):>9}{fmt(P['statements_on_table'], 3):>9}"
+                f"{fmt(P['statements_all'], 3):>9}{fmt(P['transactions'], 3):>7}"
+                f"{fmt(L['p50'], 2):>7}{fmt(L['p99'], 1):>7}{fmt(L['max'], 0):>7}"
+                f"{fmt(C.get('p50'), 2):>8}{fmt(C.get('p99'), 1):>7}{fmt(C.get('max'), 0):>7}"
+                f"{fmt(100 * s['machine_busy_share'], 0) + '%':>8}{fmt(s['others_cpu_s'], 1):>9}  {ver_s(s['verify'])}")
+    if runs:
+        lines.append(head)
+        lines += [row(s) for s in runs]
+    sc = out.get("steady_scale")
+    if sc:
+        lines.append(f"   replicas at {out['config'].get('steady_scale_rate')} rows/s (several naive instances"
+                     " break per-key order: a comparison only)")
+        lines.append(head)
+        lines += [row(s) for s in sorted(sc, key=lambda s: (s["relay"] != "outbox-relay", s["replicas"]))]
+        for relay in ("outbox-relay", "naive"):
+            mine = {s["replicas"]: s["per_row"]["relay_plus_postgres_cpu_ms"] for s in sc if s["relay"] == relay}
+            if 1 in mine and mine[1]:
+                lines.append(f"   {relay}: relay + PostgreSQL CPU per row, k replicas ÷ 1 replica: "
+                             + ", ".join(f"{k}: {fmt(mine[k] / mine[1], 2)}" for k in sorted(mine) if k != 1 and mine[k]))
+    for s in runs + (sc or []):
+        pf = s.get("perf")
+        if not pf or pf.get("error"):
+            continue
+        lines.append(f"   perf ({s['relay']}, {s['replicas']} x {s['rate_target']} rows/s, {pf['frequency_hz']} Hz, {pf['file']}):")
+        for gname in ("relay_process", "relay_backends", "inserter_backend", "postgres_other"):
+            g = pf.get(gname)
+            if not g:
+                continue
+            top = "; ".join(f"{pct:.1f}% {sym}" for pct, _dso, sym in g["top"][:8])
+            lines.append(f"     {gname:<17} {fmt(g['cpu_ms_per_row'], 3)} ms/row: {top}")
+    lines.append("")
+    return lines
+
+
 def report(out):
     lines = []
     cfg = out["config"]
     lines.append("")
     lines.append(f"outbox-relay benchmark — {cfg['cpus']} CPUs, relay args: {' '.join(cfg['relay_args'])}")
+    ps = cfg.get("postgres_settings") or {}
+    lines.append(f"PostgreSQL {cfg.get('postgres')}, {ps.get('durability', '?').upper()}: fsync={ps.get('fsync')}, "
+                 f"synchronous_commit={ps.get('synchronous_commit')}, full_page_writes={ps.get('full_page_writes')}")
     lines.append("")
     d = out.get("drain")
     c = out.get("ceiling")
@@ -925,9 +1220,13 @@ def report(out):
             lines.append("   (a rate below its target: the INSERTs were answered more slowly than sent — the database"
                          " and machine did not keep up; see max_send_lag_ms)")
         lines.append("")
+    per_row_runs = sorted(out.get("steady", []) + out.get("steady_naive", []),
+                          key=lambda s: (s["rate_target"], s["relay"] != "outbox-relay"))
+    if per_row_runs or out.get("steady_scale"):
+        lines += per_row_table(out, per_row_runs)
     io = out.get("insert_only")
     if io:
-        lines.append(f"   without relay (INSERTs only, no trigger): {io['rate_target']}/{fmt(io['rate_achieved'], 0)} rows/s, "
+        lines.append(f"   without relay (INSERTs only, no latency trigger; NOTIFY trigger as migrated): {io['rate_target']}/{fmt(io['rate_achieved'], 0)} rows/s, "
                      f"machine {fmt(100 * io['machine_busy_share'], 0)}% busy, postgres CPU {fmt(io['postgres_cpu_s'], 1)} s, "
                      f"bench CPU {fmt(io['bench_cpu_s'], 1)} s, other processes {fmt(io['others_cpu_s'], 1)} s")
         lines.append("")
@@ -979,8 +1278,25 @@ def main():
     ap.add_argument("--replicas", default="1,2,4", help="scale-out relay counts (default 1,2,4)")
     ap.add_argument("--steady-seconds", type=float, default=30)
     ap.add_argument("--rates", default="500,5000", help="steady-state insert rates, rows/s (default 500,5000)")
+    ap.add_argument("--steady-relays", default="outbox,naive",
+                    help="relays run at each steady rate, in this order: outbox (outbox-relay) and/or naive "
+                         "(scripts/lib/naive_relay.py) (default outbox,naive)")
+    ap.add_argument("--naive-keep-notify-trigger", action="store_true",
+                    help="steady: leave outbox-relay's NOTIFY insert trigger on the naive relay's table (by default "
+                         "it is dropped there: the naive relay does not LISTEN)")
+    ap.add_argument("--steady-scale-rate", type=int, default=1000,
+                    help="steady_scale scenario: insert rate, rows/s (default 1000)")
+    ap.add_argument("--steady-scale-replicas", default="1,3",
+                    help="steady_scale scenario: relay process counts, each run with every relay in --steady-relays "
+                         "(default 1,3)")
+    ap.add_argument("--perf-dir", help="record `perf record -a -g` during the steady load at --perf-rates into this "
+                                       "directory and summarize the top symbols per process group in the JSON")
+    ap.add_argument("--perf-rates", default="", help="steady rates to profile with --perf-dir (e.g. 500)")
+    ap.add_argument("--perf-freq", type=int, default=999, help="perf sampling frequency, Hz (default 999)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20000 rows, 10000 scale rows, 5 s steady")
-    ap.add_argument("--scenarios", default="drain,ceiling,steady,insert_only,scale,concurrent")
+    ap.add_argument("--scenarios", default="drain,ceiling,steady,insert_only,scale,concurrent",
+                    help="any of drain,ceiling,steady,insert_only,scale,concurrent,steady_scale "
+                         "(default drain,ceiling,steady,insert_only,scale,concurrent)")
     ap.add_argument("--pairs", type=int, default=3,
                     help="drain + ceiling pairs when both run (default 3; the pair with the median ratio is reported)")
     ap.add_argument("--no-latency-trigger", dest="latency_trigger", action="store_false",
@@ -989,6 +1305,9 @@ def main():
     ap.add_argument("--concurrent-seconds", type=float, default=30, help="concurrent scenario: write phase (default 30)")
     ap.add_argument("--concurrent-rate", type=float, default=1000, help="concurrent scenario: rows/s over 8 writers (default 1000)")
     ap.add_argument("--concurrent-seed", type=int, help="concurrent scenario: workload seed (default random; both runs use it)")
+    ap.add_argument("--insert-connections", type=int, default=16,
+                    help="steady and insert_only: connections the paced INSERTs are spread over, by key (default 16: "
+                         "with synchronous_commit=on one connection commits at most one row per WAL flush)")
     ap.add_argument("--idle-seconds", type=float, default=3, help="relay idle-CPU probe before each steady run")
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--value-bytes", type=int, default=256)
@@ -1007,6 +1326,9 @@ def main():
         a.idle_seconds = min(a.idle_seconds, 1)
         a.pairs = 1
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    steady_relays = [x.strip() for x in a.steady_relays.split(",") if x.strip()]
+    if not steady_relays or any(x not in ("outbox", "naive") for x in steady_relays):
+        ap.error("--steady-relays takes outbox and/or naive")
 
     bench = Bench(a)
     stop = {"sig": None}
@@ -1021,6 +1343,9 @@ def main():
         "rates": [int(x) for x in a.rates.split(",")], "keys": a.keys, "value_bytes": a.value_bytes,
         "partitions": 8, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
         "postgres": bench.admin.scalar("SHOW server_version"),
+        "postgres_settings": bench.postgres_settings(),
+        "insert_connections": a.insert_connections,
+        "steady_relays": steady_relays,
         "quick": a.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }}
     if "concurrent" in scenarios:
@@ -1055,10 +1380,21 @@ def main():
         elif "ceiling" in scenarios:
             out["ceiling"] = bench.ceiling()
         if "steady" in scenarios:
-            out["steady"] = []
+            # The relays alternate per rate, so a change in the machine's speed hits both alike.
+            # "steady" keeps outbox-relay's runs (checked: loss, duplicates, order); the naive
+            # relay's are a comparison only ("steady_naive").
             for r in out["config"]["rates"]:
-                log(f"steady: {r} rows/s for {a.steady_seconds} s")
-                out["steady"].append(bench.steady(r))
+                for relay in steady_relays:
+                    log(f"steady: {relay}, {r} rows/s for {a.steady_seconds} s")
+                    out.setdefault("steady" if relay == "outbox" else "steady_naive", []).append(bench.steady(r, relay))
+        if "steady_scale" in scenarios:
+            out["config"].update({"steady_scale_rate": a.steady_scale_rate,
+                                  "steady_scale_replicas": [int(k) for k in a.steady_scale_replicas.split(",")]})
+            out["steady_scale"] = []
+            for k in out["config"]["steady_scale_replicas"]:
+                for relay in steady_relays:
+                    log(f"steady_scale: {k} x {relay}, {a.steady_scale_rate} rows/s for {a.steady_seconds} s")
+                    out["steady_scale"].append(bench.steady(a.steady_scale_rate, relay, k))
         if "insert_only" in scenarios:
             r = max(out["config"]["rates"])
             log(f"insert-only: {r} rows/s for {a.steady_seconds} s, no relay")
@@ -1080,7 +1416,9 @@ def main():
         with open(a.json_out, "w") as f:
             f.write(line + "\n")
     ok = True
-    for r in [out.get("drain")] + out.get("steady", []) + out.get("scale", []):
+    # The naive relay's runs are a comparison only (several instances break per-key order).
+    steady_scale_own = [s for s in out.get("steady_scale", []) if s["relay"] == "outbox-relay"]
+    for r in [out.get("drain")] + out.get("steady", []) + out.get("scale", []) + steady_scale_own:
         if r and (r["verify"]["lost"] or r["verify"]["duplicates"] or r["verify"]["key_order_violations"]):
             ok = False
     for c in out.get("concurrent", [])[:1]:  # the relay's run; the naive relay's is a comparison only

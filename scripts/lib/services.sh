@@ -1,5 +1,10 @@
 # Shared by scripts/test, scripts/demo and scripts/bench: throwaway PostgreSQL and Tansu on free
 # loopback ports under $OUTBOX_RUN_DIR. Source it, call start_services, and trap stop_services.
+#
+# PostgreSQL runs with fsync, synchronous_commit and full_page_writes off by default: scripts/test
+# and scripts/demo want speed, not crash safety. OUTBOX_PG_DURABLE=1 turns all three on (the
+# settings a production database runs with); scripts/bench sets it unless given --unsafe-db.
+# start_postgres exports OUTBOX_TEST_PG_DURABILITY=durable|unsafe for the record.
 # shellcheck shell=bash
 
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
@@ -29,20 +34,23 @@ start_postgres() {
   mkdir -p "$OUTBOX_RUN_DIR"
   if [ "$(id -u)" -eq 0 ]; then chown postgres "$OUTBOX_RUN_DIR"; chmod 755 "$OUTBOX_RUN_DIR"; fi
   as_pg_user "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >"$OUTBOX_RUN_DIR/initdb.log" 2>&1
+  local durable=off
+  OUTBOX_TEST_PG_DURABILITY=unsafe
+  if [ "${OUTBOX_PG_DURABLE:-0}" = 1 ]; then durable=on; OUTBOX_TEST_PG_DURABILITY=durable; fi
   cat >>"$PG_DATA/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$OUTBOX_RUN_DIR'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+fsync = $durable
+synchronous_commit = $durable
+full_page_writes = $durable
 max_connections = 200
 shared_buffers = 256MB
 shared_preload_libraries = 'pg_stat_statements'
 CONF
   as_pg_user "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$OUTBOX_RUN_DIR/postgres.log" -w -t 30 start >/dev/null
   export OUTBOX_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/postgres"
-  export OUTBOX_TEST_PG_DATA="$PG_DATA" OUTBOX_TEST_PG_BIN="$PG_BIN"
+  export OUTBOX_TEST_PG_DATA="$PG_DATA" OUTBOX_TEST_PG_BIN="$PG_BIN" OUTBOX_TEST_PG_DURABILITY
 }
 
 start_tansu() {
