@@ -688,7 +688,9 @@ def run(a, seed):
         for r in replicas:
             crashed, code = r.stop(signal.SIGTERM)
             if crashed:
-                relay_failures.append(f"{r.name} gen {r.generation} crashed with exit {code}")
+                # The run directory may be removed after the run: keep the crash's last lines here.
+                relay_failures.append(f"{r.name} gen {r.generation} crashed with exit {code}; its log ends:\n{r.tail(15)}")
+                log(f"relay {r.name} gen {r.generation} exited {code} before the end; log tail:\n{r.tail(15)}")
             elif code != 0:
                 relay_failures.append(f"{r.name} gen {r.generation} exited {code} on SIGTERM")
         for f in relay_failures:

@@ -94,13 +94,7 @@ extension Relay {
         logger.error("re-creating the Kafka producer", metadata: ["outbox.reason": "\(reason)"])
         // The old instance must not send anything more (a zombie within the process): purge
         // what it holds and take the reports that brings, for a bounded moment.
-        old.purgeAll()
-        let deadline = monotonicSeconds() + Self.recreationReportWait
-        while window.awaitingReport > 0 {
-            let left = deadline - monotonicSeconds()
-            if left <= 0 { break }
-            await windowWake.wait(timeout: left)
-        }
+        await purgeAndTakeReports(old)
         // Then let it shut down on a thread of its own: rd_kafka_destroy can block for a socket
         // timeout when a broker is wedged, and nothing needs to wait for it.
         producer = nil
@@ -127,5 +121,18 @@ extension Relay {
         lifecycle.recreationEnded()
         claimWake.signal()
         windowWake.signal()
+    }
+
+    /// Purges everything `producer` still holds (it sends none of it any more) and waits, for a
+    /// bounded moment, for the reports that brings — a refused batch's own reports name the rows
+    /// to probe, and the rest are taken back.
+    func purgeAndTakeReports(_ producer: KafkaProducer) async {
+        producer.purgeAll()
+        let deadline = monotonicSeconds() + Self.recreationReportWait
+        while window.awaitingReport > 0 {
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { break }
+            await windowWake.wait(timeout: left)
+        }
     }
 }

@@ -243,15 +243,7 @@ public actor Relay: Service {
     /// of them — and their purge reports taken (bounded), before the leases may be released. Their
     /// rows stay in the outbox for the shard's next owner.
     func purgeUnreported() async {
-        if window.awaitingReport > 0, let producer {
-            producer.purgeAll()
-            let deadline = monotonicSeconds() + Self.recreationReportWait
-            while window.awaitingReport > 0 {
-                let left = deadline - monotonicSeconds()
-                if left <= 0 { break }
-                await windowWake.wait(timeout: left)
-            }
-        }
+        if window.awaitingReport > 0, let producer { await purgeAndTakeReports(producer) }
         lifecycle.drained()
     }
 

@@ -4,15 +4,16 @@ import OutboxRelay
 import PGClient
 import Testing
 
+/// The ids a `RETURNING id` (or `SELECT id`) result holds.
+func ids(_ r: PGResult) throws -> Set<Int64> {
+    var out = Set<Int64>()
+    for i in 0..<r.rowCount { out.insert(try r.int64(i, 0)) }
+    return out
+}
+
 /// Faults at volume (issue 15): an application holding the outbox locked, poison rows mixed into
 /// a drain, and a hot key with a poison row at its head.
 @Suite(.serialized) struct VolumeFaultTests {
-    func ids(_ r: PGResult) throws -> Set<Int64> {
-        var out = Set<Int64>()
-        for i in 0..<r.rowCount { out.insert(try r.int64(i, 0)) }
-        return out
-    }
-
     /// An application holds ACCESS EXCLUSIVE on the outbox for 3 s mid-drain: every claim and
     /// DELETE times out (lock_timeout = statement_timeout = 1 s); the relay backs off, loses
     /// nothing, and drains once the lock is gone.
@@ -110,12 +111,6 @@ import Testing
 }
 
 @Suite(.serialized) struct ResourceFaultTests {
-    func ids(_ r: PGResult) throws -> Set<Int64> {
-        var out = Set<Int64>()
-        for i in 0..<r.rowCount { out.insert(try r.int64(i, 0)) }
-        return out
-    }
-
     func peakRSSMiB(_ pid: Int32) -> Double? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),

@@ -112,7 +112,7 @@ import Testing
     /// row is first read after a same-key row whose transaction began after its commit.
     @Test(arguments: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] as [UInt64])
     func randomConcurrentTransactionsKeepEveryPromise(seed: UInt64) {
-        var rng = ModelRNG(seed: seed)
+        var rng = SplitMix(seed: seed)
         var db = Model()
         var c = ClaimCursor()
         var relay = ModelRelay()
@@ -282,7 +282,7 @@ struct ModelRelay {
     }
 
     /// Acknowledged rows are deleted, oldest first.
-    mutating func deliverSome(_ db: inout Model, _ rng: inout ModelRNG) {
+    mutating func deliverSome(_ db: inout Model, _ rng: inout SplitMix) {
         let n = min(inFlight.count, Int(rng.next() % 4))
         for id in inFlight.prefix(n) { db.live[id] = nil }
         inFlight.removeFirst(n)
@@ -294,21 +294,9 @@ struct ModelRelay {
     }
 
     /// A delivery fails: the row stays in the table and is read again after a rewind.
-    mutating func failOne(_ c: inout ClaimCursor, _ rng: inout ModelRNG) {
+    mutating func failOne(_ c: inout ClaimCursor, _ rng: inout SplitMix) {
         guard !inFlight.isEmpty else { return }
         inFlight.remove(at: Int(rng.next() % UInt64(inFlight.count)))
         c.rewind()
-    }
-}
-
-struct ModelRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -115,7 +115,8 @@ import Testing
     }
 }
 
-struct SplitMix {
+/// The tests' one seeded random number generator (SplitMix64): reproducible from its seed.
+struct SplitMix: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {

@@ -10,7 +10,7 @@ import Testing
 @Suite struct ParserPropertyTests {
     static let alphabet: [Character] = Array("abcXYZ09_.$'\"\\ -:/@%?#=;&\n\tüß漢😀") + ["\u{7f}", "\u{1}"]
 
-    static func randomString(_ rng: inout ModelRNG, maxLength: Int = 24) -> String {
+    static func randomString(_ rng: inout SplitMix, maxLength: Int = 24) -> String {
         let n = Int(rng.next() % UInt64(maxLength + 1))
         return String((0..<n).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] })
     }
@@ -37,7 +37,7 @@ import Testing
 
     @Test(arguments: [11, 12, 13] as [UInt64])
     func tableNamesAreRefusedClearlyOrQuotedSoNothingEscapes(seed: UInt64) {
-        var rng = ModelRNG(seed: seed)
+        var rng = SplitMix(seed: seed)
         for _ in 0..<800 {
             let text = Self.randomString(&rng, maxLength: 60)
             let table: OutboxTable
@@ -66,7 +66,7 @@ import Testing
 
     @Test(arguments: [21, 22] as [UInt64])
     func dollarQuotesChooseATagTheBodyDoesNotContain(seed: UInt64) {
-        var rng = ModelRNG(seed: seed)
+        var rng = SplitMix(seed: seed)
         for _ in 0..<2000 {
             var body = Self.randomString(&rng)
             if rng.next() % 2 == 0 { body += "$outbox_relay$" + Self.randomString(&rng) + "$outbox_relay_1$" }
@@ -80,7 +80,7 @@ import Testing
 
     @Test(arguments: [31, 32] as [UInt64])
     func configFilesParseOrNameTheLine(seed: UInt64) throws {
-        var rng = ModelRNG(seed: seed)
+        var rng = SplitMix(seed: seed)
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("fuzz-\(UUID().uuidString).conf").path
         defer { try? FileManager.default.removeItem(atPath: path) }
         for _ in 0..<500 {
@@ -97,7 +97,7 @@ import Testing
 
     @Test(arguments: [41, 42] as [UInt64])
     func aRegisteredSecretNeverSurvivesRedaction(seed: UInt64) {
-        var rng = ModelRNG(seed: seed)
+        var rng = SplitMix(seed: seed)
         defer { Secrets.reset() }   // random "secrets" must not garble later tests' messages
         for _ in 0..<300 {
             var secret = Self.randomString(&rng, maxLength: 16).replacingOccurrences(of: "*", with: "")
@@ -110,7 +110,7 @@ import Testing
 
     @Test(arguments: [51, 52] as [UInt64])
     func connectionStringsAreRefusedWithoutEchoOrParsed(seed: UInt64) {
-        var rng = ModelRNG(seed: seed)
+        var rng = SplitMix(seed: seed)
         defer { Secrets.reset() }
         for _ in 0..<300 {
             var password = Self.randomString(&rng, maxLength: 12).replacingOccurrences(of: "*", with: "")
