@@ -22,6 +22,8 @@ public struct RelayError: Error, CustomStringConvertible, Sendable {
     public let message: String
     /// An established database connection broke (not: could not connect at all): worth retrying.
     public private(set) var connectionLost = false
+    /// A momentary database condition (timeout under load, too many connections): worth retrying.
+    public private(set) var transient = false
 
     public init(_ code: Code, _ message: String) {
         self.code = code
@@ -31,6 +33,7 @@ public struct RelayError: Error, CustomStringConvertible, Sendable {
     public init(database error: PGError, context: String) {
         self.init(.database, "\(context): \(error)")
         connectionLost = error.isBrokenConnection
+        transient = error.isTransient
     }
 
     public init(kafka error: KafkaError, context: String) {

@@ -54,6 +54,14 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
     /// could not be made at all: worth retrying even where an unreachable server is refused.
     public var isBrokenConnection: Bool { code != .connectionFailed && isConnectionLoss }
 
+    /// A momentary condition of a working server, not a wrong setting: a statement or lock
+    /// timeout under load, too many connections, a server starting up, or a retriable conflict.
+    /// Worth retrying where a bad configuration is refused at once (start-up checks).
+    public var isTransient: Bool {
+        guard let s = sqlState else { return false }
+        return ["57014", "55P03", "53300", "57P03", "40001", "40P01"].contains(s)
+    }
+
     /// Serialization failure or deadlock: retry the transaction.
     public var isTransactionRetriable: Bool { sqlState == "40001" || sqlState == "40P01" }
 

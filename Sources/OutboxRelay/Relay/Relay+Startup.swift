@@ -93,10 +93,14 @@ extension Relay {
                     do throws(RelayError) { return .success(try SchemaCheck.check(conn, table: table)) } catch { return .failure(error) }
                 }.get()
             } catch {
-                let lost = (error as? PGError)?.isBrokenConnection ?? (error as? RelayError)?.connectionLost ?? false
-                guard lost, attempt < Self.startupRetries else { throw error }
+                // A broken connection or a momentary condition (a statement timing out on a loaded
+                // server, too many connections) is not a bad configuration: retry those.
+                let pg = error as? PGError, relayError = error as? RelayError
+                let retriable = (pg.map { $0.isBrokenConnection || $0.isTransient })
+                    ?? relayError.map { $0.connectionLost || $0.transient } ?? false
+                guard retriable, attempt < Self.startupRetries else { throw error }
                 attempt += 1
-                logger.warning("database connection lost during start-up checks; retrying", metadata: [LogKey.error: "\(error)"])
+                logger.warning("start-up checks failed for a passing reason; retrying", metadata: [LogKey.error: "\(error)"])
                 try? await Task.sleep(nanoseconds: UInt64(attempt) * 200_000_000)
             }
         }

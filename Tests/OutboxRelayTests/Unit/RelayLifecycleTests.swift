@@ -1,4 +1,5 @@
 @testable import OutboxRelay
+import PGClient
 import Foundation
 import Testing
 
@@ -80,5 +81,19 @@ import Testing
         #expect(signal.waiterCount == 1, "the long waiter is still there")
         signal.signal()
         await long
+    }
+
+    /// A statement timing out on a loaded server at start-up is retried, not taken for a bad
+    /// configuration (a rolling restart under load once exited 2 on "canceling statement due to
+    /// statement timeout" in the schema check).
+    @Test func momentaryDatabaseConditionsAreTransientAndBadSettingsAreNot() {
+        for s in ["57014", "55P03", "53300", "57P03", "40001", "40P01"] {
+            #expect(PGError(.queryFailed, sqlState: s, message: "x").isTransient, "\(s)")
+            #expect(RelayError(database: PGError(.queryFailed, sqlState: s, message: "x"), context: "c").transient)
+        }
+        for s in ["42P01", "42501", "28P01", "3D000"] {
+            #expect(!PGError(.queryFailed, sqlState: s, message: "x").isTransient, "\(s)")
+        }
+        #expect(!PGError(.connectionFailed, message: "refused").isTransient)
     }
 }
