@@ -6,6 +6,15 @@ import Testing
 
 /// Hostile input and day-two operations (issue 12): each case failed before its fix.
 @Suite(.serialized) struct HostileInputTests {
+    /// A relay whose poll timer is 10 minutes away, holding every shard: only NOTIFY can wake it.
+    func startWithoutPolling(_ table: OutboxTable) async throws -> RunningRelay {
+        var config = TestEnvironment.configuration(table: table, pollMillis: 600_000)
+        config.heartbeatIntervalMillis = 1_000
+        let relay = try await RunningRelay.start(config)
+        try await TestEnvironment.eventually("shards held") { await relay.relay.statistics().shardsHeld == 256 }
+        return relay
+    }
+
     func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
         let p = try RelayProcess(arguments, environment: environment)
         p.process.waitUntilExit()
@@ -42,10 +51,7 @@ import Testing
         let conn = try TestEnvironment.connect()
         try Migration.run(on: conn, table: table)
         let topic = try TestEnvironment.topics(1)[0]
-        var config = TestEnvironment.configuration(table: table, pollMillis: 600_000)
-        config.heartbeatIntervalMillis = 1_000
-        let relay = try await RunningRelay.start(config)
-        try await TestEnvironment.eventually("shards held") { await relay.relay.statistics().shardsHeld == 256 }
+        let relay = try await startWithoutPolling(table)
         let id = try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, 'k', 'v') RETURNING id", [.text(topic)]).int64(0, 0)
         try await TestEnvironment.eventually("woken by NOTIFY, not the 10-minute poll", timeout: 20) { try TestEnvironment.count(table) == 0 }
         try await relay.stop()
@@ -63,10 +69,7 @@ import Testing
         try conn.executeScript("SET standard_conforming_strings = off")
         try Migration.run(on: conn, table: table)
         let topic = try TestEnvironment.topics(1)[0]
-        var config = TestEnvironment.configuration(table: table, pollMillis: 600_000)
-        config.heartbeatIntervalMillis = 1_000
-        let relay = try await RunningRelay.start(config)
-        try await TestEnvironment.eventually("shards held") { await relay.relay.statistics().shardsHeld == 256 }
+        let relay = try await startWithoutPolling(table)
         try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, 'k', 'v')", [.text(topic)])
         try await TestEnvironment.eventually("relayed on the trigger's NOTIFY", timeout: 20) { try TestEnvironment.count(table) == 0 }
         try await relay.stop()
