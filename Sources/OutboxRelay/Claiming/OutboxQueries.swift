@@ -20,10 +20,13 @@ public struct OutboxQueries: Sendable {
     }
 
     public let shape: MessageShape
+    /// Header names a row may not set (the relay's own), from `shape`, computed once.
+    let reservedHeaders: [[UInt8]]
 
     public init(table: OutboxTable, shape: MessageShape = MessageShape()) {
         self.table = table
         self.shape = shape
+        self.reservedHeaders = shape.reservedHeaderNames
         // One statement returns the snapshot (first column) and the rows; the LEFT JOIN keeps one
         // row with the snapshot when nothing is waiting. `OFFSET 0` keeps the snapshot subquery
         // from being flattened, so the snapshot is computed once per statement, not per row.
@@ -90,13 +93,16 @@ public struct OutboxQueries: Sendable {
         case .sweep:
             statement = sweepSQL
             parameters += [.int8(request.after), .int8Array(request.excluded)]
-        case .window:
-            statement = windowSQL
-            let since = request.since ?? PGSnapshot(xmin: 0, xmax: 0)
-            parameters += [.text(String(since.xmax)), .text(since.xipArrayLiteral)]
-        case .windowContinued:
-            statement = windowContinuedSQL
-            parameters += [.int8(request.after), .text((request.since ?? PGSnapshot(xmin: 0, xmax: 0)).description)]
+        case .window, .windowContinued:
+            // ClaimCursor always names a window's lower snapshot; a missing one is a bug, not "everything".
+            guard let since = request.since else { preconditionFailure("a window request without its lower snapshot: \(request)") }
+            if request.mode == .window {
+                statement = windowSQL
+                parameters += [.text(String(since.xmax)), .text(since.xipArrayLiteral)]
+            } else {
+                statement = windowContinuedSQL
+                parameters += [.int8(request.after), .text(since.description)]
+            }
         }
         let result = allShards
             ? try conn.execute(prepared: statement.name + "_all", statement.all, parameters)
@@ -109,9 +115,8 @@ public struct OutboxQueries: Sendable {
         rows.reserveCapacity(result.rowCount)
         var scratch: [UInt8] = []
         var topics = TopicNames()
-        let reserved = shape.reservedHeaderNames
         for r in 0..<result.rowCount where !result.isNull(r, 1) {
-            rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics, reserved: reserved))
+            rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics, reserved: reservedHeaders))
         }
         return ClaimBatch(snapshot: snapshot, rows: rows)
     }
@@ -131,7 +136,8 @@ public struct OutboxQueries: Sendable {
     }
 
     static func row(_ result: PGResult, _ r: Int, shape: MessageShape, scratch: inout [UInt8],
-                    topics: inout TopicNames, reserved: [[UInt8]] = [Array(ClaimedRow.idHeader.utf8)]) throws(PGError) -> ClaimedRow {
+                    topics: inout TopicNames, reserved: [[UInt8]]? = nil) throws(PGError) -> ClaimedRow {
+        let reserved = reserved ?? shape.reservedHeaderNames
         let id = try result.int64(r, 1)
         let shard = try result.int32(r, 2)
         let topic = topics.name(result, r, 3)

@@ -62,11 +62,10 @@ public enum Migration {
         "ALTER TABLE \(t.sql) SET (\(autovacuumSettings.map { "\($0.0) = \($0.1)" }.joined(separator: ", ")));"
     }
 
-    /// The migration script for `table` with `shards` shards.
+    /// The migration script for `table` with `shards` shards; `run` takes the advisory lock first.
     public static func script(for table: OutboxTable, shards: Int) -> String {
         let t = table
         return """
-        SELECT pg_advisory_xact_lock(hashtext(\(quoteLiteral("outbox-relay migrate " + t.description))));
         CREATE SCHEMA IF NOT EXISTS \(quoteIdentifier(t.schema));
         CREATE TABLE IF NOT EXISTS \(t.metaSQL) (
             singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
