@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -15,6 +15,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
+        // OTLP over HTTP only: the gRPC exporter would pull grpc-swift into every build.
+        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.0.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // C stays in one place: two thin system-library targets, one Swift module over each.
@@ -31,13 +34,16 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
         // The operator-facing HTTP endpoints (/healthz, /readyz, /metrics).
         .target(name: "RelayHTTP", dependencies: [
             "OutboxRelay",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "OTel", package: "swift-otel"),
         ]),
+
         .executableTarget(name: "outbox-relay", dependencies: [
             "OutboxRelay", "RelayHTTP",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -47,6 +53,9 @@ let package = Package(
         .testTarget(name: "OutboxRelayTests", dependencies: [
             "OutboxRelay", "PGClient", "Kafka", "RelayHTTP",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
     ]
 )

@@ -70,6 +70,32 @@ public struct KafkaMessage: Sendable {
         v.withUTF8 { addHeader(name: name, value: UnsafeRawBufferPointer($0)) }
     }
 
+    /// The first header whose name equals `name`, ignoring ASCII case (W3C trace-context header
+    /// names are case-insensitive; applications write `traceparent` or `Traceparent`).
+    public func headerValue(named name: String) -> String? {
+        let wanted = Array(name.utf8).map(Self.lowercased)
+        for h in headers where h.name.count == wanted.count {
+            if zip(storage[h.name], wanted).allSatisfy({ Self.lowercased($0) == $1 }) {
+                return h.value.map { String(decoding: storage[$0], as: UTF8.self) }
+            }
+        }
+        return nil
+    }
+
+    /// Sets header `name` to `value`, dropping every earlier header of that name (ASCII case
+    /// ignored), so that a consumer reading the first or the last occurrence sees this value.
+    public mutating func replaceHeader(name: String, value: String) {
+        let wanted = Array(name.utf8).map(Self.lowercased)
+        let store = storage
+        headers.removeAll { h in
+            h.name.count == wanted.count && zip(store[h.name], wanted).allSatisfy { Self.lowercased($0) == $1 }
+        }
+        addHeader(name: name, value: value)
+    }
+
+    @inline(__always)
+    private static func lowercased(_ b: UInt8) -> UInt8 { (b >= 65 && b <= 90) ? b + 32 : b }
+
     /// Bytes this message occupies in librdkafka's queue (key + value + headers).
     public var byteCount: Int { storage.count }
 

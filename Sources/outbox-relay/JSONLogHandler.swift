@@ -16,17 +16,16 @@ struct JSONLogHandler: LogHandler {
     }
 
     func log(event: LogEvent) {
-        var fields: [(String, String)] = [
-            ("time", Self.timestamp(Date())), ("level", event.level.rawValue), ("message", "\(event.message)"),
-            ("logger", label), ("source", event.source),
-        ]
+        var line = "{"
+        for (k, v) in [("time", Self.timestamp(Date())), ("level", event.level.rawValue), ("message", "\(event.message)"),
+                       ("logger", label), ("source", event.source)] {
+            if k != "time" { line += "," }
+            line += Self.quoted(k) + ":" + Self.quoted(Redaction.redact(v))
+        }
         var merged = metadata
         for (k, v) in event.metadata ?? [:] { merged[k] = v }
-        for (k, v) in merged.sorted(by: { $0.key < $1.key }) { fields.append((k, "\(v)")) }
-        var line = "{"
-        for (i, (k, v)) in fields.enumerated() {
-            if i > 0 { line += "," }
-            line += Self.quoted(k) + ":" + Self.quoted(Redaction.redact(v))
+        for (k, v) in merged.sorted(by: { $0.key < $1.key }) {
+            line += "," + Self.quoted(k) + ":" + Self.json(v)
         }
         line += "}\n"
         FileHandle.standardError.write(Data(line.utf8))
@@ -44,6 +43,28 @@ struct JSONLogHandler: LogHandler {
         }
         return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T" +
             "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(ms % 1000), 3))Z"
+    }
+
+    /// A metadata value as typed JSON: integers, finite floating-point numbers and booleans
+    /// logged as such (`.stringConvertible(row.id)`) stay numbers and booleans, arrays and
+    /// dictionaries stay arrays and objects, everything else is a redacted string.
+    static func json(_ value: Logger.MetadataValue) -> String {
+        switch value {
+        case .string(let s):
+            return quoted(Redaction.redact(s))
+        case .stringConvertible(let c):
+            switch c {
+            case let b as Bool: return b ? "true" : "false"
+            case let i as any BinaryInteger: return "\(i)"
+            case let d as Double where d.isFinite: return "\(d)"
+            case let f as Float where f.isFinite: return "\(f)"
+            default: return quoted(Redaction.redact("\(c)"))
+            }
+        case .array(let items):
+            return "[" + items.map(json).joined(separator: ",") + "]"
+        case .dictionary(let d):
+            return "{" + d.sorted(by: { $0.key < $1.key }).map { quoted($0.key) + ":" + json($0.value) }.joined(separator: ",") + "}"
+        }
     }
 
     /// A JSON string literal.
@@ -87,7 +108,19 @@ struct RedactingLogHandler: LogHandler {
     func log(event: LogEvent) {
         var e = event
         e.message = Logger.Message(stringLiteral: Redaction.redact("\(event.message)"))
-        e.metadata = event.metadata?.mapValues { .string(Redaction.redact("\($0)")) }
+        e.metadata = event.metadata?.mapValues(Self.redacted)
         inner.log(event: e)
+    }
+
+    /// Text redacted; numbers and booleans kept as they are (they carry no secret, and the JSON
+    /// format writes them typed).
+    static func redacted(_ value: Logger.MetadataValue) -> Logger.MetadataValue {
+        switch value {
+        case .string(let s): return .string(Redaction.redact(s))
+        case .stringConvertible(let c) where c is Bool || c is any BinaryInteger || c is Double || c is Float: return value
+        case .stringConvertible(let c): return .string(Redaction.redact("\(c)"))
+        case .array(let items): return .array(items.map(redacted))
+        case .dictionary(let d): return .dictionary(d.mapValues(redacted))
+        }
     }
 }

@@ -35,6 +35,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("cloudevents-source"), help: settingHelp("cloudevents-source")) var cloudEventsSource: String?
     @Option(name: .customLong("http-port"), help: settingHelp("http-port")) var httpPort: String?
     @Option(name: .customLong("http-host"), help: settingHelp("http-host")) var httpHost: String?
+    @Option(name: .customLong("tracing"), help: settingHelp("tracing")) var tracing: String?
     @Option(name: .customLong("log-format"), help: "text|json [env: OUTBOX_LOG_FORMAT] (default: text)") var logFormat: String?
     @Option(name: .customLong("config"), help: "File of `name = value` settings; flags > environment > file > defaults [env: OUTBOX_CONFIG] (default: none)")
     var config: String?
@@ -54,7 +55,7 @@ struct Run: AsyncParsableCommand {
             ("retry-backoff-max-ms", retryBackoffMaxMs), ("max-attempts", maxAttempts),
             ("dead-letter-topic", deadLetterTopic), ("watchdog-ms", watchdogMs),
             ("http-port", httpPort), ("http-host", httpHost), ("created-at-header", createdAtHeader),
-            ("relay-header", relayHeader), ("cloudevents-source", cloudEventsSource),
+            ("relay-header", relayHeader), ("cloudevents-source", cloudEventsSource), ("tracing", tracing),
         ]
         var out = database.flagValues
         for (k, v) in pairs { if let v { out[k] = v } }

@@ -1,3 +1,4 @@
+import Tracing
 import Kafka
 import PGClient
 
@@ -48,6 +49,12 @@ public struct RelayConfiguration: Sendable {
     public var httpHost: String = "0.0.0.0"
     /// Name of this replica in the replicas table. Default `HOSTNAME-PID-RANDOM`.
     public var replicaName: String?
+    /// `otlp`: a span per relayed row, exported over OTLP/HTTP (the OTEL_* environment variables
+    /// apply). Default `off`. `outbox-relay run` makes the exporter and sets ``tracer``.
+    public var tracing: TracingMode = .off
+    /// The tracer the relay records its spans with; nil records none (the relay then does no
+    /// tracing work at all). Any swift-distributed-tracing tracer: the OTLP one, or a test's.
+    public var tracer: (any Tracer)?
     /// librdkafka properties passed through by name (they win over the relay's defaults,
     /// except that idempotence cannot be turned off).
     public var kafkaProperties: [(String, String)] = []
@@ -58,6 +65,10 @@ public struct RelayConfiguration: Sendable {
     /// Tests only: called on the relay's executor right before each row's produce call, with the
     /// row id — a test blocks in it to stage a process freeze in the middle of a batch.
     @_spi(Testing) public var beforeProduce: (@Sendable (Int64) -> Void)?
+
+    public enum TracingMode: String, Sendable, CaseIterable {
+        case off, otlp
+    }
 
     public init(databaseURL: String, brokers: String) {
         self.databaseURL = databaseURL

@@ -55,6 +55,12 @@ public enum Settings {
         Setting(flag: "cloudevents-source", defaultText: "none", help: "Add CloudEvents binary-mode headers (ce_specversion, ce_id, ce_source = this, ce_type, ce_time); a row's own ce_* headers win") { c, v in c.shape.cloudEventsSource = v },
         Setting(flag: "http-port", defaultText: "8080", help: "Port of /healthz, /readyz and /metrics (0 picks a free port)") { c, v throws(RelayError) in c.httpPort = try int("http-port", v) },
         Setting(flag: "http-host", defaultText: "0.0.0.0", help: "Address the HTTP endpoints bind to") { c, v in c.httpHost = v },
+        Setting(flag: "tracing", defaultText: "off", help: "off, or otlp: a span per relayed row (continuing the row's traceparent), sent over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (other OTEL_* variables apply)") { c, v throws(RelayError) in
+            guard let mode = RelayConfiguration.TracingMode(rawValue: v.trimmingCharacters(in: .whitespaces).lowercased()) else {
+                throw RelayError(.configuration, "invalid --tracing \"\(v)\": expected off or otlp")
+            }
+            c.tracing = mode
+        },
         Setting(flag: "replica-name", defaultText: "HOST-PID-RANDOM", help: "This replica's name in the replicas table") { c, v in c.replicaName = v },
     ]
 

@@ -131,9 +131,10 @@ extension Relay {
                     // Refused before librdkafka, as exactly as its own refusals: dead-lettered at once.
                     throw KafkaError(.produce, errorCode: KafkaErrorCode.invalidArgument, message: problem)
                 }
-                try producer.produce(row.message, opaque: seq)
+                try producer.produce(tracedMessage(row, seq: seq, now: now), opaque: seq)
             } catch {
                 stats.failed += 1
+                endSpan(seq, error: error)
                 // Refused synchronously: the message never reached librdkafka's queue.
                 guard let entry = window.fail(seq) else { continue }
                 failed(entry, error: error, persistence: .notPersisted, now: now)
@@ -166,7 +167,7 @@ extension Relay {
         let history = retries.recordFailure(rowId: row.id, counts: counts, badRow: kind == .badRow, now: now)
         metrics.deliveryFailed(code: error.name)
         var metadata: Logger.Metadata = [
-            LogKey.rowId: "\(row.id)", LogKey.shard: "\(row.shard)", LogKey.topic: "\(row.message.topic)",
+            LogKey.rowId: .stringConvertible(row.id), LogKey.shard: .stringConvertible(row.shard), LogKey.topic: "\(row.message.topic)",
             LogKey.errorCode: "\(error.name)", LogKey.error: "\(error)", "outbox.failure_class": "\(kind.rawValue)",
         ]
         switch failurePolicy.action(kind, error: error, history: history, environmentFailures: stats.environmentFailures,
@@ -190,7 +191,7 @@ extension Relay {
             metrics.retried(topic: row.message.topic)
             pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
             deleteWake.signal()
-            metadata["outbox.retry_in_ms"] = "\(Int(delay * 1000))"
+            metadata["outbox.retry_in_ms"] = .stringConvertible(Int(delay * 1000))
             logger.warning("delivery failed; the row stays in the outbox and is retried", metadata: metadata)
         }
     }
@@ -214,11 +215,12 @@ extension Relay {
                                    createdAtMicros: row.createdAtMicros, row: row)
             stats.probes += 1
             do {
-                try producer.produce(row.message, opaque: seq)
+                try producer.produce(tracedMessage(row, seq: seq, now: now), opaque: seq)
                 probeSeq = seq
                 return
             } catch {
                 stats.failed += 1
+                endSpan(seq, error: error)
                 guard let entry = window.fail(seq) else { continue }
                 settleProbe(row)
                 failed(entry, error: error, persistence: .notPersisted, now: now)

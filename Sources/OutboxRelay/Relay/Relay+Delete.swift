@@ -47,7 +47,7 @@ extension Relay {
                 if deleted < ids.count {
                     stats.lostLeaseRows += ids.count - deleted
                     logger.warning("lease lost: acknowledged rows were left for the shard's new owner (they may be sent again)", metadata: [
-                        "outbox.rows": "\(ids.count - deleted)",
+                        "outbox.rows": .stringConvertible(ids.count - deleted),
                     ])
                 }
                 let drainingBefore = Set(leases.leases.filter { $0.value.phase == .draining }.keys)
@@ -96,18 +96,18 @@ extension Relay {
                     stats.deadLettered += 1
                     metrics.deadLettered(topic: entry.row?.message.topic ?? "")
                     logger.error("row dead-lettered", metadata: [
-                        LogKey.rowId: "\(entry.rowId)", LogKey.topic: "\(entry.row?.message.topic ?? "")",
+                        LogKey.rowId: .stringConvertible(entry.rowId), LogKey.topic: "\(entry.row?.message.topic ?? "")",
                         "outbox.reason": "\(info.reason)",
                     ])
                     if let topic = configuration.deadLetterTopic, let row = entry.row { produceDeadLetterCopy(row, topic: topic, reason: info.reason) }
                 } else {
                     stats.lostLeaseRows += 1
-                    logger.warning("lease lost before the row could be dead-lettered; its new owner decides", metadata: [LogKey.rowId: "\(entry.rowId)"])
+                    logger.warning("lease lost before the row could be dead-lettered; its new owner decides", metadata: [LogKey.rowId: .stringConvertible(entry.rowId)])
                 }
                 windowWake.signal()
                 claimWake.signal()
             } catch {
-                logger.warning("cannot dead-letter row yet; retrying", metadata: [LogKey.rowId: "\(entry.rowId)", LogKey.error: "\(error)"])
+                logger.warning("cannot dead-letter row yet; retrying", metadata: [LogKey.rowId: .stringConvertible(entry.rowId), LogKey.error: "\(error)"])
                 try? await Task.sleep(nanoseconds: 200_000_000)
                 if terminated && deleteAttemptsExhausted() { return }
             }
@@ -122,7 +122,7 @@ extension Relay {
         message.addHeader(name: "outbox-original-topic", value: row.message.topic)
         deadLetterSequence += 1
         do { try producer?.produce(message, opaque: deadLetterSequence) } catch {
-            logger.warning("cannot produce to the dead-letter topic", metadata: [LogKey.rowId: "\(row.id)", LogKey.error: "\(error)"])
+            logger.warning("cannot produce to the dead-letter topic", metadata: [LogKey.rowId: .stringConvertible(row.id), LogKey.error: "\(error)"])
         }
     }
 

@@ -57,7 +57,7 @@ extension Relay {
             let lost = leases.renewed(renewed.map { ($0.shard, $0.epoch) } + leases.leases.filter { !held.contains($0.key) }.map { ($0.key, $0.value.epoch) },
                                       sentAt: sentAt, duration: duration, margin: margin)
             if !lost.isEmpty {
-                logger.warning("lost shard leases to another replica", metadata: ["outbox.shards": "\(lost)"])
+                logger.warning("lost shard leases to another replica", metadata: ["outbox.shards": .stringConvertible(lost)])
             }
             if stopFlag.isSet { return }
             let desired = ShardAssignment.shards(for: replica, among: live, shardCount: shardCount)
@@ -74,7 +74,7 @@ extension Relay {
                     try queries.notifyRebalance(conn)
                 }
                 leases.released(plan.release)
-                logger.info("released shards", metadata: ["outbox.shards": "\(plan.release.count)"])
+                logger.info("released shards", metadata: ["outbox.shards": .stringConvertible(plan.release.count)])
             }
             // A shard this replica lost (paused past its lease, say) may still have rows of that
             // old tenure awaiting reports here. Take it again only once they are settled: until
@@ -89,7 +89,7 @@ extension Relay {
                 }
                 if !got.isEmpty {
                     leases.acquired(got.map { ($0.shard, $0.epoch) }, sentAt: acquireAt, duration: duration, margin: margin)
-                    logger.info("acquired shards", metadata: ["outbox.shards": "\(got.count)", "outbox.held": "\(leases.heldShards.count)"])
+                    logger.info("acquired shards", metadata: ["outbox.shards": .stringConvertible(got.count), "outbox.held": .stringConvertible(leases.heldShards.count)])
                 }
             }
             // Wake the claim loop only when what it may claim changed (new or resumed shards):

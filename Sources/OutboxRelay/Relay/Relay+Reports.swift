@@ -42,6 +42,7 @@ extension Relay {
                 if let row = window.entry(seq)?.row { settleProbe(row) }
             }
             if let error = report.error {
+                endSpan(report.opaque, partition: report.partition, error: error)
                 guard let entry = window.fail(report.opaque) else { continue }
                 stats.failed += 1
                 anyFailure = true
@@ -50,6 +51,7 @@ extension Relay {
                 consecutiveFencing = fencing ? consecutiveFencing + 1 : 0
                 failed(entry, error: error, persistence: report.persistence, now: now)
             } else if let entry = window.acknowledge(report.opaque) {
+                endSpan(report.opaque, partition: report.partition, offset: report.offset)
                 stats.delivered += 1
                 consecutiveFencing = 0
                 lastSuccessAt = now
@@ -105,6 +107,7 @@ extension Relay {
         }
         probeSeq = nil
         let lost = window.failAllUnreported()
+        endOrphanSpans(outcome: "withdrawn: producer re-created")
         if !lost.isEmpty { cursor.rewind() }
         stats.producerRecreations += 1
         metrics.producerRecreations.increment()

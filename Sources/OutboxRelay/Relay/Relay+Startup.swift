@@ -78,7 +78,7 @@ extension Relay {
         self.listener = listener
         listener.start()
         logger.info("relay started", metadata: [
-            "outbox.shards": "\(info.shardCount)", "kafka.librdkafka": "\(Librdkafka.versionString)",
+            "outbox.shards": .stringConvertible(info.shardCount), "kafka.librdkafka": "\(Librdkafka.versionString)",
         ])
     }
 

@@ -4,6 +4,7 @@ import Logging
 import PGClient
 import ServiceLifecycle
 import Synchronization
+import Tracing
 
 /// Relays outbox rows to Kafka: claim → produce → await delivery report → lease-checked DELETE.
 ///
@@ -86,6 +87,8 @@ public actor Relay: Service {
     /// Row id → where the broker acknowledged it; only with `configuration.recordsDeliveries`.
     var ledger: [Int64: DeliveryPlace] = [:]
     var shardCount = 0
+    /// Open producer spans by window sequence (only with a tracer; see Relay+Tracing).
+    var spans: [UInt64: any Span] = [:]
 
     var claimSession: PGSession?
     var deleteSession: PGSession?
@@ -200,6 +203,7 @@ public actor Relay: Service {
             self.producer = nil
             await producer.closeAsync()
         }
+        endOrphanSpans(outcome: "left in the outbox at shutdown", all: true)
         stats.producerClosedAt = monotonicSeconds()
         lifecycle.producerClosed()
         await leave()
@@ -209,7 +213,7 @@ public actor Relay: Service {
         listener = nil
         await closeSessions()
         logger.info("relay stopped", metadata: [
-            "outbox.delivered": "\(stats.delivered)", "outbox.deleted": "\(stats.deleted)",
+            "outbox.delivered": .stringConvertible(stats.delivered), "outbox.deleted": .stringConvertible(stats.deleted),
         ])
     }
 
@@ -231,7 +235,7 @@ public actor Relay: Service {
             let left = deadline - monotonicSeconds()
             if left <= 0 {
                 logger.warning("shutdown deadline passed with rows unacknowledged; they stay in the outbox", metadata: [
-                    "outbox.in_flight_rows": "\(window.rows)",
+                    "outbox.in_flight_rows": .stringConvertible(window.rows),
                 ])
                 break
             }

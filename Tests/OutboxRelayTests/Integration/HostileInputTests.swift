@@ -152,7 +152,9 @@ import Testing
     @Test func jsonLogsAreJSONIncludingLibrdkafkasLines() async throws {
         let table = try TestEnvironment.migratedTable()
         let relay = try RelayProcess(RelayProcess.runArguments(table: table.description, extra: ["--log-format", "json"]))
-        try await TestEnvironment.eventually("librdkafka's start-up line logged") { relay.output.contains("librdkafka:") }
+        try await TestEnvironment.eventually("librdkafka's start-up line and the shards logged") {
+            relay.output.contains("librdkafka:") && relay.output.contains("acquired shards")
+        }
         #expect(relay.terminate() == 0)
         let lines = relay.output.split(separator: "\n")
         #expect(!lines.isEmpty)
@@ -162,6 +164,12 @@ import Testing
             #expect(object?["time"] as? String != nil && object?["source"] as? String != nil, "\(line.prefix(200))")
         }
         #expect(lines.contains { $0.contains("\"kafka.facility\":\"CONFWARN\"") }, "librdkafka's CONFWARN went through the logger")
+        // Typed values: counts are JSON numbers, not strings.
+        let objects = lines.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let acquired = try #require(objects.first { $0["message"] as? String == "acquired shards" })
+        #expect(acquired["outbox.shards"] is NSNumber && !(acquired["outbox.shards"] is String), "\(acquired)")
+        let stopped = try #require(objects.first { $0["message"] as? String == "relay stopped" })
+        #expect((stopped["outbox.delivered"] as? NSNumber)?.intValue == 0, "\(stopped)")
     }
 
     @Test func versionNamesTheRelayAndLibrdkafka() throws {

@@ -122,6 +122,17 @@ import Testing
         #expect { try i.validate() } throws: { "\($0)".contains("enable.idempotence") }
     }
 
+    @Test func tracingIsOffByDefaultAndOnlyOffOrOTLP() throws {
+        #expect(try Settings.resolve(flags: [:], environment: [:]).tracing == .off)
+        #expect(try Settings.resolve(flags: [:], environment: ["OUTBOX_TRACING": "OTLP"]).tracing == .otlp)
+        #expect(throws: RelayError.self) { try Settings.resolve(flags: ["tracing": "jaeger"], environment: [:]) }
+        do {
+            _ = try Settings.resolve(flags: ["tracing": "jaeger"], environment: [:])
+        } catch {
+            #expect(error.description.contains("--tracing") && error.description.contains("jaeger"), "\(error)")
+        }
+    }
+
     @Test func tableNamesAreQuotedAndValidated() throws {
         let t = try OutboxTable("app.Outbox\"x")
         #expect(t.sql == "\"app\".\"Outbox\"\"x\"")
