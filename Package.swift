@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "outbox-relay", targets: ["outbox-relay"]),
         .library(name: "OutboxRelay", targets: ["OutboxRelay"]),
+        .library(name: "OutboxWriter", targets: ["OutboxWriter"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -18,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.1.0"),
         // OTLP over HTTP only: the gRPC exporter would pull grpc-swift into every build.
         .package(url: "https://github.com/swift-otel/swift-otel", from: "1.0.0", traits: ["OTLPHTTP"]),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
     ],
     targets: [
         // C stays in one place: two thin system-library targets, one Swift module over each.
@@ -43,7 +46,13 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "OTel", package: "swift-otel"),
         ]),
-
+        // For applications: writes outbox rows inside the application's own transaction, over
+        // postgres-nio (what Vapor and Hummingbird applications already use). No libpq, no librdkafka.
+        .target(name: "OutboxWriter", dependencies: [
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+        ]),
         .executableTarget(name: "outbox-relay", dependencies: [
             "OutboxRelay", "RelayHTTP",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -56,6 +65,13 @@ let package = Package(
             .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .testTarget(name: "OutboxWriterTests", dependencies: [
+            "OutboxWriter", "Kafka",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
         ]),
     ]
 )
