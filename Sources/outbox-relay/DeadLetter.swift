@@ -15,6 +15,11 @@ struct DeadLetter: ParsableCommand {
 
         func open(for purpose: SchemaCheck.Purpose) throws -> (PGConnection, DeadLetterQueries) {
             let (url, t) = database.resolve()
+            if purpose == .requeueDeadLetters, t.layout != .native {
+                // A dead letter keeps the Kafka message; the application's Debezium columns
+                // (aggregatetype, type, ...) cannot be rebuilt from it.
+                throw RelayError(.configuration, "dead-letter requeue works for the native layout only: table \(t) has the \(t.layout.name) layout, whose rows cannot be rebuilt from the messages kept in \(t.deadLetterSQL); insert the events again from the application, then `dead-letter purge` them")
+            }
             do {
                 let conn = try PGConnection(url: url, applicationName: "outbox-relay-dead-letter")
                 _ = try SchemaCheck.check(conn, table: t, for: purpose)

@@ -74,7 +74,8 @@ struct Run: AsyncParsableCommand {
         MetricsSystem.bootstrap(RelayApplication.metricsFactory(registry: registry))
         let application: RelayApplication
         do {
-            let configuration = try Settings.resolve(flags: flagValues, kafkaProperties: kafkaProperty, environment: env, file: file)
+            let configuration = try Settings.resolve(flags: flagValues, kafkaProperties: kafkaProperty,
+                                                      debeziumOptions: database.debeziumOption, environment: env, file: file)
             application = try await RelayApplication.build(configuration: configuration, registry: registry, logger: logger)
         } catch {
             fail(error.description)

@@ -17,8 +17,8 @@ public struct DeadLetterQueries: Sendable {
         let r = try conn.execute(prepared: "dead_letter_move", """
             WITH moved AS (
                 DELETE FROM \(table.sql) AS o USING \(table.leasesSQL) AS l
-                WHERE o.id = $1 AND l.shard = o.shard AND l.owner = $2 AND l.epoch = $3
-                RETURNING o.id, o.topic, o.key, o.value, o.headers, o.created_at, o.attempts
+                WHERE o.\(table.idSQL) = $1 AND l.shard = o.shard AND l.owner = $2 AND l.epoch = $3
+                RETURNING \(table.messageColumnsSQL(alias: "o"))
             )
             INSERT INTO \(table.deadLetterSQL) (id, topic, key, value, headers, created_at, attempts, reason, error_code, replica)
             SELECT id, topic, key, value, headers, created_at, attempts + 1, $4, $5, $2 FROM moved
@@ -29,7 +29,7 @@ public struct DeadLetterQueries: Sendable {
     /// Counts a failed attempt and keeps the last error (truncated, secrets removed).
     public func recordAttempt(_ conn: PGConnection, rowIds: [Int64], error: String) throws(PGError) {
         try conn.execute(prepared: "outbox_attempt", """
-            UPDATE \(table.sql) SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])
+            UPDATE \(table.sql) SET attempts = attempts + 1, last_error = $2 WHERE \(table.idSQL) = ANY($1::bigint[])
             """, [.int8Array(rowIds), .text(Self.truncate(Redaction.redact(error)))])
     }
 

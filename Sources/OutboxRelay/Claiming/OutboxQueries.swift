@@ -22,11 +22,14 @@ public struct OutboxQueries: Sendable {
     public let shape: MessageShape
     /// Header names a row may not set (the relay's own), from `shape`, computed once.
     let reservedHeaders: [[UInt8]]
+    /// Debezium layout with `table.expand.json.payload=true`: values are sent as compact JSON.
+    let compactJSONValues: Bool
 
     public init(table: OutboxTable, shape: MessageShape = MessageShape()) {
         self.table = table
         self.shape = shape
         self.reservedHeaders = shape.reservedHeaderNames
+        if case .debezium(let routing) = table.layout { compactJSONValues = routing.expandJSONPayload } else { compactJSONValues = false }
         // One statement returns the snapshot (first column) and the rows; the LEFT JOIN keeps one
         // row with the snapshot when nothing is waiting. `OFFSET 0` keeps the snapshot subquery
         // from being flattened, so the snapshot is computed once per statement, not per row.
@@ -40,7 +43,7 @@ public struct OutboxQueries: Sendable {
                 SELECT s.snap::text, \(columns)
                 FROM (SELECT \(snapshot(first)) OFFSET 0) AS s
                 LEFT JOIN LATERAL (
-                    SELECT id, shard, topic, key, value, created_at, headers, not_before FROM \(table.sql)
+                    SELECT id, shard, topic, key, value, created_at, headers, not_before FROM \(table.sourceSQL) AS src
                     WHERE \(filter)\(condition(first + 1))
                     ORDER BY \(order) LIMIT $\(first + 1)
                 ) AS o ON true
@@ -74,7 +77,7 @@ public struct OutboxQueries: Sendable {
         // Lease-checked: a row is deleted only while this replica's lease epoch on its shard is current.
         deleteSQL = """
             DELETE FROM \(table.sql) AS o USING \(table.leasesSQL) AS l
-            WHERE o.id = ANY($1::bigint[]) AND l.shard = o.shard AND l.owner = $2
+            WHERE o.\(table.idSQL) = ANY($1::bigint[]) AND l.shard = o.shard AND l.owner = $2
               AND l.epoch = ($3::bigint[])[o.shard + 1]
             """
     }
@@ -116,7 +119,8 @@ public struct OutboxQueries: Sendable {
         var scratch: [UInt8] = []
         var topics = TopicNames()
         for r in 0..<result.rowCount where !result.isNull(r, 1) {
-            rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics, reserved: reservedHeaders))
+            rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics, reserved: reservedHeaders,
+                                     compactJSONValue: compactJSONValues))
         }
         return ClaimBatch(snapshot: snapshot, rows: rows)
     }
@@ -136,7 +140,7 @@ public struct OutboxQueries: Sendable {
     }
 
     static func row(_ result: PGResult, _ r: Int, shape: MessageShape, scratch: inout [UInt8],
-                    topics: inout TopicNames, reserved: [[UInt8]]? = nil) throws(PGError) -> ClaimedRow {
+                    topics: inout TopicNames, reserved: [[UInt8]]? = nil, compactJSONValue: Bool = false) throws(PGError) -> ClaimedRow {
         let reserved = reserved ?? shape.reservedHeaderNames
         let id = try result.int64(r, 1)
         let shard = try result.int32(r, 2)
@@ -153,7 +157,16 @@ public struct OutboxQueries: Sendable {
         func keyAndValue(headerCapacity: Int) -> KafkaMessage {
             var m = KafkaMessage(topic: topic, capacity: capacity, headerCapacity: headerCapacity)
             if !result.isNull(r, 4) { result.withRawValue(r, 4) { m.setKey($0) } }
-            if !result.isNull(r, 5) { result.withRawValue(r, 5) { m.setValue($0) } }
+            if !result.isNull(r, 5) {
+                result.withRawValue(r, 5) { raw in
+                    if compactJSONValue {
+                        let compact = JSONText.compact(raw)
+                        compact.withUnsafeBytes { m.setValue($0) }
+                    } else {
+                        m.setValue(raw)
+                    }
+                }
+            }
             return m
         }
         var message = keyAndValue(headerCapacity: headerCount)

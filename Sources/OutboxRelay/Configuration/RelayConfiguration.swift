@@ -52,6 +52,11 @@ public struct RelayConfiguration: Sendable {
     /// `otlp`: a span per relayed row, exported over OTLP/HTTP (the OTEL_* environment variables
     /// apply). Default `off`. `outbox-relay run` makes the exporter and sets ``tracer``.
     public var tracing: TracingMode = .off
+    /// Which columns messages come from: native (default), or Debezium's outbox layout with its
+    /// EventRouter options (``OutboxLayout``).
+    public var layout: OutboxLayout = .native
+    /// `--layout` as given (resolved into ``layout`` with the Debezium options).
+    var layoutName = "native"
     /// The tracer the relay records its spans with; nil records none (the relay then does no
     /// tracing work at all). Any swift-distributed-tracing tracer: the OTLP one, or a test's.
     public var tracer: (any Tracer)?

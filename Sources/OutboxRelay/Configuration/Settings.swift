@@ -33,6 +33,7 @@ public enum Settings {
     }
 
     public static let all: [Setting] = [
+        Setting(flag: "layout", defaultText: "native", help: "native, or debezium: a table in Debezium's outbox layout (id, aggregatetype, aggregateid, type, payload), mapped as Debezium's EventRouter maps it; its options by --debezium-option NAME=VALUE") { c, v in c.layoutName = v },
         Setting(flag: "database-url", defaultText: "required", help: "PostgreSQL URL or conninfo; every libpq option (sslmode, sslrootcert, ...) passes through it") { c, v in c.databaseURL = v },
         Setting(flag: "brokers", defaultText: "required", help: "Kafka bootstrap brokers, HOST:PORT[,HOST:PORT...]") { c, v in c.brokers = v },
         Setting(flag: "table", defaultText: "outbox", help: "Outbox table, optionally SCHEMA.TABLE") { c, v in c.table = v },
@@ -65,10 +66,10 @@ public enum Settings {
     ]
 
     /// Resolves flags (by flag name), the environment and defaults into a configuration.
-    public static func resolve(flags: [String: String], kafkaProperties: [String] = [],
+    public static func resolve(flags: [String: String], kafkaProperties: [String] = [], debeziumOptions: [String] = [],
                                environment: [String: String], file: [String: String] = [:]) throws(RelayError) -> RelayConfiguration {
         var config = RelayConfiguration(databaseURL: "", brokers: "")
-        for key in file.keys where !key.hasPrefix("kafka.") && !all.contains(where: { $0.flag == key }) && !["log-level", "log-format"].contains(key) {
+        for key in file.keys where !key.hasPrefix("kafka.") && !key.hasPrefix("debezium.") && !all.contains(where: { $0.flag == key }) && !["log-level", "log-format"].contains(key) {
             throw RelayError(.configuration, "unknown setting \"\(key)\" in the configuration file")
         }
         // librdkafka properties from the file come first: environment and flags win over them.
@@ -99,6 +100,22 @@ public enum Settings {
                 config.kafkaProperties.append((kafkaPropertyName(fromEnvironment: base), v))
             }
         }
+        // Debezium EventRouter options: file `debezium.<name>`, then OUTBOX_DEBEZIUM_<NAME>
+        // (underscores for dots), then --debezium-option NAME=VALUE; later wins.
+        var routing: [(String, String)] = []
+        for (key, value) in file.sorted(by: { $0.key < $1.key }) where key.hasPrefix("debezium.") {
+            routing.append((String(key.dropFirst("debezium.".count)), value))
+        }
+        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("OUTBOX_DEBEZIUM_") {
+            routing.append((String(name.dropFirst("OUTBOX_DEBEZIUM_".count)).lowercased().replacingOccurrences(of: "_", with: "."), value))
+        }
+        for entry in debeziumOptions {
+            guard let eq = entry.firstIndex(of: "="), eq != entry.startIndex else {
+                throw RelayError(.configuration, "invalid --debezium-option \"\(entry.prefix { $0 != "=" })\": expected NAME=VALUE")
+            }
+            routing.append((String(entry[..<eq]), String(entry[entry.index(after: eq)...])))
+        }
+        config.layout = try OutboxLayout.parse(config.layoutName, options: routing)
         for entry in kafkaProperties {
             guard let eq = entry.firstIndex(of: "="), eq != entry.startIndex else {
                 throw RelayError(.configuration, "invalid --kafka-property \"\(entry.prefix { $0 != "=" })\": expected NAME=VALUE")
@@ -154,6 +171,7 @@ extension Settings {
             lines.append("| `--\(s.flag)` | `\(s.environmentVariable)` | \(s.defaultText) | \(s.help) |")
         }
         lines.append("| `--kafka-property NAME=VALUE` | `OUTBOX_KAFKA_<NAME>` | — | any librdkafka property, by its librdkafka name (dots as underscores in the variable) |")
+        lines.append("| `--debezium-option NAME=VALUE` | `OUTBOX_DEBEZIUM_<NAME>` | — | an option of Debezium's outbox EventRouter, by its Debezium name (with `--layout debezium`; see \"Coming from Debezium\") |")
         lines.append("| `--log-level` | `OUTBOX_LOG_LEVEL` | info | trace, debug, info, notice, warning, error |")
         lines.append("| `--log-format` | `OUTBOX_LOG_FORMAT` | text | text, or json (one object per line, dotted metadata keys) |")
         lines.append("| `--config FILE` | `OUTBOX_CONFIG` | none | a file of `name = value` lines (flag names; `kafka.<property>` for librdkafka); flags > environment > file > defaults |")

@@ -9,7 +9,7 @@ struct BacklogQueries: Sendable {
     /// 10 000: a gauge to alert on, cheap however large the table grows).
     func sample(_ conn: PGConnection) throws(PGError) -> (rows: Int64, oldestAgeSeconds: Double, deadLetters: Int64) {
         let r = try conn.execute(prepared: "backlog_sample_v2", """
-            SELECT (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8::text FROM \(table.sql) ORDER BY id LIMIT 1),
+            SELECT (SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8::text FROM \(table.sql) ORDER BY \(table.idSQL) LIMIT 1),
                    (SELECT greatest(n_live_tup, 1) FROM pg_stat_user_tables WHERE relid = $1::text::regclass),
                    (SELECT count(*) FROM (SELECT 1 FROM \(table.deadLetterSQL) LIMIT 10000) AS d)
             """, [.text(table.sql)])

@@ -112,7 +112,7 @@ public actor Relay: Service {
     public init(configuration: RelayConfiguration, logger: Logger) throws(RelayError) {
         try configuration.validate()
         self.configuration = configuration
-        self.table = try OutboxTable(configuration.table)
+        self.table = try OutboxTable(configuration.table, layout: configuration.layout)
         var shape = configuration.shape
         shape.relayName = configuration.replicaName ?? ""
 

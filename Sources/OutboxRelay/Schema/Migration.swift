@@ -64,6 +64,7 @@ public enum Migration {
 
     /// The migration script for `table` with `shards` shards; `run` takes the advisory lock first.
     public static func script(for table: OutboxTable, shards: Int) -> String {
+        if case .debezium(let routing) = table.layout { return debeziumScript(for: table, routing: routing, shards: shards) }
         let t = table
         return """
         CREATE SCHEMA IF NOT EXISTS \(quoteIdentifier(t.schema));
@@ -75,6 +76,7 @@ public enum Migration {
         );
         INSERT INTO \(t.metaSQL) (shard_count, schema_version) VALUES (\(shards), \(schemaVersion))
             ON CONFLICT (singleton) DO NOTHING;
+        ALTER TABLE \(t.metaSQL) ADD COLUMN IF NOT EXISTS layout text NOT NULL DEFAULT 'native';
         CREATE TABLE IF NOT EXISTS \(t.sql) (
             id bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME \(t.sequenceSQL) CACHE 1),
             txid xid8 NOT NULL DEFAULT \(ClaimInvariants.txidDefault),
@@ -92,6 +94,68 @@ public enum Migration {
         \(ClaimInvariants.txidColumnSQL(t))
         \(ClaimInvariants.txidIndexSQL(t))
         UPDATE \(t.metaSQL) SET schema_version = \(schemaVersion) WHERE schema_version < \(schemaVersion);
+        \(relayTablesScript(t, shards: shards))
+        """
+    }
+
+    /// The meta table, with the layout the outbox was migrated with.
+    static func metaScript(_ t: OutboxTable, shards: Int) -> String {
+        """
+        CREATE SCHEMA IF NOT EXISTS \(quoteIdentifier(t.schema));
+        CREATE TABLE IF NOT EXISTS \(t.metaSQL) (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            shard_count integer NOT NULL CHECK (shard_count > 0),
+            schema_version integer NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        INSERT INTO \(t.metaSQL) (shard_count, schema_version) VALUES (\(shards), \(schemaVersion))
+            ON CONFLICT (singleton) DO NOTHING;
+        ALTER TABLE \(t.metaSQL) ADD COLUMN IF NOT EXISTS layout text NOT NULL DEFAULT 'native';
+        """
+    }
+
+    /// Adopts (or creates) a table in Debezium's outbox layout: the application's columns stay as
+    /// they are, the relay's are added with defaults (an INSERT naming only Debezium's columns
+    /// keeps working), and the relay's own tables are created as for the native layout.
+    static func debeziumScript(for t: OutboxTable, routing r: DebeziumRouting, shards: Int) -> String {
+        let key = "\(quoteIdentifier(r.keyField))"
+        let shard = "CASE WHEN \(key) IS NULL THEN (outbox_relay_id % \(shards))::integer " +
+            "ELSE ((('x' || substr(md5(\(t.bytesFunctionSQL)(\(key))), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
+        func bytes(_ type: String, _ body: String) -> String {
+            "CREATE OR REPLACE FUNCTION \(t.bytesFunctionSQL)(\(type)) RETURNS bytea LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS \(dollarQuote(body));"
+        }
+        return """
+        \(metaScript(t, shards: shards))
+        UPDATE \(t.metaSQL) SET layout = 'debezium';
+        CREATE TABLE IF NOT EXISTS \(t.sql) (
+            \(quoteIdentifier(r.idField)) uuid NOT NULL PRIMARY KEY,
+            \(quoteIdentifier(r.routeByField)) varchar(255) NOT NULL,
+            \(quoteIdentifier(r.keyField)) varchar(255) NOT NULL,
+            "type" varchar(255) NOT NULL,
+            \(quoteIdentifier(r.payloadField)) jsonb
+        );
+        \(bytes("bytea", "SELECT $1"))
+        \(bytes("text", "SELECT convert_to($1, 'UTF8')"))
+        \(bytes("jsonb", "SELECT convert_to($1::text, 'UTF8')"))
+        \(bytes("json", "SELECT convert_to($1::text, 'UTF8')"))
+        \(bytes("uuid", "SELECT convert_to($1::text, 'UTF8')"))
+        \(ClaimInvariants.idColumnSQL(t))
+        CREATE UNIQUE INDEX IF NOT EXISTS \(quoteIdentifier("\(t.name)_outbox_relay_id_idx")) ON \(t.sql) (outbox_relay_id);
+        ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS shard integer NOT NULL GENERATED ALWAYS AS (\(shard)) STORED;
+        ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT clock_timestamp();
+        ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
+        ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS last_error text;
+        ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS not_before timestamptz NOT NULL DEFAULT now();
+        \(ClaimInvariants.txidColumnSQL(t))
+        \(ClaimInvariants.txidIndexSQL(t))
+        UPDATE \(t.metaSQL) SET schema_version = \(schemaVersion) WHERE schema_version < \(schemaVersion);
+        \(relayTablesScript(t, shards: shards))
+        """
+    }
+
+    /// Autovacuum, the NOTIFY trigger, and the lease, dead-letter and replica tables.
+    static func relayTablesScript(_ t: OutboxTable, shards: Int) -> String {
+        """
         \(autovacuumSQL(t))
         \(notifyFunctionSQL(t))
         \(notifyTriggerSQL(t))
@@ -170,8 +234,26 @@ public enum Migration {
         do {
             try conn.executeScript("BEGIN")
             try conn.executeScript("SELECT pg_advisory_xact_lock(hashtext(\(quoteLiteral("outbox-relay migrate " + table.description))))")
-            if try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(table.sql)]).bool(0, 0) {
+            let tableExists = try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(table.sql)]).bool(0, 0)
+            if tableExists, table.layout == .native {
                 _ = try ClaimInvariants.convertVersion1Id(conn, table: table)
+            }
+            if try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(table.metaSQL)]).bool(0, 0),
+               let stored = try conn.query("SELECT to_jsonb(m) ->> 'layout' FROM \(table.metaSQL) AS m").string(0, 0),
+               stored != table.layout.name {
+                try conn.executeScript("ROLLBACK")
+                throw RelayError(.configuration, "table \(table) was migrated with --layout \(stored); it cannot change to --layout \(table.layout.name)")
+            }
+            if tableExists, case .debezium(let routing) = table.layout {
+                let present = try conn.query("""
+                    SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
+                    """, [.text(table.sql)])
+                let columns = Set((0..<present.rowCount).compactMap { present.string($0, 0) })
+                let missing = routing.columns.filter { !columns.contains($0) }
+                if !missing.isEmpty {
+                    try conn.executeScript("ROLLBACK")
+                    throw RelayError(.configuration, "table \(table) has no column \(missing.map { "\"\($0)\"" }.joined(separator: ", ")) that the Debezium mapping reads (set table.field.event.* / route.by.field with --debezium-option to the table's column names)")
+                }
             }
             try convertVersion1DeadLetters(conn, table: table)
             try conn.executeScript(script(for: table, shards: shards))

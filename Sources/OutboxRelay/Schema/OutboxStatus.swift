@@ -31,7 +31,7 @@ public struct OutboxStatus: Sendable, Codable {
         let backlog = try totals.int64(0, 0)
         let oldest = totals.string(0, 1).flatMap(Double.init)
         let topics = try conn.query("""
-            SELECT topic, count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8::text FROM \(table.sql)
+            SELECT topic, count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8::text FROM \(table.sourceSQL) AS src
             GROUP BY topic ORDER BY count(*) DESC LIMIT 100
             """)
         var topicList: [Topic] = []

@@ -5,6 +5,14 @@ import PGClient
 public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
     public let schema: String
     public let name: String
+    /// Which columns the messages come from (native, or Debezium's outbox layout).
+    public var layout: OutboxLayout = .native
+
+    /// Parses `table` or `schema.table` (unqualified names live in `public`).
+    public init(_ qualified: String, layout: OutboxLayout) throws(RelayError) {
+        try self.init(qualified)
+        self.layout = layout
+    }
 
     /// Parses `table` or `schema.table` (unqualified names live in `public`).
     public init(_ qualified: String) throws(RelayError) {
@@ -28,6 +36,9 @@ public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
 
     /// `"schema"."outbox"`
     public var sql: String { qualify(name) }
+    /// The quoted column the relay orders, claims and deletes by (`id`; `outbox_relay_id` in the
+    /// Debezium layout, whose `id` is the application's event id).
+    public var idSQL: String { quoteIdentifier(layout.idColumn) }
     public var leasesSQL: String { qualify("\(name)_leases") }
     public var replicasSQL: String { qualify("\(name)_replicas") }
     public var metaSQL: String { qualify("\(name)_relay_meta") }

@@ -16,6 +16,21 @@ public enum SchemaCheck {
         ("last_error", "text"), ("not_before", "timestamp with time zone"),
     ]
 
+    /// Expected columns of `t` in its layout: name and type, or nil where any type will do (the
+    /// application's columns a Debezium mapping reads).
+    public static func expectedColumns(_ t: OutboxTable) -> [(String, String?)] {
+        switch t.layout {
+        case .native:
+            return expectedColumns.map { ($0.0, $0.1) }
+        case .debezium(let r):
+            let relay: [(String, String?)] = [
+                ("outbox_relay_id", "bigint"), ("txid", "xid8"), ("shard", "integer"), ("created_at", "timestamp with time zone"),
+                ("attempts", "integer"), ("last_error", "text"), ("not_before", "timestamp with time zone"),
+            ]
+            return relay + r.columns.map { ($0, nil) }
+        }
+    }
+
     /// What a command is about to do, hence which privileges it needs.
     public enum Purpose: Sendable {
         /// `run`: claim, delete, record attempts, dead-letter, lease, heartbeat.
@@ -75,17 +90,22 @@ public enum SchemaCheck {
                     throw RelayError(.schema, "\(label) \(sql) does not exist: \(hint)")
                 }
             }
+            // The layout first: a table migrated with another layout has other columns.
+            if let stored = try conn.query("SELECT coalesce(to_jsonb(m) ->> 'layout', 'native') FROM \(table.metaSQL) AS m").string(0, 0),
+               stored != table.layout.name {
+                throw RelayError(.configuration, "table \(table) was migrated with --layout \(stored), not \(table.layout.name): give --layout \(stored)")
+            }
             let cols = try conn.query("""
                 SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
                 FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
                 """, [.text(table.sql)])
             var found: [String: String] = [:]
             for r in 0..<cols.rowCount { found[cols.string(r, 0) ?? ""] = cols.string(r, 1) ?? "" }
-            for (column, type) in expectedColumns {
+            for (column, type) in expectedColumns(table) {
                 guard let actual = found[column] else {
-                    throw RelayError(.schema, "table \(table) has no column \"\(column)\" (\(type)): \(hint)")
+                    throw RelayError(.schema, "table \(table) has no column \"\(column)\" (\(type ?? "read by the \(table.layout.name) layout")): \(hint)")
                 }
-                if actual != type {
+                if let type, actual != type {
                     throw RelayError(.schema, "column \"\(column)\" of table \(table) is \(actual), expected \(type): \(hint)")
                 }
             }

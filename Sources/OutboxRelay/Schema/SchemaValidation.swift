@@ -29,7 +29,8 @@ public enum SchemaValidation {
             """, [.text(t.sql)])
         var found: [String: String] = [:]
         for r in 0..<cols.rowCount { found[cols.string(r, 0) ?? ""] = cols.string(r, 1) ?? "" }
-        for (column, type) in SchemaCheck.expectedColumns {
+        for (column, expected) in SchemaCheck.expectedColumns(t) {
+            let type = expected ?? "any type"
             guard let actual = found[column] else {
                 let fix: String
                 switch column {
@@ -43,21 +44,21 @@ public enum SchemaValidation {
                 out.append(Difference(problem: "column \"\(column)\" (\(type)) of \(t.sql) is missing", fix: fix))
                 continue
             }
-            if actual != type {
+            if let expected, actual != expected {
                 out.append(Difference(problem: "column \"\(column)\" of \(t.sql) is \(actual), expected \(type)",
                                       fix: "ALTER TABLE \(t.sql) ALTER COLUMN \(quoteIdentifier(column)) TYPE \(type);"))
             }
         }
         // The claim protocol's invariants (identity id with CACHE 1, txid and its index).
-        if found["id"] != nil {
+        if found[t.layout.idColumn] != nil || t.layout != .native {
             out += try ClaimInvariants.problems(conn, table: t).filter { !(found["txid"] == nil && $0.problem.contains("txid")) }
         }
         // Primary key on id.
         let pk = try conn.query("""
             SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-            WHERE i.indrelid = $1::text::regclass AND i.indisprimary AND a.attname = 'id'
-            """, [.text(t.sql)]).int64(0, 0)
-        if pk == 0 {
+            WHERE i.indrelid = $1::text::regclass AND (i.indisprimary OR i.indisunique) AND a.attname = $2
+            """, [.text(t.sql), .text(t.layout.idColumn)]).int64(0, 0)
+        if pk == 0, t.layout == .native {
             out.append(Difference(problem: "\(t.sql) has no primary key on id (claims and deletes need it)", fix: "ALTER TABLE \(t.sql) ADD PRIMARY KEY (id);"))
         }
         // Notification function and trigger.
