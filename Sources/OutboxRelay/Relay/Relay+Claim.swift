@@ -36,6 +36,7 @@ extension Relay {
             // Claim full batches: with rows still in flight, wait until half a batch fits rather
             // than issuing many small claims (statements per row matter to the database).
             let minimumRoom = window.isEmpty ? 1 : max(1, min(configuration.batchSize, window.maxRows) / 2)
+            claimWaitsForRoom = room < minimumRoom
             guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
                 var wait = poll
                 if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }

@@ -49,7 +49,13 @@ extension Relay {
         shardCount = info.shardCount
         leases = LeaseTable(shardCount: info.shardCount, deliveryBound: configuration.deliveryBoundSeconds)
         claimSession = claim
-        deleteSession = PGSession(url: url, applicationName: app, label: "delete", setup: setup)
+        // The delete session's statements have one right plan whatever their parameters (see
+        // OutboxQueries.deleteSQL): plan them once.
+        let deleteSetup: @Sendable (PGConnection) throws(PGError) -> Void = { conn throws(PGError) in
+            try setup(conn)
+            try conn.executeScript("SET plan_cache_mode = force_generic_plan")
+        }
+        deleteSession = PGSession(url: url, applicationName: app, label: "delete", setup: deleteSetup)
         leaseSession = PGSession(url: url, applicationName: app, label: "lease", setup: setup)
 
         do {

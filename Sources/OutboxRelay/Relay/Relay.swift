@@ -67,6 +67,8 @@ public actor Relay: Service {
     var recreating: Bool { lifecycle.state == .recreatingProducer }
     var terminated: Bool { lifecycle.terminated }
     var lastClaimable: [Int32] = []
+    /// The claim loop is waiting for room in the in-flight window (a DELETE should wake it).
+    var claimWaitsForRoom = false
     /// Average message bytes of recently claimed rows (nil until a row was seen).
     var averageRowBytes: Double?
     var pausedUntil: Double = 0
