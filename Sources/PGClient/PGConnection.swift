@@ -18,9 +18,12 @@ public final class PGConnection {
         if let password = ProcessInfo.processInfo.environment["PGPASSWORD"] { Secrets.register(password) }
         // expand_dbname=1 makes libpq treat the "dbname" value as a full connection string.
         // Our values come first so that anything the URL sets wins (later keywords override).
+        // tcp_user_timeout: a request whose packets go unacknowledged (a network that drops
+        // them) fails after 30 s instead of the kernel's ~15 minutes of retransmissions;
+        // keepalives do the same for an idle connection whose peer vanished.
         let keys = ["application_name", "connect_timeout", "keepalives", "keepalives_idle",
-                    "keepalives_interval", "keepalives_count", "dbname"]
-        let values = [applicationName, String(connectTimeoutSeconds), "1", "10", "5", "3", url]
+                    "keepalives_interval", "keepalives_count", "tcp_user_timeout", "dbname"]
+        let values = [applicationName, String(connectTimeoutSeconds), "1", "10", "5", "3", "30000", url]
         let conn: OpaquePointer? = withCStringArray(keys) { k in
             withCStringArray(values) { v in PQconnectdbParams(k, v, 1) }
         }

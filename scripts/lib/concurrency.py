@@ -183,8 +183,9 @@ class Workload:
                 t.kept = inserted
         except psycopg.Error as e:
             t.sqlstate = getattr(e, "sqlstate", None)
-            if commit_sent and t.sqlstate is None:
-                # The connection broke while COMMIT was under way: it may or may not have committed.
+            if commit_sent and (t.sqlstate is None or t.sqlstate.startswith("08") or t.sqlstate in ("57P01", "57P02", "57P03")):
+                # The connection broke while COMMIT was under way (also when the server said why: a
+                # shutdown or crash, 57P0x): it may or may not have committed.
                 t.outcome = "unknown"
                 t.kept = inserted
             else:
@@ -374,7 +375,8 @@ def read_topics(brokers, topics, timeout=180):
                 msgs.append({"topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
                              "key": m.key(), "value": m.value(), "ts_ms": ts if ts_type != 0 else None,
                              "id": int(oid) if oid is not None else None,
-                             "txn": hdrs["txn"].decode() if hdrs.get("txn") is not None else None})
+                             "txn": hdrs["txn"].decode() if hdrs.get("txn") is not None else None,
+                             "headers": hdrs})
         return msgs, high
     finally:
         c.close()
