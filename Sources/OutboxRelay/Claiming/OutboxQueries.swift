@@ -206,6 +206,25 @@ public struct OutboxQueries: Sendable {
                           unreadable: unreadable)
     }
 
+    /// Keeps the notification gate open for `millis` from now (database clock): inserting
+    /// transactions NOTIFY until then.
+    /// Returns the value set (to close the gate with later, if no other replica renewed it).
+    public func openNotificationGate(_ conn: PGConnection, forMillis millis: Int64) throws(PGError) -> Int64 {
+        try conn.execute(prepared: "outbox_notify_gate", """
+            SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass,
+                          greatest((extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1, 1))
+            """, [.int8(millis)]).int64(0, 0)
+    }
+
+    /// Closes the gate this replica opened at `value`, unless another replica has renewed it
+    /// since (then it stays open for that replica).
+    public func closeNotificationGate(_ conn: PGConnection, openedAt value: Int64) throws(PGError) {
+        _ = try conn.execute(prepared: "outbox_notify_gate_close", """
+            SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass, 0)
+            FROM \(table.notifyUntilSQL) WHERE last_value = $1
+            """, [.int8(value)])
+    }
+
     /// Deletes acknowledged rows whose lease this replica still holds at `epochs[shard]`.
     /// Returns the number of rows deleted (fewer than `ids.count` means leases were lost).
     public func delete(_ conn: PGConnection, ids: [Int64], owner: String, epochs: [Int64]) throws(PGError) -> Int {

@@ -78,7 +78,9 @@ extension Relay {
                 continue
             }
             produce(batch.rows)
-            if !cursor.hasMore {
+            if !cursor.hasMore, notificationGate {
+                await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
+            } else if !cursor.hasMore {
                 // Idle: sleep until NOTIFY (every committing insert sends one), window room or the
                 // poll timer. A late-committing row is in the next read's window: nothing to ripen.
                 var wait = poll
@@ -89,6 +91,48 @@ extension Relay {
                 try? await Task.sleep(nanoseconds: Self.claimGatherNanoseconds)
             }
         }
+    }
+
+    /// Caught up, on a table with the notification gate: poll while busy, else declare the wait
+    /// (the gate) and sleep until a notification (see ``WakeMode``).
+    func waitWhenCaughtUp(rows: Int, poll: Double, session: PGSession) async {
+        let now = monotonicSeconds()
+        wakeMode.observe(rows: rows, now: now)
+        if wakeMode.mode == .polling, let opened = gateOpenedAt {
+            // Switched to polling: close the gate this replica opened, so inserts stop notifying
+            // now rather than when the declaration runs out.
+            gateOpenedAt = nil
+            let queries = outbox
+            do {
+                try await session.withConnection { conn throws(PGError) in try queries.closeNotificationGate(conn, openedAt: opened) }
+            } catch {
+                logger.debug("could not close the notification gate; it lapses by itself", metadata: [LogKey.error: "\(error)"])
+            }
+        }
+        if wakeMode.mode == .polling {
+            stats.busyPolls += 1
+            try? await Task.sleep(nanoseconds: UInt64(wakeMode.busyPoll * 1_000_000_000))
+            return
+        }
+        if wakeMode.needsDeclaration(now: now) {
+            let queries = outbox
+            let millis = Int64(wakeMode.declaration * 1000)
+            do {
+                gateOpenedAt = try await session.withConnection { conn throws(PGError) in
+                    try queries.openNotificationGate(conn, forMillis: millis)
+                }
+                wakeMode.declared(now: now)
+                stats.gateDeclarations += 1
+            } catch {
+                logger.warning("could not ask for notifications; polling", metadata: [LogKey.error: "\(error)"])
+            }
+            // Rows committed before the gate opened sent no notification: read once more first.
+            if wakeMode.justReopened { return }
+        }
+        var wait = wakeMode.notifiedWait(poll: poll, now: now)
+        if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
+        await claimWake.wait(timeout: wait)
+        try? await Task.sleep(nanoseconds: Self.claimGatherNanoseconds)
     }
 
     func produce(_ rows: [ClaimedRow]) {

@@ -47,6 +47,12 @@ extension Relay {
             }
         }
         shardCount = info.shardCount
+        notificationGate = info.notificationGate
+        let poll = Double(configuration.pollIntervalMillis) / 1000
+        wakeMode = WakeMode(busyPoll: min(0.005, poll), declaration: max(2 * poll, 0.2))
+        if !info.notificationGate {
+            logger.notice("table \(table) has no notification gate: every insert sends a NOTIFY (run `outbox-relay migrate` of this version)")
+        }
         leases = LeaseTable(shardCount: info.shardCount, deliveryBound: configuration.deliveryBoundSeconds)
         claimSession = claim
         // The delete session's statements have one right plan whatever their parameters (see

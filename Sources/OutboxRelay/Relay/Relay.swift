@@ -67,6 +67,11 @@ public actor Relay: Service {
     var recreating: Bool { lifecycle.state == .recreatingProducer }
     var terminated: Bool { lifecycle.terminated }
     var lastClaimable: [Int32] = []
+    /// How the claim loop waits when caught up (only with the notification gate).
+    var wakeMode = WakeMode()
+    var notificationGate = false
+    /// The gate value this replica set last (nil when it has not, or closed it).
+    var gateOpenedAt: Int64?
     /// The claim loop is waiting for room in the in-flight window (a DELETE should wake it).
     var claimWaitsForRoom = false
     /// Average message bytes of recently claimed rows (nil until a row was seen).

@@ -2,6 +2,9 @@
 public struct RelayStatistics: Sendable, Equatable {
     /// Messages acknowledged by the broker.
     public var delivered = 0
+    /// Claims after a busy-poll sleep, and declarations of the notification gate (WakeMode).
+    public var busyPolls = 0
+    public var gateDeclarations = 0
     /// Rows deleted after acknowledgement.
     public var deleted = 0
     /// Failed delivery reports and synchronous produce errors (rows kept for retry).

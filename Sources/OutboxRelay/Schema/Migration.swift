@@ -42,14 +42,27 @@ public enum Migration {
         CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS \(dollarQuote("""
 
         BEGIN
-            PERFORM pg_notify(\(quoteLiteral(t.channel)),
-                CASE WHEN count(DISTINCT shard) > \(WakeFilter.maxListed) THEN '*'
-                     ELSE '\(WakeFilter.payloadPrefix)' || string_agg(DISTINCT shard::text, ',') END)
-            FROM outbox_relay_new_rows HAVING count(*) > 0;
+            -- Notify only while a replica waits for notifications (it keeps this sequence at a
+            -- future time while it does): NOTIFY serializes committing transactions, so a busy
+            -- relay polls instead.
+            IF (SELECT last_value FROM \(t.notifyUntilSQL)) > (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN
+                PERFORM pg_notify(\(quoteLiteral(t.channel)),
+                    CASE WHEN count(DISTINCT shard) > \(WakeFilter.maxListed) THEN '*'
+                         ELSE '\(WakeFilter.payloadPrefix)' || string_agg(DISTINCT shard::text, ',') END)
+                FROM outbox_relay_new_rows HAVING count(*) > 0;
+            END IF;
             RETURN NULL;
         END
 
         """));
+        """
+    }
+
+    /// The notification gate (see OutboxTable.notifyUntilSQL), readable by every inserting role.
+    static func notifySequenceSQL(_ t: OutboxTable) -> String {
+        """
+        CREATE SEQUENCE IF NOT EXISTS \(t.notifyUntilSQL) MINVALUE 0 START 0;
+        GRANT SELECT ON SEQUENCE \(t.notifyUntilSQL) TO PUBLIC;
         """
     }
 
@@ -157,6 +170,7 @@ public enum Migration {
     static func relayTablesScript(_ t: OutboxTable, shards: Int) -> String {
         """
         \(autovacuumSQL(t))
+        \(notifySequenceSQL(t))
         \(notifyFunctionSQL(t))
         \(notifyTriggerSQL(t))
         CREATE TABLE IF NOT EXISTS \(t.leasesSQL) (

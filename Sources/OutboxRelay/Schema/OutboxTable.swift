@@ -44,6 +44,10 @@ public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
     public var metaSQL: String { qualify("\(name)_relay_meta") }
     public var deadLetterSQL: String { qualify("\(name)_dead_letters") }
     public var sequenceSQL: String { qualify("\(name)_id_seq") }
+    /// A sequence used as a clock value, not a counter: until when (database clock, ms since the
+    /// epoch) some replica waits for notifications. Sequences are not transactional, so every
+    /// inserting transaction's trigger sees the latest value whatever its snapshot.
+    public var notifyUntilSQL: String { qualify("\(name)_relay_notify") }
     public var notifyFunctionSQL: String { qualify("\(name)_notify") }
     public var notifyTriggerName: String { "\(name)_notify" }
     /// LISTEN/NOTIFY channel: at most 63 bytes (the identifier limit; `pg_notify` refuses

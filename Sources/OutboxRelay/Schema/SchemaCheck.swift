@@ -4,6 +4,9 @@ import PGClient
 public struct OutboxSchemaInfo: Sendable {
     public let shardCount: Int
     public let schemaVersion: Int
+    /// The table has the notification gate (`migrate` of this version): the relay then polls
+    /// while busy and asks for notifications only while idle. Without it every insert notifies.
+    public var notificationGate = false
 }
 
 /// Start-up checks: the table and the relay's tables exist with the shape this version expects.
@@ -54,7 +57,7 @@ public enum SchemaCheck {
                                           (t.replicasSQL, ["SELECT"]), (t.metaSQL, ["SELECT"])]
         switch purpose {
         case .relay:
-            return [(t.sql, ["SELECT", "DELETE", "UPDATE"]), (t.deadLetterSQL, ["SELECT", "INSERT"]),
+            return [(t.sql, ["SELECT", "DELETE", "UPDATE"]), (t.notifyUntilSQL, ["UPDATE"]), (t.deadLetterSQL, ["SELECT", "INSERT"]),
                     (t.leasesSQL, ["SELECT", "UPDATE"]), (t.replicasSQL, ["SELECT", "INSERT", "UPDATE", "DELETE"]),
                     (t.metaSQL, ["SELECT"])]
         case .read:
@@ -70,6 +73,9 @@ public enum SchemaCheck {
     static func checkPrivileges(_ conn: PGConnection, table: OutboxTable, for purpose: Purpose = .relay) throws {
         let user = try conn.query("SELECT current_user::text").string(0, 0) ?? "?"
         for (relation, privileges) in requiredPrivileges(table, for: purpose) {
+            // The notification gate is optional (a table not yet migrated by this version).
+            if relation == table.notifyUntilSQL,
+               !(try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(relation)]).bool(0, 0)) { continue }
             for privilege in privileges {
                 let ok = try conn.query("SELECT has_table_privilege($1::text::regclass, $2)", [.text(relation), .text(privilege)]).bool(0, 0)
                 if !ok {
@@ -111,7 +117,8 @@ public enum SchemaCheck {
             }
             let meta = try conn.query("SELECT shard_count, schema_version FROM \(table.metaSQL)")
             guard meta.rowCount == 1 else { throw RelayError(.schema, "\(table.metaSQL) has no row: \(hint)") }
-            let info = OutboxSchemaInfo(shardCount: Int(try meta.int32(0, 0)), schemaVersion: Int(try meta.int32(0, 1)))
+            var info = OutboxSchemaInfo(shardCount: Int(try meta.int32(0, 0)), schemaVersion: Int(try meta.int32(0, 1)))
+            info.notificationGate = try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(table.notifyUntilSQL)]).bool(0, 0)
             if info.schemaVersion > Migration.schemaVersion {
                 throw RelayError(.schema, "table \(table) has schema version \(info.schemaVersion), newer than this relay's \(Migration.schemaVersion): upgrade the relay")
             }

@@ -73,6 +73,11 @@ public enum SchemaValidation {
             out.append(Difference(problem: "trigger \(t.notifyTriggerName) on \(t.sql) is missing or disabled (an idle relay waits for its poll)",
                                   fix: Migration.notifyTriggerSQL(t)))
         }
+        // The notification gate (NOTIFY only while a replica waits for it).
+        if !(try exists(t.notifyUntilSQL)) {
+            out.append(Difference(problem: "sequence \(t.notifyUntilSQL) is missing: every insert sends a NOTIFY, which serializes the application's commits",
+                                  fix: Migration.notifySequenceSQL(t) + " " + Migration.notifyFunctionSQL(t)))
+        }
         // Dead-letter index.
         if try exists(t.deadLetterSQL) {
             let index = "\(quoteIdentifier(t.schema)).\(quoteIdentifier("\(t.name)_dead_letters_topic_idx"))"

@@ -1,0 +1,84 @@
+/// How the claim loop waits once it has read everything, when the table has the notification
+/// gate (see `OutboxTable.notifyUntilSQL`).
+///
+/// - **notified**: the replica keeps the gate at a future time, so every inserting transaction
+///   sends a NOTIFY, and it sleeps until one arrives (or its poll timer). Right for a trickle:
+///   nothing is read until a row commits.
+/// - **polling**: rows arrive faster than one per `busyPoll`: the replica lets the gate lapse (no
+///   NOTIFY, which would serialize the application's commits) and claims every `busyPoll`,
+///   gathering what committed meanwhile into one claim.
+///
+/// Rows arriving at intervals (averaged) under `1.5 × busyPoll` switch notified → polling;
+/// `emptyPollsBeforeIdle` claims in a row that read nothing switch back. A notification is a hint
+/// either way: a missed one costs latency up to the poll timer, never a row.
+public struct WakeMode: Sendable, Equatable {
+    public enum Mode: Sendable, Equatable { case notified, polling }
+
+    public private(set) var mode: Mode = .notified
+    public let busyPoll: Double
+    public let emptyPollsBeforeIdle: Int
+    /// How long one declaration keeps the gate open (database clock), and when to renew it.
+    public let declaration: Double
+    var emptyPolls = 0
+    var lastRowsAt: Double?
+    var interval: Double?
+    /// Local (monotonic) time until which the gate is known open; 0 = not declared.
+    public private(set) var declaredUntil: Double = 0
+    /// Declared just now after polling: rows whose INSERT ran before the gate opened and that
+    /// commit after the next claim's snapshot sent no NOTIFY, so the first wait is short.
+    public private(set) var justReopened = false
+
+    public init(busyPoll: Double = 0.005, emptyPollsBeforeIdle: Int = 4, declaration: Double = 2.0) {
+        self.busyPoll = busyPoll
+        self.emptyPollsBeforeIdle = emptyPollsBeforeIdle
+        self.declaration = declaration
+    }
+
+    /// A claim that found everything read returned `rows` rows at `now`.
+    public mutating func observe(rows: Int, now: Double) {
+        if rows > 0 {
+            emptyPolls = 0
+            guard mode == .notified else { return }
+            if let last = lastRowsAt {
+                let gap = now - last
+                interval = interval.map { 0.7 * $0 + 0.3 * gap } ?? gap
+                if let i = interval, i < 1.5 * busyPoll {
+                    mode = .polling
+                    declaredUntil = 0
+                    interval = nil
+                    lastRowsAt = nil
+                    return
+                }
+            }
+            lastRowsAt = now
+        } else {
+            emptyPolls += 1
+            if mode == .polling, emptyPolls >= emptyPollsBeforeIdle {
+                mode = .notified
+                emptyPolls = 0
+                justReopened = true
+            }
+        }
+    }
+
+    /// Whether the gate must be (re)declared before sleeping: notified, and less than half a
+    /// declaration left.
+    public func needsDeclaration(now: Double) -> Bool {
+        mode == .notified && declaredUntil - now < declaration / 2
+    }
+
+    public mutating func declared(now: Double) {
+        declaredUntil = now + declaration
+    }
+
+    /// How long to sleep in notified mode: until the poll timer, the renewal, or — just after
+    /// reopening — briefly (see ``justReopened``).
+    public mutating func notifiedWait(poll: Double, now: Double) -> Double {
+        var wait = min(poll, max(0.001, declaredUntil - declaration / 2 - now))
+        if justReopened {
+            justReopened = false
+            wait = min(wait, 0.05)
+        }
+        return wait
+    }
+}

@@ -1,0 +1,60 @@
+import Foundation
+import OutboxRelay
+import PGClient
+import Synchronization
+import Testing
+
+/// The notification gate (issue 13): inserts NOTIFY only while a replica waits for notifications.
+/// A NOTIFY takes a database-wide lock from pre-commit to the end of commit, so notifying on every
+/// insert serialized the application's commits; a busy relay polls instead.
+@Suite(.serialized) struct NotificationGateTests {
+    @Test func anIdleRelayIsNotifiedAndABusyOneIsNot() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        var config = TestEnvironment.configuration(table: table, pollMillis: 30_000)  // only a NOTIFY or a busy poll wakes it
+        config.leaseDurationMillis = 40_000
+        config.heartbeatIntervalMillis = 2_000
+        config.messageTimeoutMillis = 5_000
+        let notifications = Mutex(0)
+        let listener = PGListener(url: TestEnvironment.databaseURL, applicationName: "gate-test", channels: [table.channel]) { n in
+            if n != nil { notifications.withLock { $0 += 1 } }
+        }
+        listener.start()
+        defer { listener.stop() }
+        let relay = try await RunningRelay.start(config)
+        try await TestEnvironment.eventually("all shards held") { await relay.relay.heldShards().count == 256 }
+        try await TestEnvironment.eventually("the gate opened (the idle relay asked for notifications)") {
+            await relay.relay.statistics().gateDeclarations > 0
+        }
+        let conn = try TestEnvironment.connect()
+
+        // Idle: one row is notified and relayed at once, though the poll timer is 30 s.
+        let before = notifications.withLock { $0 }
+        let started = Date()
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, 'idle', 'v')", [.text(topic)])
+        try await TestEnvironment.eventually("the idle row relayed", timeout: 5) { try TestEnvironment.count(table) == 0 }
+        #expect(Date().timeIntervalSince(started) < 2, "woken by its NOTIFY")
+        try await TestEnvironment.eventually("the row's notification seen", timeout: 5) { notifications.withLock { $0 } > before }
+
+        // Busy: 3 000 single-row transactions back to back (about one per 0.3 ms). Once the relay
+        // polls, the gate lapses and the inserts stop notifying.
+        let busyBefore = notifications.withLock { $0 }
+        for i in 0..<3_000 {
+            try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, convert_to($2, 'UTF8'), 'v')", [.text(topic), .text("k\(i % 50)")])
+        }
+        try await TestEnvironment.eventually("the burst relayed") { try TestEnvironment.count(table) == 0 }
+        let busyNotifications = notifications.withLock { $0 } - busyBefore
+        let stats = await relay.relay.statistics()
+        try await relay.stop()
+        #expect(stats.busyPolls > 0, "the relay polled while rows kept coming")
+        // The relay closed the gate when it switched to polling: most inserts did not notify.
+        #expect(busyNotifications < 300, "\(busyNotifications) of 3 000 inserts notified")
+        let v = try Verification.verify(topics: [topic], expectedIds: Set(try idsRelayed(table: table, topic: topic)))
+        #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
+    }
+
+    private func idsRelayed(table: OutboxTable, topic: String) throws -> [Int64] {
+        let last = try TestEnvironment.connect().query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
+        return Array(1...last)
+    }
+}

@@ -1,0 +1,45 @@
+import OutboxRelay
+import Testing
+
+@Suite struct WakeModeTests {
+    @Test func aTrickleStaysNotifiedAndRenewsTheGateHalfwayThrough() {
+        var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
+        #expect(m.mode == .notified && m.needsDeclaration(now: 0))
+        m.declared(now: 0)
+        #expect(!m.needsDeclaration(now: 0.9))
+        #expect(m.needsDeclaration(now: 1.1), "renewed once half the declaration is left")
+        // One row every 20 ms (50 rows/s): notifications are cheap, polling would not be.
+        for i in 1...50 { m.observe(rows: 1, now: Double(i) * 0.02) }
+        #expect(m.mode == .notified)
+        #expect(m.notifiedWait(poll: 1, now: 0.5) <= 0.5 + 1e-9, "wakes for the renewal at the latest")
+    }
+
+    @Test func rowsFasterThanTheBusyPollSwitchToPollingAndQuietSwitchesBack() {
+        var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
+        m.declared(now: 0)
+        // Rows every 2 ms (500 rows/s): each notification would serialize a commit.
+        m.observe(rows: 1, now: 0.002)
+        m.observe(rows: 1, now: 0.004)
+        #expect(m.mode == .polling)
+        #expect(!m.needsDeclaration(now: 0.01), "a polling replica lets the gate lapse")
+        for i in 0..<3 { m.observe(rows: 0, now: 0.01 + Double(i) * 0.005) }
+        #expect(m.mode == .polling, "three empty polls are not yet idle")
+        m.observe(rows: 0, now: 0.03)
+        #expect(m.mode == .notified && m.justReopened)
+        #expect(m.needsDeclaration(now: 0.03))
+        m.declared(now: 0.03)
+        #expect(m.notifiedWait(poll: 1, now: 0.03) <= 0.05, "right after reopening, the first wait is short")
+        #expect(m.notifiedWait(poll: 1, now: 0.03) > 0.5, "then the poll timer")
+    }
+
+    @Test func aBurstOfRowsKeepsPollingWhileAnyPollFindsRows() {
+        var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
+        m.observe(rows: 5, now: 0.001)
+        m.observe(rows: 5, now: 0.003)
+        #expect(m.mode == .polling)
+        for i in 0..<100 {
+            m.observe(rows: i % 3 == 0 ? 2 : 0, now: 0.01 + Double(i) * 0.005)
+        }
+        #expect(m.mode == .polling, "empty polls are counted in a row, not in total")
+    }
+}
