@@ -127,7 +127,16 @@ class Workload:
         self.seed = rng_seed
         self.t = table_ident(table)
         self.domain = table_ident(table + "_domain")
-        self.insert = sql.SQL("INSERT INTO {} (topic, key, value, headers) VALUES (%s, %s, %s, %s) RETURNING id").format(self.t)
+        self.debezium = getattr(a, "layout", "native") == "debezium"
+        if self.debezium:
+            # Debezium's outbox layout, written as an application written for Debezium writes it;
+            # the relay routes aggregatetype → topic, aggregateid → key, payload → value and
+            # places `type` in header txn (see DEBEZIUM_OPTIONS).
+            self.insert = sql.SQL("INSERT INTO {} (id, aggregatetype, aggregateid, type, payload) "
+                                  "VALUES (gen_random_uuid(), %s, convert_from(%s, 'UTF8'), %s, %s::jsonb) "
+                                  "RETURNING outbox_relay_id").format(self.t)
+        else:
+            self.insert = sql.SQL("INSERT INTO {} (topic, key, value, headers) VALUES (%s, %s, %s, %s) RETURNING id").format(self.t)
         self.update = sql.SQL("UPDATE {} SET n = n + 1 WHERE id = %s").format(self.domain)
         self.txns = []
         self.lock = threading.Lock()
@@ -139,6 +148,15 @@ class Workload:
 
     def topic_of(self, key):
         return self.topics[key % len(self.topics)]
+
+    def write(self, cur, topic, key, value, label):
+        """Inserts one row; returns (id, the value as Kafka will carry it)."""
+        if self.debezium:
+            value = json.dumps({"v": value.hex()}).encode()  # jsonb::text renders it the same
+            cur.execute(self.insert, (topic, key, label, value.decode()))
+        else:
+            cur.execute(self.insert, (topic, key, value, Jsonb({"txn": label})))
+        return cur.fetchone()[0], value
 
     def connect(self):
         return psycopg.connect(self.a.database_url, autocommit=True, application_name="concurrency-writer")
@@ -157,13 +175,11 @@ class Workload:
             for i, (kind, k) in enumerate(plan):
                 key = b"k%d" % k
                 value = f"{t.label}/{i}/".encode() + os.urandom(12)
-                headers = Jsonb({"txn": t.label})
                 if kind == "savepoint":
                     cur.execute("SAVEPOINT s")
                 if t.first_insert_began is None:
                     t.first_insert_began = time.time()
-                cur.execute(self.insert, (self.topic_of(k), key, value, headers))
-                rid = cur.fetchone()[0]
+                rid, value = self.write(cur, self.topic_of(k), key, value, t.label)
                 if kind == "savepoint":
                     cur.execute("ROLLBACK TO SAVEPOINT s")
                     t.rolled.append((rid, k))
@@ -560,7 +576,7 @@ def run(a, seed):
     admin = psycopg.connect(a.database_url, autocommit=True, application_name="concurrency-admin")
     t = table_ident(table)
     if a.relay:
-        subprocess.run([a.relay, "migrate", "--database-url", a.database_url, "--table", table],
+        subprocess.run([a.relay, "migrate", "--database-url", a.database_url, "--table", table] + layout_args(a),
                        check=True, stdout=subprocess.DEVNULL)
     else:
         admin.execute(sql.SQL("""CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -578,7 +594,7 @@ def run(a, seed):
     else:
         base = [a.relay, "run", "--database-url", a.database_url, "--brokers", a.brokers, "--table", table,
                 "--http-port", "0", "--lease-duration-ms", "6000", "--heartbeat-interval-ms", "300",
-                "--message-timeout-ms", "2000", "--statement-timeout-ms", "1000", "--poll-interval-ms", "200"]
+                "--message-timeout-ms", "2000", "--statement-timeout-ms", "1000", "--poll-interval-ms", "200"] + layout_args(a)
     replicas = []
     for i in range(a.relays):
         name = f"{table}-r{i}"
@@ -602,7 +618,7 @@ def run(a, seed):
             warm.first_insert_began = time.time()
             for k in range(a.keys):
                 v = b"warmup/%d" % k
-                rid = admin.execute(wl.insert, (wl.topic_of(k), b"k%d" % k, v, Jsonb({"txn": "warmup"}))).fetchone()[0]
+                rid, v = wl.write(admin.cursor(), wl.topic_of(k), b"k%d" % k, v, "warmup")
                 warm.kept.append((rid, k, v))
         warm.commit_returned = time.time()
         warm.outcome = "committed"
@@ -697,7 +713,8 @@ def run(a, seed):
                 relay_failures.append(f"{r.name} gen {r.generation} exited {code} on SIGTERM")
         for f in relay_failures:
             log(f"relay failure: {f}")
-        left_ids = [row[0] for row in admin.execute(sql.SQL("SELECT id FROM {}").format(t)).fetchall()]
+        id_column = "outbox_relay_id" if getattr(a, "layout", "native") == "debezium" else "id"
+        left_ids = [row[0] for row in admin.execute(sql.SQL("SELECT {} FROM {}").format(sql.Identifier(id_column), t)).fetchall()]
         dead = None
         if admin.execute("SELECT to_regclass(%s)", (table + "_dead_letters",)).fetchone()[0]:
             dead = admin.execute(sql.SQL("SELECT count(*) FROM {}").format(table_ident(table + "_dead_letters"))).fetchone()[0]
@@ -785,6 +802,21 @@ def report(o):
     return "\n".join(lines)
 
 
+# --layout debezium: the table is adopted by `migrate --layout debezium`, rows are written in
+# Debezium's columns, and the relay routes them with these EventRouter options: the topic is the
+# aggregatetype itself, the transaction label travels in `type` → header txn.
+DEBEZIUM_OPTIONS = ["route.topic.replacement=${routedByValue}", "table.fields.additional.placement=type:header:txn"]
+
+
+def layout_args(a):
+    if getattr(a, "layout", "native") != "debezium":
+        return []
+    out = ["--layout", "debezium"]
+    for o in DEBEZIUM_OPTIONS:
+        out += ["--debezium-option", o]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database-url", required=True)
@@ -794,6 +826,8 @@ def main():
     ap.add_argument("--relay-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for each relay (repeat; e.g. --relay-arg=--log-level=debug)")
     ap.add_argument("--table", help="outbox table to create (default: conc_<random>)")
+    ap.add_argument("--layout", choices=["native", "debezium"], default="native",
+                    help="debezium: a table in Debezium's outbox layout, written with Debezium's columns (relay only)")
     ap.add_argument("--seed", type=int, help="workload seed (default: random, printed)")
     ap.add_argument("--writers", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10)
@@ -835,7 +869,8 @@ def main():
                 "sigkill": ", one replica killed (SIGKILL) midway and restarted", "rolling": ", every replica replaced in turn with SIGTERM (rolling deploy)"}[a.restart]
         lat = o.get("latency_ms") or {}
         case = {
-            "name": f"concurrent writers: {a.writers} sessions, {a.seconds:g} s, random transaction shapes, {a.relays} relay(s){kind}",
+            "name": f"concurrent writers: {a.writers} sessions, {a.seconds:g} s, random transaction shapes, {a.relays} relay(s){kind}"
+                    + (", Debezium-layout table" if a.layout == "debezium" else ""),
             "bound": "missing 0, rolled back delivered 0, causal same-key inversions 0" + (", duplicates 0" if a.restart == "none" else ", duplicates reported"),
             "inserted": o.get("committed_rows", 0), "lost": o.get("missing", 0), "duplicates": o.get("duplicates", 0),
             "orderInversions": o.get("causal_inversions", 0), "pending": o.get("left_in_outbox", 0), "deadLettered": o.get("dead_letters", 0),
