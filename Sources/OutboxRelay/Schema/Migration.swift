@@ -80,16 +80,7 @@ public enum Migration {
         if case .debezium(let routing) = table.layout { return debeziumScript(for: table, routing: routing, shards: shards) }
         let t = table
         return """
-        CREATE SCHEMA IF NOT EXISTS \(quoteIdentifier(t.schema));
-        CREATE TABLE IF NOT EXISTS \(t.metaSQL) (
-            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-            shard_count integer NOT NULL CHECK (shard_count > 0),
-            schema_version integer NOT NULL,
-            created_at timestamptz NOT NULL DEFAULT now()
-        );
-        INSERT INTO \(t.metaSQL) (shard_count, schema_version) VALUES (\(shards), \(schemaVersion))
-            ON CONFLICT (singleton) DO NOTHING;
-        ALTER TABLE \(t.metaSQL) ADD COLUMN IF NOT EXISTS layout text NOT NULL DEFAULT 'native';
+        \(metaScript(t, shards: shards))
         CREATE TABLE IF NOT EXISTS \(t.sql) (
             id bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME \(t.sequenceSQL) CACHE 1),
             txid xid8 NOT NULL DEFAULT \(ClaimInvariants.txidDefault),
