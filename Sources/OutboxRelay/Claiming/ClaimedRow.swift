@@ -34,4 +34,6 @@ public struct ClaimBatch: Sendable {
     /// The snapshot the rows were read in (for a later page: the first page's).
     public let snapshot: PGSnapshot
     public let rows: [ClaimedRow]
+    /// The database's clock when the claim ran (µs since the epoch), if it said.
+    public var databaseNowMicros: Int64? = nil
 }

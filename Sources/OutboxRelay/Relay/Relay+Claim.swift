@@ -59,6 +59,11 @@ extension Relay {
                 continue
             }
             stats.claims += 1
+            if let dbNow = batch.databaseNowMicros {
+                // Database clock − this host's clock, for latencies measured from created_at (a
+                // database timestamp): a relay host whose clock is off must not report the offset.
+                databaseClockOffsetMicros = dbNow - wallClockMicros()
+            }
             if !batch.rows.isEmpty {
                 // Average message size of recent claims (bytes of key, value and headers): what
                 // the next claim's row limit is sized by.

@@ -19,10 +19,14 @@ extension Relay {
             }
             // While enough reports to fill a whole batch are still on their way, gather them
             // (for a few milliseconds at most) into one DELETE per batch. Only a draining backlog
-            // has that many outstanding; a steady trickle of rows is deleted at once.
-            let gatherUntil = monotonicSeconds() + Self.deleteGatherSeconds
+            // has that many outstanding. A trickle the claim loop polls for (rows faster than one
+            // per 7.5 ms) is deleted once per poll with the reports of that poll's rows — one
+            // durable commit for them instead of one per report; a slower trickle is deleted at
+            // once (the row is already acknowledged: this only frees the window sooner).
+            let busy = wakeMode.mode == .polling
+            let gatherUntil = monotonicSeconds() + (busy ? wakeMode.busyPoll : Self.deleteGatherSeconds)
             while !terminated, pendingDeletes.count < configuration.batchSize,
-                  window.awaitingReport >= configuration.batchSize - pendingDeletes.count {
+                  busy ? window.awaitingReport > 0 : window.awaitingReport >= configuration.batchSize - pendingDeletes.count {
                 let left = gatherUntil - monotonicSeconds()
                 if left <= 0 { break }
                 await deleteWake.wait(timeout: left)

@@ -31,7 +31,7 @@ extension Relay {
 
     func handle(_ reports: [DeliveryReport]) {
         let now = monotonicSeconds()
-        let wallMicros = Int64(Date().timeIntervalSince1970 * 1_000_000)
+        let wallMicros = wallClockMicros() + databaseClockOffsetMicros  // on the database's clock
         var producedByTopic: [String: Int] = [:]
         defer { for (topic, n) in producedByTopic { metrics.produced(topic: topic, count: n) } }
         var anyFailure = false

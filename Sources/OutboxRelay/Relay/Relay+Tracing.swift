@@ -30,7 +30,7 @@ extension Relay {
         span.attributes["outbox.table"] = table.description
         span.attributes["outbox.replica"] = replicaId
         // Time the row waited in the outbox, commit to this produce call (wall clocks).
-        let waitedMicros = Int64(Date().timeIntervalSince1970 * 1_000_000) - row.createdAtMicros
+        let waitedMicros = wallClockMicros() + databaseClockOffsetMicros - row.createdAtMicros
         span.attributes["outbox.wait_ms"] = Double(max(0, waitedMicros)) / 1000
         var carrier: [String: String] = [:]
         tracer.inject(span.context, into: &carrier, using: HeaderDictionaryInjector())

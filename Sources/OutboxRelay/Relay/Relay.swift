@@ -70,6 +70,9 @@ public actor Relay: Service {
     /// How the claim loop waits when caught up (only with the notification gate).
     var wakeMode = WakeMode()
     var notificationGate = false
+    /// The database's clock minus this host's (µs), from the last claim: latencies from a row's
+    /// created_at are measured on the database's clock.
+    var databaseClockOffsetMicros: Int64 = 0
     /// The gate value this replica set last (nil when it has not, or closed it).
     var gateOpenedAt: Int64?
     /// The claim loop is waiting for room in the in-flight window (a DELETE should wake it).

@@ -1,3 +1,4 @@
+import Foundation
 import Kafka
 import Synchronization
 
@@ -34,3 +35,6 @@ extension Librdkafka {
         do { try checkVersion() } catch { throw RelayError(kafka: error, context: "unsupported librdkafka") }
     }
 }
+
+/// This host's wall clock, µs since the Unix epoch.
+func wallClockMicros() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000_000) }
