@@ -42,6 +42,11 @@ import CKafka
 
     public func setBrokerDown(_ broker: Int32 = 1) { _ = rd_kafka_mock_broker_set_down(cluster, broker) }
     public func setBrokerUp(_ broker: Int32 = 1) { _ = rd_kafka_mock_broker_set_up(cluster, broker) }
+    /// Every response of `broker` is delayed by `milliseconds` (0 clears it): a slow or throttled
+    /// broker (Kafka enforces produce quotas by delaying responses, not by refusing requests).
+    public func setBrokerRoundTrip(_ milliseconds: Int32, broker: Int32 = 1) {
+        _ = rd_kafka_mock_broker_set_rtt(cluster, broker, milliseconds)
+    }
 }
 
 extension KafkaMockCluster {

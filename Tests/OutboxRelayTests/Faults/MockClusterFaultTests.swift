@@ -64,6 +64,40 @@ import Testing
         #expect(stats.failed == 0, "librdkafka retries these itself")
     }
 
+    /// A broker over its produce quota answers late (Kafka throttles by delaying responses, it
+    /// does not refuse produce requests): staged as a 1.5 s round trip on every response while
+    /// rows are written. Rows wait, none fails, none is lost, dead-lettered or sent twice.
+    @Test func aThrottledBrokerDelaysRowsWithoutFailingThem() async throws {
+        var s = try setup()
+        s.config.messageTimeoutMillis = 15_000
+        s.config.leaseDurationMillis = 20_000
+        let relay = try await RunningRelay.start(s.config)
+        var ids = try insert(s, rows: 200)
+        try await TestEnvironment.eventually("drained before the throttle") { try TestEnvironment.count(s.table) == 0 }
+        s.cluster.setBrokerRoundTrip(1_500)
+        let throttled = Date()
+        ids += try insert(s, rows: 1_000)
+        try await TestEnvironment.eventually("rows relayed through the throttled broker", timeout: 30) {
+            try TestEnvironment.count(s.table) < 1_000
+        }
+        let firstThrottledDelete = Date().timeIntervalSince(throttled)
+        s.cluster.setBrokerRoundTrip(0)
+        ids += try insert(s, rows: 200)
+        try await TestEnvironment.eventually("drained") { try TestEnvironment.count(s.table) == 0 }
+        let stats = await relay.relay.statistics()
+        try await relay.stop()
+        let v = try verify(s, ids: Set(ids))
+        let left = try leftovers(s.table)
+        FaultReport("mock: broker throttled (every response 1.5 s late, as a produce quota does) under writes",
+                    bound: "lost 0, duplicates 0, failed reports 0, dead-lettered 0",
+                    inserted: ids.count, verification: v, pending: left.pending, deadLettered: left.deadLettered,
+                    recoverySeconds: firstThrottledDelete,
+                    note: "recovery = first throttled rows deleted after the throttle began").write()
+        #expect(v.lost.count == 0 && v.orderInversions == 0 && v.duplicates == 0, "\(v)")
+        #expect(stats.failed == 0 && left.deadLettered == 0)
+        #expect(firstThrottledDelete >= 1.4, "the throttle was in effect (rows waited for the late responses)")
+    }
+
     @Test func aPermanentBatchErrorIsRetriedAndDeadLettersNoInnocentRow() async throws {
         let s = try setup()
         let relay = try await RunningRelay.start(s.config)

@@ -157,6 +157,7 @@ func ids(_ r: PGResult) throws -> Set<Int64> {
             CREATE ROLE \(role) LOGIN;
             GRANT USAGE ON SCHEMA public TO \(role);
             GRANT SELECT, UPDATE, DELETE ON \(table.sql) TO \(role);
+            GRANT UPDATE ON SEQUENCE \(table.notifyUntilSQL) TO \(role);
             GRANT SELECT, INSERT ON \(table.deadLetterSQL) TO \(role);
             GRANT SELECT, UPDATE ON \(table.leasesSQL) TO \(role);
             GRANT SELECT, INSERT, UPDATE, DELETE ON \(table.replicasSQL) TO \(role);
