@@ -2,7 +2,8 @@
 # Both stages are Debian 12 (bookworm), so the libraries built in one load in the other.
 
 # ---------------------------------------------------------------------------------------------
-FROM swift:6.1-bookworm AS build
+# Swift 6.2 at least: swift-otel's manifest (OTLP tracing) needs tools version 6.2.
+FROM swift:6.2-bookworm AS build
 
 # libpq-dev for the CLibPQ target; the rest builds librdkafka (same list as scripts/bootstrap;
 # libcurl4-openssl-dev for SASL/OAUTHBEARER OIDC). xz-utils only in case the Debian orig tarball
