@@ -629,6 +629,20 @@ def order_violations(res):
     return v
 
 
+def window_violations(res, failures):
+    """The bound of the cases whose duplicates are limited by one in-flight window: order checks,
+    nothing lost or left pending, duplicates <= WINDOW, no relay failure."""
+    viol = order_violations(res)
+    for k in ("lost", "pending"):
+        if res[k]:
+            viol[k] = res[k]
+    if res["duplicates"] > WINDOW:
+        viol["duplicates"] = res["duplicates"]
+    if failures:
+        viol["relay_failures"] = failures
+    return viol
+
+
 def producer_switches(msgs, shard_of_key, epochs):
     """Exclusivity seen from Kafka: per key, how often the relaying replica (relay header) changes
     along the partition, against the lease acquisitions of the key's shard (its epoch; every
@@ -1562,14 +1576,7 @@ def case_disk_full_wal(ctx):
     CLEANUP.pop(umount)
     msgs, _ = cc.read_topics(ctx.broker.brokers, topics)
     res = check_rows(wl.txns, msgs, pending, dead)
-    viol = order_violations(res)
-    for k in ("lost", "pending"):
-        if res[k]:
-            viol[k] = res[k]
-    if res["duplicates"] > WINDOW:
-        viol["duplicates"] = res["duplicates"]
-    if failures:
-        viol["relay_failures"] = failures
+    viol = window_violations(res, failures)
     kinds = sorted({strip_time(l)[:160] for l in logged})
     name = ("disk full: pg_wal on a 64 MB tmpfs (held by a replication slot) fills under writes (300 rows/s), "
             "then the tmpfs is remounted at 512 MB and PostgreSQL started again")
@@ -1642,14 +1649,7 @@ def case_disk_full_data(ctx):
     CLEANUP.pop(umount)
     msgs, _ = cc.read_topics(ctx.broker.brokers, topics)
     res = check_rows(wl.txns, msgs, pending, dead)
-    viol = order_violations(res)
-    for k in ("lost", "pending"):
-        if res[k]:
-            viol[k] = res[k]
-    if res["duplicates"] > WINDOW:
-        viol["duplicates"] = res["duplicates"]
-    if failures:
-        viol["relay_failures"] = failures
+    viol = window_violations(res, failures)
     kinds = sorted({strip_time(l)[:160] for l in logged})
     name = ("disk full: the database (outbox, lease tables, catalog) in a tablespace on a 64 MB tmpfs fills under "
             "writes (300 rows/s), pg_wal elsewhere; full for 8 s (longer than a lease), then the tmpfs is remounted at 512 MB")

@@ -113,7 +113,7 @@ extension Relay {
                 guard retriable, attempt < Self.startupRetries else { throw error }
                 attempt += 1
                 logger.warning("start-up checks failed for a passing reason; retrying", metadata: [LogKey.error: "\(error)"])
-                try? await Task.sleep(nanoseconds: UInt64(attempt) * 200_000_000)
+                try? await Task.sleep(nanoseconds: UInt64(min(attempt, 5)) * 200_000_000)
             }
         }
     }

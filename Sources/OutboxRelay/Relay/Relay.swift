@@ -111,8 +111,10 @@ public actor Relay: Service {
 
     static let claimGatherNanoseconds: UInt64 = 1_000_000
     static let fencingStormThreshold = 10
-    /// Start-up checks retried this many times when an established connection breaks.
-    static let startupRetries = 5
+    /// Start-up checks retried this many times when an established connection breaks or the
+    /// server is momentarily unable (back-off 0.2 s growing to 1 s: about 17 s in all). Five
+    /// tries within 3 s gave up under a storm of terminated connections once the checks grew.
+    static let startupRetries = 20
     /// Longest a DELETE waits for more delivery reports to fill its batch.
     static let deleteGatherSeconds = 0.005
     /// How long a producer re-creation waits for the old instance's last reports.

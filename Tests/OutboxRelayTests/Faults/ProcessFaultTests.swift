@@ -107,8 +107,8 @@ import Testing
         try await TestEnvironment.eventually("drained", timeout: 60) { try TestEnvironment.count(table) == 0 }
         killer.cancel()
         let killed = try await killer.value
-        #expect(a.terminate() == 0)
-        #expect(b.terminate() == 0)
+        #expect(a.terminate() == 0, "relay a: \(a.output.suffix(3000))")
+        #expect(b.terminate() == 0, "relay b: \(b.output.suffix(3000))")
         if killingConnections { #expect(killed > 0) }
         let v = try Verification.verify(topics: [topic], expectedIds: try allIds(table))
         let left = try leftovers(table)
