@@ -73,24 +73,25 @@ public struct KafkaMessage: Sendable {
     /// The first header whose name equals `name`, ignoring ASCII case (W3C trace-context header
     /// names are case-insensitive; applications write `traceparent` or `Traceparent`).
     public func headerValue(named name: String) -> String? {
-        let wanted = Array(name.utf8).map(Self.lowercased)
-        for h in headers where h.name.count == wanted.count {
-            if zip(storage[h.name], wanted).allSatisfy({ Self.lowercased($0) == $1 }) {
-                return h.value.map { String(decoding: storage[$0], as: UTF8.self) }
-            }
-        }
-        return nil
+        let wanted = Self.lowercasedName(name)
+        guard let h = headers.first(where: { Self.nameMatches($0.name, wanted, in: storage) }) else { return nil }
+        return h.value.map { String(decoding: storage[$0], as: UTF8.self) }
     }
 
     /// Sets header `name` to `value`, dropping every earlier header of that name (ASCII case
     /// ignored), so that a consumer reading the first or the last occurrence sees this value.
     public mutating func replaceHeader(name: String, value: String) {
-        let wanted = Array(name.utf8).map(Self.lowercased)
+        let wanted = Self.lowercasedName(name)
         let store = storage
-        headers.removeAll { h in
-            h.name.count == wanted.count && zip(store[h.name], wanted).allSatisfy { Self.lowercased($0) == $1 }
-        }
+        headers.removeAll { Self.nameMatches($0.name, wanted, in: store) }
         addHeader(name: name, value: value)
+    }
+
+    private static func lowercasedName(_ name: String) -> [UInt8] { name.utf8.map(lowercased) }
+
+    /// Whether the header name stored at `range` equals `wanted` (already lowercased), ignoring ASCII case.
+    private static func nameMatches(_ range: Range<Int>, _ wanted: [UInt8], in storage: [UInt8]) -> Bool {
+        range.count == wanted.count && zip(storage[range], wanted).allSatisfy { lowercased($0) == $1 }
     }
 
     @inline(__always)

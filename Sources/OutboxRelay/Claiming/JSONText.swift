@@ -20,9 +20,4 @@ enum JSONText {
         }
         return out
     }
-
-    static func compact(_ text: String) -> String {
-        var t = text
-        return t.withUTF8 { String(decoding: compact(UnsafeRawBufferPointer($0)), as: UTF8.self) }
-    }
 }

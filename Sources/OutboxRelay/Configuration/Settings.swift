@@ -106,23 +106,25 @@ public enum Settings {
         for (key, value) in file.sorted(by: { $0.key < $1.key }) where key.hasPrefix("debezium.") {
             routing.append((String(key.dropFirst("debezium.".count)), value))
         }
-        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("OUTBOX_DEBEZIUM_") {
-            routing.append((String(name.dropFirst("OUTBOX_DEBEZIUM_".count)).lowercased().replacingOccurrences(of: "_", with: "."), value))
+        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix(debeziumEnvironmentPrefix) {
+            routing.append((propertyName(fromEnvironment: name, prefix: debeziumEnvironmentPrefix), value))
         }
-        for entry in debeziumOptions {
-            guard let eq = entry.firstIndex(of: "="), eq != entry.startIndex else {
-                throw RelayError(.configuration, "invalid --debezium-option \"\(entry.prefix { $0 != "=" })\": expected NAME=VALUE")
-            }
-            routing.append((String(entry[..<eq]), String(entry[entry.index(after: eq)...])))
-        }
+        routing += try nameValuePairs(debeziumOptions, flag: "debezium-option")
         config.layout = try OutboxLayout.parse(config.layoutName, options: routing)
-        for entry in kafkaProperties {
-            guard let eq = entry.firstIndex(of: "="), eq != entry.startIndex else {
-                throw RelayError(.configuration, "invalid --kafka-property \"\(entry.prefix { $0 != "=" })\": expected NAME=VALUE")
-            }
-            config.kafkaProperties.append((String(entry[..<eq]), String(entry[entry.index(after: eq)...])))
-        }
+        config.kafkaProperties += try nameValuePairs(kafkaProperties, flag: "kafka-property")
         return config
+    }
+
+    /// `NAME=VALUE` arguments of a repeatable flag, each refused (naming the flag) without a name.
+    static func nameValuePairs(_ entries: [String], flag: String) throws(RelayError) -> [(String, String)] {
+        var out: [(String, String)] = []
+        for entry in entries {
+            guard let eq = entry.firstIndex(of: "="), eq != entry.startIndex else {
+                throw RelayError(.configuration, "invalid --\(flag) \"\(entry.prefix { $0 != "=" })\": expected NAME=VALUE")
+            }
+            out.append((String(entry[..<eq]), String(entry[entry.index(after: eq)...])))
+        }
+        return out
     }
 
     /// Reads a configuration file: one `name = value` per line (`#` comments), names as the flags
@@ -147,7 +149,15 @@ public enum Settings {
 
     /// `OUTBOX_KAFKA_SASL_PASSWORD` → `sasl.password`.
     public static func kafkaPropertyName(fromEnvironment name: String) -> String {
-        String(name.dropFirst("OUTBOX_KAFKA_".count)).lowercased().replacingOccurrences(of: "_", with: ".")
+        propertyName(fromEnvironment: name, prefix: "OUTBOX_KAFKA_")
+    }
+
+    static let debeziumEnvironmentPrefix = "OUTBOX_DEBEZIUM_"
+
+    /// A pass-through property's name from its environment variable: the prefix dropped,
+    /// lowercased, underscores as dots (`OUTBOX_DEBEZIUM_ROUTE_BY_FIELD` → `route.by.field`).
+    static func propertyName(fromEnvironment name: String, prefix: String) -> String {
+        String(name.dropFirst(prefix.count)).lowercased().replacingOccurrences(of: "_", with: ".")
     }
 
     /// `NAME` from the environment, else the contents of the file named by `NAME_FILE`.

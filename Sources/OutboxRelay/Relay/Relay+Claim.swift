@@ -83,25 +83,22 @@ extension Relay {
                 continue
             }
             produce(batch.rows)
-            if !cursor.hasMore, notificationGate {
+            if !cursor.hasMore {
                 await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
-            } else if !cursor.hasMore {
-                // Idle: sleep until NOTIFY (every committing insert sends one), window room or the
-                // poll timer. A late-committing row is in the next read's window: nothing to ripen.
-                var wait = poll
-                if let due = retries.nextDue { wait = max(0.001, min(wait, due - monotonicSeconds())) }
-                await claimWake.wait(timeout: wait)
-                // Rows committed one by one each send a NOTIFY: gather what arrives within a
-                // millisecond into one claim instead of one claim per row.
-                try? await Task.sleep(nanoseconds: Self.claimGatherNanoseconds)
             }
         }
     }
 
-    /// Caught up, on a table with the notification gate: poll while busy, else declare the wait
-    /// (the gate) and sleep until a notification (see ``WakeMode``).
+    /// Caught up. With the notification gate: poll while busy, else declare the wait (the gate)
+    /// and sleep until a notification (see ``WakeMode``). Without it (a table not migrated by this
+    /// version, where every insert notifies): sleep until a notification or the poll timer.
+    /// Either way a late-committing row is in the next read's window: nothing to ripen.
     func waitWhenCaughtUp(rows: Int, poll: Double, session: PGSession) async {
         let now = monotonicSeconds()
+        guard notificationGate else {
+            await sleepUntilNotified(timeout: poll, now: now)
+            return
+        }
         wakeMode.observe(rows: rows, now: now)
         if wakeMode.mode == .polling, let opened = gateOpenedAt, let lease = leaseSession {
             // Switched to polling: close the gate this replica opened, so inserts stop notifying
@@ -138,7 +135,13 @@ extension Relay {
             // Rows committed before the gate opened sent no notification: read once more first.
             if wakeMode.justReopened { return }
         }
-        var wait = wakeMode.notifiedWait(poll: poll, now: now)
+        await sleepUntilNotified(timeout: wakeMode.notifiedWait(poll: poll, now: now), now: now)
+    }
+
+    /// Sleeps until a notification (or window room), `timeout`, or the next retry hold's release;
+    /// then gathers what else commits within a millisecond into the same claim.
+    func sleepUntilNotified(timeout: Double, now: Double) async {
+        var wait = timeout
         if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
         await claimWake.wait(timeout: wait)
         try? await Task.sleep(nanoseconds: Self.claimGatherNanoseconds)
@@ -185,7 +188,7 @@ extension Relay {
                     // Refused before librdkafka, as exactly as its own refusals: dead-lettered at once.
                     throw KafkaError(.produce, errorCode: KafkaErrorCode.invalidArgument, message: problem)
                 }
-                try producer.produce(tracedMessage(row, seq: seq, now: now), opaque: seq)
+                try producer.produce(tracedMessage(row, seq: seq), opaque: seq)
             } catch {
                 stats.failed += 1
                 endSpan(seq, error: error)
@@ -269,7 +272,7 @@ extension Relay {
                                    createdAtMicros: row.createdAtMicros, row: row)
             stats.probes += 1
             do {
-                try producer.produce(tracedMessage(row, seq: seq, now: now), opaque: seq)
+                try producer.produce(tracedMessage(row, seq: seq), opaque: seq)
                 probeSeq = seq
                 return
             } catch {

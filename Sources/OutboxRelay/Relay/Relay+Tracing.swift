@@ -11,7 +11,7 @@ import Tracing
 /// Attributes follow OpenTelemetry's messaging conventions. With no tracer nothing here runs.
 extension Relay {
     /// The message to produce for `row`; with a tracer, a copy carrying the new span's context.
-    func tracedMessage(_ row: ClaimedRow, seq: UInt64, now: Double) -> KafkaMessage {
+    func tracedMessage(_ row: ClaimedRow, seq: UInt64) -> KafkaMessage {
         guard let tracer = configuration.tracer else { return row.message }
         var context = ServiceContext.topLevel
         tracer.extract(row.message, into: &context, using: MessageHeaderExtractor())

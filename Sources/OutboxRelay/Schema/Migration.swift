@@ -28,10 +28,11 @@ public enum Migration {
         ("autovacuum_vacuum_cost_delay", "0"),
     ]
 
-    /// The shard expression stored in the table definition.
-    static func shardExpression(shards: Int) -> String {
-        "CASE WHEN key IS NULL THEN (id % \(shards))::integer " +
-        "ELSE ((('x' || substr(md5(key), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
+    /// The stored shard of a row: a hash of its key's bytes (`key`, an SQL expression of bytea),
+    /// or its `id` modulo the shard count for a NULL key.
+    static func shardExpression(shards: Int, key: String = "key", id: String = "id") -> String {
+        "CASE WHEN \(key) IS NULL THEN (\(id) % \(shards))::integer " +
+        "ELSE ((('x' || substr(md5(\(key)), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
     }
 
     /// One notification per INSERT statement, naming the shards it wrote (`shards:3,17`; `*` past
@@ -94,6 +95,14 @@ public enum Migration {
             last_error text,
             PRIMARY KEY (id)
         );
+        \(claimColumnsAndRelayTablesScript(t, shards: shards))
+        """
+    }
+
+    /// What both layouts add last: `not_before` (new since schema version 1), the claim
+    /// protocol's `txid` and its index, the schema version, and the relay's own tables.
+    static func claimColumnsAndRelayTablesScript(_ t: OutboxTable, shards: Int) -> String {
+        """
         ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS not_before timestamptz NOT NULL DEFAULT now();
         \(ClaimInvariants.txidColumnSQL(t))
         \(ClaimInvariants.txidIndexSQL(t))
@@ -122,9 +131,7 @@ public enum Migration {
     /// they are, the relay's are added with defaults (an INSERT naming only Debezium's columns
     /// keeps working), and the relay's own tables are created as for the native layout.
     static func debeziumScript(for t: OutboxTable, routing r: DebeziumRouting, shards: Int) -> String {
-        let key = "\(quoteIdentifier(r.keyField))"
-        let shard = "CASE WHEN \(key) IS NULL THEN (outbox_relay_id % \(shards))::integer " +
-            "ELSE ((('x' || substr(md5(\(t.bytesFunctionSQL)(\(key))), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
+        let shard = shardExpression(shards: shards, key: "\(t.bytesFunctionSQL)(\(quoteIdentifier(r.keyField)))", id: "outbox_relay_id")
         func bytes(_ type: String, _ body: String) -> String {
             "CREATE OR REPLACE FUNCTION \(t.bytesFunctionSQL)(\(type)) RETURNS bytea LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS \(dollarQuote(body));"
         }
@@ -149,11 +156,7 @@ public enum Migration {
         ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT clock_timestamp();
         ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0;
         ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS last_error text;
-        ALTER TABLE \(t.sql) ADD COLUMN IF NOT EXISTS not_before timestamptz NOT NULL DEFAULT now();
-        \(ClaimInvariants.txidColumnSQL(t))
-        \(ClaimInvariants.txidIndexSQL(t))
-        UPDATE \(t.metaSQL) SET schema_version = \(schemaVersion) WHERE schema_version < \(schemaVersion);
-        \(relayTablesScript(t, shards: shards))
+        \(claimColumnsAndRelayTablesScript(t, shards: shards))
         """
     }
 

@@ -176,15 +176,10 @@ extension OutboxTable {
         switch layout {
         case .native:
             return sql
-        case .debezium(let r):
-            let o = "d"
-            return """
-                (SELECT \(o).outbox_relay_id AS id, \(o).txid, \(o).shard, \(r.topicSQL(o)) AS topic,
-                        \(bytesFunctionSQL)(\(o).\(quoteIdentifier(r.keyField))) AS key,
-                        \(bytesFunctionSQL)(\(o).\(quoteIdentifier(r.payloadField))) AS value,
-                        \(r.headersSQL(o)) AS headers, \(o).created_at, \(o).not_before, \(o).attempts
-                 FROM \(sql) AS \(o))
-                """
+        case .debezium:
+            // The message's columns (one mapping, shared with the dead-letter move) plus those
+            // the claim filters on.
+            return "(SELECT \(messageColumnsSQL(alias: "d")), d.txid, d.shard, d.not_before FROM \(sql) AS d)"
         }
     }
 
