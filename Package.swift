@@ -23,9 +23,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
     ],
     targets: [
-        // C stays in one place: two thin system-library targets, one Swift module over each.
+        // C stays in one place: two thin system-library targets, one Swift module over each,
+        // and the one Linux header Swift's Glibc module leaves out (timerfd, for WakeTimer).
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
+        .systemLibrary(name: "CTimerFD"),
         .target(name: "PGClient", dependencies: [
             "CLibPQ",
         ]),
@@ -33,7 +35,7 @@ let package = Package(
             "CKafka",
         ]),
         .target(name: "OutboxRelay", dependencies: [
-            "PGClient", "Kafka",
+            "PGClient", "Kafka", "CTimerFD",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -36,4 +36,6 @@ public struct ClaimBatch: Sendable {
     public let rows: [ClaimedRow]
     /// The database's clock when the claim ran (µs since the epoch), if it said.
     public var databaseNowMicros: Int64? = nil
+    /// Rows deleted by the claim's fused DELETE (nil: the claim carried none).
+    public var deleted: Int? = nil
 }

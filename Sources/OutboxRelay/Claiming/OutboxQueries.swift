@@ -17,6 +17,24 @@ public struct OutboxQueries: Sendable {
         let name: String
         let filtered: String
         let all: String
+        /// The same claims carrying a lease-checked DELETE of acknowledged rows (see
+        /// ``FusedDelete``): one statement and one transaction instead of two of each.
+        let filteredDeleting: String
+        let allDeleting: String
+    }
+
+    /// Acknowledged rows to delete in the same statement as a claim, under the same lease check
+    /// as ``delete(_:ids:owner:epochs:)``. The claim's rows are read in the statement's snapshot,
+    /// which the DELETE does not change; the deleted rows are in flight, so no claim reads them.
+    public struct FusedDelete: Sendable {
+        public var ids: [Int64]
+        public var owner: String
+        public var epochs: [Int64]
+        public init(ids: [Int64], owner: String, epochs: [Int64]) {
+            self.ids = ids
+            self.owner = owner
+            self.epochs = epochs
+        }
     }
 
     public let shape: MessageShape
@@ -40,10 +58,27 @@ public struct OutboxQueries: Sendable {
         let columns = "o.id, o.shard, o.topic, o.key, o.value, o.created_at, o.headers::text, " +
             "CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END, " +
             "(EXTRACT(EPOCH FROM s.now) * 1000000)::bigint"
+        // Lease-checked: a row is deleted only while this replica's lease epoch on its shard is
+        // current. The lease is read by a scalar subquery on its primary key, not a join: that
+        // shape's one plan is right for any parameters, so the delete session runs it with
+        // `plan_cache_mode = force_generic_plan` (planning every execution was 18 % of the relay
+        // backends' CPU in the steady state; a join's generic plan hashes the whole lease table).
+        func deleteStatement(first n: Int) -> String {
+            """
+            DELETE FROM \(table.sql) AS o
+            WHERE o.\(table.idSQL) = ANY($\(n)::bigint[])
+              AND (SELECT l.owner = $\(n + 1) AND l.epoch = ($\(n + 2)::bigint[])[o.shard + 1]
+                   FROM \(table.leasesSQL) AS l WHERE l.shard = o.shard)
+            """
+        }
         func statement(_ name: String, snapshot: (Int) -> String, where condition: (Int) -> String, order: String) -> ClaimStatement {
-            func text(filter: String, first: Int) -> String {
+            // A claim's parameters are $1 ... $(first + 3); a fused DELETE's follow them. The
+            // deleted count is the last column (a data-modifying WITH runs to completion once,
+            // whether or not its output is read).
+            func text(filter: String, first: Int, deleting: Bool = false) -> String {
                 """
-                SELECT s.snap::text, \(columns)
+                \(deleting ? "WITH d AS (\(deleteStatement(first: first + 4)) RETURNING 1)\n" : "")\
+                SELECT s.snap::text, \(columns)\(deleting ? ", (SELECT count(*) FROM d)" : "")
                 FROM (SELECT \(snapshot(first)) OFFSET 0) AS s
                 LEFT JOIN LATERAL (
                     SELECT id, shard, topic, key, value, created_at, headers, not_before FROM \(table.sourceSQL) AS src
@@ -53,8 +88,10 @@ public struct OutboxQueries: Sendable {
                 ORDER BY o.id
                 """
             }
-            return ClaimStatement(name: name, filtered: text(filter: "shard = ANY($1::integer[]) AND ", first: 2),
-                                  all: text(filter: "", first: 1))
+            let filter = "shard = ANY($1::integer[]) AND "
+            return ClaimStatement(name: name, filtered: text(filter: filter, first: 2), all: text(filter: "", first: 1),
+                                  filteredDeleting: text(filter: filter, first: 2, deleting: true),
+                                  allDeleting: text(filter: "", first: 1, deleting: true))
         }
         // Sweep: every row visible in the snapshot ($S; NULL = the statement's own), id > $after,
         // except the rows in flight. Parameters after the shards: snapshot, limit, after, excluded.
@@ -77,17 +114,7 @@ public struct OutboxQueries: Sendable {
             snapshot: { n in "$\(n)::text::pg_snapshot AS snap, $\(n + 3)::text::pg_snapshot AS since, clock_timestamp() AS now" },
             where: { n in "id > $\(n + 1) AND pg_visible_in_snapshot(txid, s.snap) AND NOT pg_visible_in_snapshot(txid, s.since)" },
             order: "id")
-        // Lease-checked: a row is deleted only while this replica's lease epoch on its shard is
-        // current. The lease is read by a scalar subquery on its primary key, not a join: that
-        // shape's one plan is right for any parameters, so the delete session runs it with
-        // `plan_cache_mode = force_generic_plan` (planning every execution was 18 % of the relay
-        // backends' CPU in the steady state; a join's generic plan hashes the whole lease table).
-        deleteSQL = """
-            DELETE FROM \(table.sql) AS o
-            WHERE o.\(table.idSQL) = ANY($1::bigint[])
-              AND (SELECT l.owner = $2 AND l.epoch = ($3::bigint[])[o.shard + 1]
-                   FROM \(table.leasesSQL) AS l WHERE l.shard = o.shard)
-            """
+        deleteSQL = deleteStatement(first: 1)
     }
 
     /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's timestamp epoch).
@@ -95,8 +122,10 @@ public struct OutboxQueries: Sendable {
 
     /// Reads the next rows of `shards` per `request`, shaped as Kafka messages. `allShards`:
     /// `shards` is every shard of the table (the claim then needs no shard filter).
+    /// `deleting`: acknowledged rows to delete in the same statement; the batch's `deleted` says
+    /// how many were.
     public func claim(_ conn: PGConnection, shards: [Int32], allShards: Bool = false,
-                      request: ClaimCursor.Request) throws(PGError) -> ClaimBatch {
+                      request: ClaimCursor.Request, deleting: FusedDelete? = nil) throws(PGError) -> ClaimBatch {
         let statement: ClaimStatement
         var parameters: [PGParameter] = [request.snapshot.map { .text($0.description) } ?? .null(oid: PGType.text),
                                          .int8(Int64(request.limit))]
@@ -115,9 +144,12 @@ public struct OutboxQueries: Sendable {
                 parameters += [.int8(request.after), .text(since.description)]
             }
         }
+        if let deleting { parameters += [.int8Array(deleting.ids), .text(deleting.owner), .int8Array(deleting.epochs)] }
+        let fused = deleting == nil ? "" : "_del"
         let result = allShards
-            ? try conn.execute(prepared: statement.name + "_all", statement.all, parameters)
-            : try conn.execute(prepared: statement.name, statement.filtered, [.int4Array(shards)] + parameters)
+            ? try conn.execute(prepared: statement.name + "_all" + fused, deleting == nil ? statement.all : statement.allDeleting, parameters)
+            : try conn.execute(prepared: statement.name + fused, deleting == nil ? statement.filtered : statement.filteredDeleting,
+                               [.int4Array(shards)] + parameters)
         let snapshotText = result.string(0, 0) ?? ""
         guard let snapshot = PGSnapshot(text: snapshotText) else {
             throw PGError(.unexpectedResult, message: "claim: unreadable snapshot \"\(snapshotText)\"")
@@ -131,7 +163,8 @@ public struct OutboxQueries: Sendable {
             rows.append(try Self.row(result, r, shape: shape, scratch: &scratch, topics: &topics, reserved: reservedHeaders,
                                      compactJSONValue: compactJSONValues))
         }
-        return ClaimBatch(snapshot: snapshot, rows: rows, databaseNowMicros: databaseNowMicros)
+        let deleted = deleting == nil ? nil : Int(try result.int64(0, 10))
+        return ClaimBatch(snapshot: snapshot, rows: rows, databaseNowMicros: databaseNowMicros, deleted: deleted)
     }
 
     /// Rows of a claim share one String per topic name: a name over 15 bytes is a heap string,

@@ -47,18 +47,24 @@ extension Relay {
             let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
             let queries = outbox
             let allShards = shards.count == leases.shardCount
+            let fused = takeFusableDeletes()
             let batch: ClaimBatch
             do {
                 batch = try await session.withConnection { conn throws(PGError) in
-                    try queries.claim(conn, shards: shards, allShards: allShards, request: request)
+                    try queries.claim(conn, shards: shards, allShards: allShards, request: request, deleting: fused?.delete)
                 }
             } catch {
+                if let fused { returnPendingDeletes(fused.seqs) }
                 logger.warning("claim failed; retrying", metadata: [LogKey.error: "\(error)"])
                 if error.isConnectionLoss { resyncAfterConnectionLoss() }
                 backOff()
                 continue
             }
             stats.claims += 1
+            if let fused, let deleted = batch.deleted {
+                stats.fusedDeletes += 1
+                settleDeleted(fused.seqs, requested: fused.delete.ids.count, deleted: deleted, seconds: monotonicSeconds() - now)
+            }
             if let dbNow = batch.databaseNowMicros {
                 // Database clock − this host's clock, for latencies measured from created_at (a
                 // database timestamp): a relay host whose clock is off must not report the offset.
@@ -83,6 +89,7 @@ extension Relay {
                 continue
             }
             produce(batch.rows)
+            claimCaughtUp = !cursor.hasMore
             if !cursor.hasMore {
                 await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
             }
@@ -117,7 +124,7 @@ extension Relay {
         }
         if wakeMode.mode == .polling {
             stats.busyPolls += 1
-            try? await Task.sleep(nanoseconds: UInt64(wakeMode.busyPoll * 1_000_000_000))
+            await WakeTimer.sleep(wakeMode.busyPoll)
             return
         }
         if wakeMode.needsDeclaration(now: now) {
@@ -138,13 +145,14 @@ extension Relay {
         await sleepUntilNotified(timeout: wakeMode.notifiedWait(poll: poll, now: now), now: now)
     }
 
-    /// Sleeps until a notification (or window room), `timeout`, or the next retry hold's release;
-    /// then gathers what else commits within a millisecond into the same claim.
+    /// Sleeps until a notification (or window room), `timeout`, or the next retry hold's release.
+    /// (It no longer sleeps another millisecond to gather what else commits: rows that come that
+    /// close together switch the relay to polling, and below that rate the extra timer was a
+    /// thread wake-up per row and the millisecond pure latency.)
     func sleepUntilNotified(timeout: Double, now: Double) async {
         var wait = timeout
         if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
         await claimWake.wait(timeout: wait)
-        try? await Task.sleep(nanoseconds: Self.claimGatherNanoseconds)
     }
 
     func produce(_ rows: [ClaimedRow]) {

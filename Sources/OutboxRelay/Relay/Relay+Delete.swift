@@ -17,6 +17,15 @@ extension Relay {
                 await deleteWake.wait(timeout: 1)
                 continue
             }
+            if !deleteNeededNow {
+                // Left for the claim loop's next claim to carry (see takeFusableDeletes), for a
+                // moment: a trickle's next row comes sooner than that, a poll within 5 ms.
+                let left = (pendingDeletesSince ?? monotonicSeconds()) + Self.fusedDeleteWaitSeconds - monotonicSeconds()
+                if left > 0 {
+                    await deleteWake.wait(timeout: left)
+                    continue
+                }
+            }
             // While enough reports to fill a whole batch are still on their way, gather them
             // (for a few milliseconds at most) into one DELETE per batch. Only a draining backlog
             // has that many outstanding. A trickle the claim loop polls for (rows faster than one
@@ -31,8 +40,10 @@ extension Relay {
                 if left <= 0 { break }
                 await deleteWake.wait(timeout: left)
             }
+            if pendingDeletes.isEmpty { continue }  // carried by a claim meanwhile
             let seqs = pendingDeletes
             pendingDeletes.removeAll(keepingCapacity: true)
+            pendingDeletesSince = nil
             let ids = seqs.compactMap { window.entry($0)?.rowId }
             let epochs = leases.epochArray()
             let owner = replicaId
@@ -43,37 +54,74 @@ extension Relay {
                 let deleted = try await session.withConnection { conn throws(PGError) in
                     try queries.delete(conn, ids: ids, owner: owner, epochs: epochs)
                 }
-                deleteFailures.succeeded()
-                metrics.deleteDuration.recordSeconds(monotonicSeconds() - started)
-                metrics.rowsDeleted.increment(by: deleted)
-                if deleted < ids.count { metrics.lostLeaseRows.increment(by: ids.count - deleted) }
-                stats.deleted += deleted
-                if deleted < ids.count {
-                    stats.lostLeaseRows += ids.count - deleted
-                    logger.warning("lease lost: acknowledged rows were left for the shard's new owner (they may be sent again)", metadata: [
-                        "outbox.rows": .stringConvertible(ids.count - deleted),
-                    ])
-                }
-                let drainingBefore = Set(leases.leases.filter { $0.value.phase == .draining }.keys)
-                for s in seqs { window.settle(s) }
-                metrics.inFlightRows.record(window.rows)
-                metrics.inFlightBytes.record(window.bytes)
-                if drainingBefore.contains(where: { window.inFlight(shard: $0) == 0 }) { leaseWake.signal() }
-                // Wake the claim loop only when it waits for what this DELETE changed: room in
-                // the window, a probe waiting for quiet, a retry hold waiting for its key's
-                // reports. Waking it after every DELETE cost a claim that read nothing per row
-                // of a trickle (2 claims per row at 100 rows/s).
-                if claimWaitsForRoom || !suspects.isEmpty || !retries.isEmpty { claimWake.signal() }
-                windowWake.signal()
+                settleDeleted(seqs, requested: ids.count, deleted: deleted, seconds: monotonicSeconds() - started)
             } catch {
                 // The DELETE is idempotent: keep the ids and try again.
-                pendingDeletes.insert(contentsOf: seqs, at: 0)
+                returnPendingDeletes(seqs)
                 if error.isConnectionLoss { resyncAfterConnectionLoss() }
                 logger.warning("delete failed; retrying", metadata: [LogKey.error: "\(error)"])
                 try? await Task.sleep(nanoseconds: 200_000_000)
                 if terminated && stopFlag.isSet && deleteAttemptsExhausted() { return }
             }
         }
+    }
+
+    /// Rows of `seqs` (`requested` ids) went through a lease-checked DELETE that deleted
+    /// `deleted` of them: free their window slots; rows not deleted were on a lost lease.
+    func settleDeleted(_ seqs: [UInt64], requested: Int, deleted: Int, seconds: Double) {
+        deleteFailures.succeeded()
+        metrics.deleteDuration.recordSeconds(seconds)
+        metrics.rowsDeleted.increment(by: deleted)
+        stats.deleted += deleted
+        if deleted < requested {
+            metrics.lostLeaseRows.increment(by: requested - deleted)
+            stats.lostLeaseRows += requested - deleted
+            logger.warning("lease lost: acknowledged rows were left for the shard's new owner (they may be sent again)", metadata: [
+                "outbox.rows": .stringConvertible(requested - deleted),
+            ])
+        }
+        let drainingBefore = Set(leases.leases.filter { $0.value.phase == .draining }.keys)
+        for s in seqs { window.settle(s) }
+        metrics.inFlightRows.record(window.rows)
+        metrics.inFlightBytes.record(window.bytes)
+        if drainingBefore.contains(where: { window.inFlight(shard: $0) == 0 }) { leaseWake.signal() }
+        // Wake the claim loop only when it waits for what this DELETE changed: room in
+        // the window, a probe waiting for quiet, a retry hold waiting for its key's
+        // reports. Waking it after every DELETE cost a claim that read nothing per row
+        // of a trickle (2 claims per row at 100 rows/s).
+        if claimWaitsForRoom || !suspects.isEmpty || !retries.isEmpty { claimWake.signal() }
+        windowWake.signal()
+    }
+
+    /// A DELETE of `seqs` failed (standalone or carried by a claim): they are deleted again.
+    func returnPendingDeletes(_ seqs: [UInt64]) {
+        pendingDeletes.insert(contentsOf: seqs, at: 0)
+        if pendingDeletesSince == nil { pendingDeletesSince = monotonicSeconds() }
+        deleteWake.signal()
+    }
+
+    /// Whether acknowledged rows must be deleted by the delete loop now rather than carried by
+    /// the claim loop's next claim: a backlog is being read (its deletes are batched apart from
+    /// its claims, which they would slow), the window waits for room, a lease hands over, a
+    /// probe waits, the relay stops, or the claim loop is not claiming.
+    var deleteNeededNow: Bool {
+        terminated || !claimCaughtUp || claimWaitsForRoom || recreating || !suspects.isEmpty
+            || pendingDeletes.count >= max(1, configuration.batchSize / 2)
+            || monotonicSeconds() < pausedUntil
+            || leases.leases.values.contains { $0.phase == .draining }
+    }
+
+    /// Acknowledged rows for the claim about to run to delete in the same statement (one round
+    /// trip and one transaction instead of two), when the claim loop is caught up — a trickle.
+    func takeFusableDeletes() -> (seqs: [UInt64], delete: OutboxQueries.FusedDelete)? {
+        guard !pendingDeletes.isEmpty, !deleteNeededNow else { return nil }
+        let seqs = pendingDeletes
+        let ids = seqs.compactMap { window.entry($0)?.rowId }
+        guard ids.count == seqs.count else { return nil }
+        pendingDeletes.removeAll(keepingCapacity: true)
+        pendingDeletesSince = nil
+        deleteWake.signal()  // ends the delete loop's wait for a claim to carry them
+        return (seqs, OutboxQueries.FusedDelete(ids: ids, owner: replicaId, epochs: leases.epochArray()))
     }
 
     func runDeadLettersAndAttempts() async {

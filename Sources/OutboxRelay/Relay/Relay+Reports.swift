@@ -35,6 +35,7 @@ extension Relay {
         var producedByTopic: [String: Int] = [:]
         defer { for (topic, n) in producedByTopic { metrics.produced(topic: topic, count: n) } }
         var anyFailure = false
+        let hadPendingDeletes = !pendingDeletes.isEmpty
         let tracking = !retries.history.isEmpty
         for report in reports {
             if let seq = probeSeq, report.opaque == seq {
@@ -69,7 +70,12 @@ extension Relay {
                 }
             }
         }
-        if !pendingDeletes.isEmpty { deleteWake.signal() }
+        if !pendingDeletes.isEmpty {
+            if !hadPendingDeletes { pendingDeletesSince = now }
+            // The delete loop waits for the first ones (a claim may carry them): wake it for
+            // those, or when they are needed now — not for every report meanwhile.
+            if !hadPendingDeletes || deleteNeededNow { deleteWake.signal() }
+        }
         if anyFailure {
             claimWake.signal()
             windowWake.signal()

@@ -28,11 +28,17 @@ extension Relay {
         // The claim session runs only the claim statements, whose plans are prepared once and
         // reused: a plan cached while the table was small must not become a sequential scan of a
         // large backlog (a window's rows are found on the txid index, a sweep walks the key).
+        // Its only writes are the DELETEs of acknowledged rows that ride along with a claim (see
+        // Relay.takeFusableDeletes): they commit without waiting for the WAL flush, so a claim
+        // (and the produce after it) never waits for the disk. Such a DELETE lost in a database
+        // crash brings its rows back, and they are sent again: a duplicate, never a loss. The
+        // WAL writer flushes it within 3 × wal_writer_delay (600 ms by default), and any later
+        // durable commit (another session's, a lease renewal) flushes it with itself.
         let claimSetup: @Sendable (PGConnection) throws(PGError) -> Void = { conn throws(PGError) in
             try setup(conn)
-            try conn.executeScript("SET enable_seqscan = off")
+            try conn.executeScript("SET enable_seqscan = off; SET synchronous_commit = off")
         }
-        let claim = PGSession(url: url, applicationName: app, label: "claim", setup: claimSetup)
+        let claim = PGSession(url: url, applicationName: app, label: "claim", executor: relayExecutor, setup: claimSetup)
         let table = self.table
         let info: OutboxSchemaInfo
         do {

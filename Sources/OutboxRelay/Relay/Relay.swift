@@ -16,10 +16,20 @@ import Tracing
 /// - **delete**: deletes acknowledged rows in one array statement per round;
 /// - **leases**: heartbeats, renews, and rebalances shard leases.
 ///
-/// Database work runs on ``PGSession``s pinned to their own threads; this actor never blocks.
+/// The actor runs on a thread of its own, which it shares with the claim session: a claim is a
+/// plain call on the relay's thread (the actor waits for it; everything it would do meanwhile —
+/// handle reports, issue deletes — waits a few milliseconds, and none of it can produce). The
+/// lease and delete sessions and the listener have threads of their own, so their statements run
+/// while the actor goes on. Thread switches, not statements, were most of the relay's CPU per
+/// row of a trickle (docs/BENCHMARKS.md): each claim on another thread was two wake-ups, and
+/// every actor job on Swift's global pool another.
 /// State lives in pure structs (``ClaimCursor``, ``InFlightWindow``, ``LeaseTable``) and is
 /// re-checked after every suspension point.
 public actor Relay: Service {
+    /// This actor's thread, shared with the claim session.
+    nonisolated let relayExecutor = ThreadExecutor(name: "relay")
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { relayExecutor.asUnownedSerialExecutor() }
+
     public nonisolated let configuration: RelayConfiguration
     public nonisolated let replicaId: String
     let table: OutboxTable
@@ -45,6 +55,10 @@ public actor Relay: Service {
     var window: InFlightWindow
     var leases = LeaseTable(shardCount: 1)
     var pendingDeletes: [UInt64] = []
+    /// When `pendingDeletes` last became non-empty.
+    var pendingDeletesSince: Double?
+    /// The last claim read everything there was (a trickle, not a backlog).
+    var claimCaughtUp = false
     /// Rows to move to the dead-letter table: window sequence → (reason, error code).
     var pendingDeadLetters: [UInt64: (reason: String, code: String?)] = [:]
     /// Failed attempts to record on the rows (ids, last error).
@@ -109,7 +123,6 @@ public actor Relay: Service {
     var reportContinuation: AsyncStream<ProducerEvent>.Continuation?
     var listener: PGListener?
 
-    static let claimGatherNanoseconds: UInt64 = 1_000_000
     static let fencingStormThreshold = 10
     /// Start-up checks retried this many times when an established connection breaks or the
     /// server is momentarily unable (back-off 0.2 s growing to 1 s: about 17 s in all). Five
@@ -117,6 +130,9 @@ public actor Relay: Service {
     static let startupRetries = 20
     /// Longest a DELETE waits for more delivery reports to fill its batch.
     static let deleteGatherSeconds = 0.005
+    /// How long acknowledged rows wait for a claim to carry their DELETE before the delete loop
+    /// deletes them by themselves.
+    static let fusedDeleteWaitSeconds = 0.05
     /// How long a producer re-creation waits for the old instance's last reports.
     static let recreationReportWait = 2.0
     static let maxRetryBackoff = 30.0
@@ -144,6 +160,8 @@ public actor Relay: Service {
                                            backoffBase: Double(configuration.retryBackoffMillis) / 1000,
                                            backoffCap: Double(configuration.retryBackoffMaxMillis) / 1000)
     }
+
+    deinit { relayExecutor.shutdown() }
 
     static func defaultReplicaName() -> String {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "relay"

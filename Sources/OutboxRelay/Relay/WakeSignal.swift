@@ -9,15 +9,19 @@ import Synchronization
 /// signal wakes them all. (An earlier version kept one waiter and silently replaced it, so the
 /// first waiter's continuation — and its timeout — were lost.)
 final class WakeSignal: Sendable {
+    private struct Waiter {
+        let continuation: CheckedContinuation<Void, Never>
+        var timer: UInt64?
+    }
     private struct State {
         var pending = false
-        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var waiters: [UInt64: Waiter] = [:]
         var nextId: UInt64 = 0
     }
     private let state = Mutex(State())
 
     func signal() {
-        let woken = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+        let woken = state.withLock { s -> [Waiter] in
             if s.waiters.isEmpty {
                 s.pending = true
                 return []
@@ -26,15 +30,18 @@ final class WakeSignal: Sendable {
             s.waiters.removeAll(keepingCapacity: true)
             return all
         }
-        for w in woken { w.resume() }
+        for w in woken {
+            if let t = w.timer { WakeTimer.shared.cancel(t) }
+            w.continuation.resume()
+        }
     }
 
     /// Number of tasks waiting now (for tests).
     var waiterCount: Int { state.withLock { $0.waiters.count } }
 
     /// Returns when signalled (consuming the signal) or after `timeout` seconds. The timeout is
-    /// a Dispatch timer rather than a task group with a sleeping child: this wait sits on the
-    /// hot path of an idle relay woken per row.
+    /// a ``WakeTimer`` entry, cancelled when the signal comes first: this wait sits on the hot
+    /// path of a relay woken per row, and a timeout that fires for nothing wakes a thread.
     func wait(timeout: Double) async {
         if timeout <= 0 {
             state.withLock { $0.pending = false }
@@ -47,17 +54,24 @@ final class WakeSignal: Sendable {
                     return nil
                 }
                 s.nextId &+= 1
-                s.waiters[s.nextId] = c
+                s.waiters[s.nextId] = Waiter(continuation: c)
                 return s.nextId
             }
             guard let id else {
                 c.resume()
                 return
             }
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [self] in
+            let timer = WakeTimer.shared.schedule(after: timeout) { [self] in
                 let expired = self.state.withLock { $0.waiters.removeValue(forKey: id) }
-                expired?.resume()
+                expired?.continuation.resume()
             }
+            // Record the timer so that a signal cancels it — unless the signal already came.
+            let stillWaiting = state.withLock { s -> Bool in
+                guard s.waiters[id] != nil else { return false }
+                s.waiters[id]?.timer = timer
+                return true
+            }
+            if !stillWaiting { WakeTimer.shared.cancel(timer) }
         }
     }
 }

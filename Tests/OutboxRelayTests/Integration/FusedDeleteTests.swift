@@ -1,0 +1,69 @@
+import Foundation
+import OutboxRelay
+import PGClient
+import Testing
+
+/// Acknowledged rows of a trickle are deleted by the next claim's statement (issue 13): one round
+/// trip and one transaction instead of two. The DELETE keeps its lease check, and a row with no
+/// claim after it is still deleted by itself.
+@Suite(.serialized) struct FusedDeleteTests {
+    @Test func aClaimDeletesOnlyRowsWhoseLeaseItHolds() throws {
+        let table = try TestEnvironment.migratedTable()
+        let conn = try TestEnvironment.connect()
+        let queries = OutboxQueries(table: table)
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 3) AS i")
+        let rows = try conn.query("SELECT id, shard FROM \(table.sql) ORDER BY id")
+        let ids = try (0..<rows.rowCount).map { try rows.int64($0, 0) }
+        let shards = try (0..<rows.rowCount).map { try rows.int32($0, 1) }
+        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
+        var epochs = [Int64](repeating: 7, count: 256)
+        epochs[Int(shards[1])] = 6  // a lease this replica lost: its row must stay
+        if shards[0] == shards[1] || shards[2] == shards[1] { return }  // the keys' shards must differ for the check
+        let request = ClaimCursor().nextRequest(limit: 100, inFlight: ids)
+        let batch = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
+                                      deleting: .init(ids: ids, owner: "me", epochs: epochs))
+        #expect(batch.deleted == 2)
+        #expect(batch.rows.isEmpty, "the rows being deleted are in flight: not read again")
+        let left = try conn.query("SELECT id FROM \(table.sql)")
+        #expect(left.rowCount == 1)
+        let kept = try left.int64(0, 0)
+        #expect(kept == ids[1])
+        // Another owner's DELETE deletes nothing.
+        let other = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
+                                      deleting: .init(ids: [ids[1]], owner: "someone-else", epochs: [Int64](repeating: 7, count: 256)))
+        #expect(other.deleted == 0)
+        #expect(try TestEnvironment.count(table) == 1)
+        // Without a DELETE the claim reports none.
+        #expect(try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request).deleted == nil)
+    }
+
+    @Test func aTrickleIsDeletedByItsNextClaimsAndALastRowByItself() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        var config = TestEnvironment.configuration(table: table, pollMillis: 30_000)  // woken by NOTIFY only
+        config.leaseDurationMillis = 40_000
+        config.heartbeatIntervalMillis = 2_000
+        config.messageTimeoutMillis = 5_000
+        let relay = try await RunningRelay.start(config)
+        try await TestEnvironment.eventually("all shards held") { await relay.relay.heldShards().count == 256 }
+        try await TestEnvironment.eventually("the gate opened") { await relay.relay.statistics().gateDeclarations > 0 }
+        let conn = try TestEnvironment.connect()
+        // Rows 20 ms apart: each is claimed alone on its NOTIFY, and is acknowledged long before
+        // the next one comes, whose claim then carries its DELETE.
+        let rows = 40
+        for i in 0..<rows {
+            try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, convert_to($2, 'UTF8'), 'v')", [.text(topic), .text("k\(i % 7)")])
+            let produced = i + 1
+            try await TestEnvironment.eventually("row \(produced) acknowledged", timeout: 10) { await relay.relay.statistics().delivered >= produced }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        // The last row has no claim after it: the delete loop deletes it by itself.
+        try await TestEnvironment.eventually("every row deleted", timeout: 5) { try TestEnvironment.count(table) == 0 }
+        let stats = await relay.relay.statistics()
+        try await relay.stop()
+        #expect(stats.deleted == rows)
+        #expect(stats.fusedDeletes >= rows / 2, "\(stats.fusedDeletes) of \(stats.claims) claims carried a DELETE")
+        let v = try Verification.verify(topics: [topic], expectedIds: Set(1...Int64(rows)))
+        #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
+    }
+}
