@@ -305,7 +305,7 @@ class CpuWindow:
 # The bench
 # --------------------------------------------------------------------------------------------
 
-CONSUME_RE = re.compile(r"^topic=(\S+) partition=(\d+) offset=(\d+) key=(.*?) headers=\{(.*)\}")
+CONSUME_RE = re.compile(r"^topic=(\S+) partition=(\d+) offset=(\d+)(?: timestamp=(-?\d+))? key=(.*?) headers=\{(.*)\}")
 OUTBOX_ID_RE = re.compile(r"(?:^|, )outbox-id=(\d+)")
 
 
@@ -448,24 +448,31 @@ class Bench:
         """The relay's calls on the outbox table split into claims (SELECT) and DELETEs."""
         rows = self.admin.query(f"SELECT query, calls FROM pg_stat_statements WHERE userid = {self.relay_oid}")
         pat = re.compile(r'(?<![\w"])"?' + re.escape(table) + r'"?(?![\w"])')
-        kinds = {"select": 0, "delete": 0, "other": 0}
+        kinds = {"select": 0, "delete": 0, "other": 0, "claims_with_delete": 0}
         for q, c in rows:
             if pat.search(q):
                 head = q.lstrip().split(None, 1)[0].upper() if q.strip() else ""
                 kinds["select" if head in ("SELECT", "WITH") else "delete" if head == "DELETE" else "other"] += int(c)
+                if head == "WITH" and re.match(r"WITH\s+d\s+AS\s*\(\s*DELETE", q.lstrip(), re.I):
+                    kinds["claims_with_delete"] += int(c)
         return kinds
 
-    def consume(self, topic):
+    def consume(self, topic, timestamps=None):
+        """The topic's messages as (partition, offset, key, outbox id). `timestamps`: a dict that
+        receives each outbox id's first Kafka timestamp (CreateTime, ms since the epoch)."""
         t0 = time.monotonic()
-        out = subprocess.run([self.a.relay, "consume", "--brokers", self.a.brokers, "--topic", topic],
+        out = subprocess.run([self.a.relay, "consume", "--brokers", self.a.brokers, "--topic", topic, "--timestamps"],
                              check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True).stdout
         msgs = []
         for line in out.splitlines():
             m = CONSUME_RE.match(line)
             if not m:
                 continue
-            idm = OUTBOX_ID_RE.search(m.group(5))
-            msgs.append((int(m.group(2)), int(m.group(3)), m.group(4), int(idm.group(1)) if idm else None))
+            idm = OUTBOX_ID_RE.search(m.group(6))
+            oid = int(idm.group(1)) if idm else None
+            msgs.append((int(m.group(2)), int(m.group(3)), m.group(5), oid))
+            if timestamps is not None and oid is not None and m.group(4) is not None and oid not in timestamps:
+                timestamps[oid] = int(m.group(4))
         log(f"consumed {len(msgs)} messages of {topic} in {time.monotonic() - t0:.1f}s")
         return msgs
 
@@ -963,7 +970,19 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
                           for q, c, t, m, rw in self.admin.query(
                               f"SELECT query, calls, total_exec_time, mean_exec_time, rows FROM pg_stat_statements "
                               f"WHERE userid = {self.relay_oid} ORDER BY total_exec_time DESC LIMIT 8")]
-        msgs = self.consume(topic)
+        created = {}
+        msgs = self.consume(topic, timestamps=created)
+        # COMMIT returned (client wall clock) → the message's Kafka CreateTime, which both relays'
+        # librdkafka stamps at the produce call (ms resolution, same machine's clock): what a
+        # consumer waits for, less the broker round trip (about a millisecond here). Unlike
+        # COMMIT → DELETE it leaves out when the relay deletes the row, which outbox-relay
+        # defers to ride along with its next claim (see docs/DESIGN.md).
+        ck = sorted(created[i] - ins.committed[i] * 1000 for i in created if i in ins.committed)
+        commit_to_kafka = None
+        if ck:
+            qk = lambda p: round(ck[min(len(ck) - 1, int(p * len(ck)))], 3)  # noqa: E731
+            commit_to_kafka = {"p50": qk(0.5), "p90": qk(0.9), "p99": qk(0.99), "p999": qk(0.999), "max": round(ck[-1], 3),
+                               "rows": len(ck)}
         commit_lat = None
         if self.a.latency_trigger:
             recs = self.admin.query(f"SELECT id, deleted_at FROM {lat}")
@@ -997,6 +1016,7 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
                            "max": float(r[2]) if r[2] else None, "mean": float(r[3]) if r[3] else None,
                            "min": float(r[4]) if r[4] else None},
             "commit_to_delete_ms": commit_lat,
+            "commit_to_kafka_ms": commit_to_kafka,
             "relay_cpu_s_per_s": round(res["relay_cpu_s"] / (drained - t0), 3),
             "relay_idle_cpu_s_per_s": round(idle_cpu, 4),
             "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
@@ -1015,6 +1035,7 @@ DELETE FROM {qident(table)} AS o USING {leases} AS l WHERE o.id = ANY(ARRAY(SELE
                 "statements_on_table": per_row(st_table, 1),
                 "claims": per_row(kinds["select"], 1),
                 "deletes": per_row(kinds["delete"], 1),
+                "claims_with_delete": per_row(kinds["claims_with_delete"], 1),
                 "statements_all": per_row(st_all, 1),
                 "transactions": per_row(commits + rollbacks, 1),
                 "commits": per_row(commits, 1),
@@ -1112,12 +1133,14 @@ def per_row_table(out, runs):
              " of which the relays' backends / the inserters' backends / the rest;",
              "    statements = the relay role's pg_stat_statements calls, on the table and all; transactions ="
              " pg_stat_database commits + rollbacks less the INSERTs and the bench's own;",
-             "    latency ms: INSERT → DELETE (p50/p99/max, as in 2.) and COMMIT returned → DELETE (c→d p50/p99/max))"]
+             "    latency ms: INSERT → DELETE (p50/p99/max, as in 2.), COMMIT returned → Kafka CreateTime (c→k p50/p99/max)"
+             " and COMMIT returned → DELETE (c→d p50/p99/max))"]
     head = (f"   {'rate':>6} {'relay':<16}{'n':>3}{'achieved':>9}{'relay ms':>9}{'pg ms':>8}{'(relay bk/ins/rest)':>21}"
             f"{'relay+pg':>9}{'stmt tbl':>9}{'stmt all':>9}{'xact':>7}{'p50':>7}{'p99':>7}{'max':>7}"
-            f"{'c→d p50':>8}{'p99':>7}{'max':>7}{'machine':>8}{'others s':>9}  verification")
+            f"{'c→k p50':>8}{'p99':>7}{'max':>7}{'c→d p50':>8}{'p99':>7}{'max':>7}{'machine':>8}{'others s':>9}  verification")
     def row(s):
         P, L, C = s["per_row"], s["latency_ms"], s.get("commit_to_delete_ms") or {}
+        K = s.get("commit_to_kafka_ms") or {}
         name = "outbox-relay" if s["relay"] == "outbox-relay" else "naive SKIP LOCKED"
         split = (f"{fmt(P['postgres_relay_backends_cpu_ms'], 3)}/{fmt(P['postgres_inserter_backend_cpu_ms'], 3)}/"
                  f"{fmt(P['postgres_rest_cpu_ms'], 3)}")
@@ -1126,6 +1149,7 @@ def per_row_table(out, runs):
                 f"{fmt(P['relay_plus_postgres_cpu_ms'], 3):>9}{fmt(P['statements_on_table'], 3):>9}"
                 f"{fmt(P['statements_all'], 3):>9}{fmt(P['transactions'], 3):>7}"
                 f"{fmt(L['p50'], 2):>7}{fmt(L['p99'], 1):>7}{fmt(L['max'], 0):>7}"
+                f"{fmt(K.get('p50'), 2):>8}{fmt(K.get('p99'), 1):>7}{fmt(K.get('max'), 0):>7}"
                 f"{fmt(C.get('p50'), 2):>8}{fmt(C.get('p99'), 1):>7}{fmt(C.get('max'), 0):>7}"
                 f"{fmt(100 * s['machine_busy_share'], 0) + '%':>8}{fmt(s['others_cpu_s'], 1):>9}  {ver_s(s['verify'])}")
     if runs:

@@ -12,6 +12,8 @@ struct Consume: ParsableCommand {
     @Option(name: .customLong("brokers"), help: settingHelp("brokers")) var brokers: String?
     @Option(name: .customLong("topic"), help: "Topic to read") var topic: String
     @Flag(name: .customLong("values"), help: "Also print values") var values = false
+    @Flag(name: .customLong("timestamps"), help: "Also print each message's timestamp (ms since the epoch), after its offset")
+    var timestamps = false
     @Option(name: .customLong("kafka-property"), help: "librdkafka property NAME=VALUE, repeatable [env: OUTBOX_KAFKA_<NAME>]")
     var kafkaProperty: [String] = []
 
@@ -32,7 +34,8 @@ struct Consume: ParsableCommand {
             try KafkaTopicReader.forEach(topic: topic, configuration: kafka) { m in
                 let key = m.key.map { String(decoding: $0, as: UTF8.self) } ?? "<null>"
                 let headers = m.headers.map { "\($0.name)=\($0.value.map { String(decoding: $0, as: UTF8.self) } ?? "<null>")" }
-                var line = "topic=\(m.topic) partition=\(m.partition) offset=\(m.offset) key=\(key) headers={\(headers.joined(separator: ", "))}"
+                let time = timestamps ? " timestamp=\(m.timestampMillis)" : ""
+                var line = "topic=\(m.topic) partition=\(m.partition) offset=\(m.offset)\(time) key=\(key) headers={\(headers.joined(separator: ", "))}"
                 if values { line += " value=\(m.value.map { String(decoding: $0, as: UTF8.self) } ?? "<tombstone>")" }
                 print(line)
             }
