@@ -7,8 +7,6 @@ import Foundation
 /// re-enter and start a second statement on the same `PGconn`.
 public actor PGSession {
     private let executor: ThreadExecutor
-    /// False when the executor was lent by the caller (who ends its thread).
-    private let ownsExecutor: Bool
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
 
     private let url: String
@@ -18,15 +16,12 @@ public actor PGSession {
 
     /// - Parameters:
     ///   - setup: run on every new connection (session settings such as `statement_timeout`).
-    ///   - executor: run on this (caller-owned) thread instead of one of its own. An actor that
-    ///     shares it calls the session without a thread switch — and waits for the statement.
-    public init(url: String, applicationName: String, label: String, executor: ThreadExecutor? = nil,
+    public init(url: String, applicationName: String, label: String,
                 setup: @escaping @Sendable (PGConnection) throws(PGError) -> Void = { _ in }) {
         self.url = url
         self.applicationName = applicationName
         self.setup = setup
-        self.ownsExecutor = executor == nil
-        self.executor = executor ?? ThreadExecutor(name: "pg-\(label)")
+        self.executor = ThreadExecutor(name: "pg-\(label)")
     }
 
     /// Runs `body` with a live connection (connecting first if needed). A connection-loss error
@@ -58,6 +53,6 @@ public actor PGSession {
     public func close() {
         connection?.close()
         connection = nil
-        if ownsExecutor { executor.shutdown() }
+        executor.shutdown()
     }
 }

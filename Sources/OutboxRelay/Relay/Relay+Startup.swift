@@ -38,7 +38,7 @@ extension Relay {
             try setup(conn)
             try conn.executeScript("SET enable_seqscan = off; SET synchronous_commit = off")
         }
-        let claim = PGSession(url: url, applicationName: app, label: "claim", executor: relayExecutor, setup: claimSetup)
+        let claim = PGSession(url: url, applicationName: app, label: "claim", setup: claimSetup)
         let table = self.table
         let info: OutboxSchemaInfo
         do {

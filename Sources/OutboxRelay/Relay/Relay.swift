@@ -16,19 +16,13 @@ import Tracing
 /// - **delete**: deletes acknowledged rows in one array statement per round;
 /// - **leases**: heartbeats, renews, and rebalances shard leases.
 ///
-/// The actor runs on a thread of its own, which it shares with the claim session: a claim is a
-/// plain call on the relay's thread (the actor waits for it; everything it would do meanwhile —
-/// handle reports, issue deletes — waits a few milliseconds, and none of it can produce). The
-/// lease and delete sessions and the listener have threads of their own, so their statements run
-/// while the actor goes on. Thread switches, not statements, were most of the relay's CPU per
-/// row of a trickle (docs/BENCHMARKS.md): each claim on another thread was two wake-ups, and
-/// every actor job on Swift's global pool another.
+/// Database work runs on ``PGSession``s pinned to their own threads; this actor never blocks.
+/// (Sharing one thread between this actor and the claim session, so that a claim needs no
+/// thread switch, measured 10 % more relay CPU per row of a trickle than Swift's global pool:
+/// docs/BENCHMARKS.md.)
 /// State lives in pure structs (``ClaimCursor``, ``InFlightWindow``, ``LeaseTable``) and is
 /// re-checked after every suspension point.
 public actor Relay: Service {
-    /// This actor's thread, shared with the claim session.
-    nonisolated let relayExecutor = ThreadExecutor(name: "relay")
-    public nonisolated var unownedExecutor: UnownedSerialExecutor { relayExecutor.asUnownedSerialExecutor() }
 
     public nonisolated let configuration: RelayConfiguration
     public nonisolated let replicaId: String
@@ -160,8 +154,6 @@ public actor Relay: Service {
                                            backoffBase: Double(configuration.retryBackoffMillis) / 1000,
                                            backoffCap: Double(configuration.retryBackoffMaxMillis) / 1000)
     }
-
-    deinit { relayExecutor.shutdown() }
 
     static func defaultReplicaName() -> String {
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "relay"
