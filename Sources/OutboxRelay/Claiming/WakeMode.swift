@@ -24,8 +24,9 @@ public struct WakeMode: Sendable, Equatable {
     var interval: Double?
     /// Local (monotonic) time until which the gate is known open; 0 = not declared.
     public private(set) var declaredUntil: Double = 0
-    /// Declared just now after polling: rows whose INSERT ran before the gate opened and that
-    /// commit after the next claim's snapshot sent no NOTIFY, so the first wait is short.
+    /// Declared just now with the gate closed before (after polling, at start-up, after a lapse):
+    /// rows whose INSERT ran before the gate opened sent no NOTIFY, so the replica claims once
+    /// more at once and the first wait is short.
     public private(set) var justReopened = false
 
     public init(busyPoll: Double = 0.005, emptyPollsBeforeIdle: Int = 4, declaration: Double = 2.0) {
@@ -67,7 +68,11 @@ public struct WakeMode: Sendable, Equatable {
         mode == .notified && declaredUntil - now < declaration / 2
     }
 
+    /// The gate was set open until `now + declaration`. If it was not known open before (the
+    /// first declaration, or one after polling or a lapse), rows may have run their INSERT while it
+    /// was closed: ``justReopened`` asks for one more claim at once and a short first wait.
     public mutating func declared(now: Double) {
+        if declaredUntil <= now { justReopened = true }
         declaredUntil = now + declaration
     }
 

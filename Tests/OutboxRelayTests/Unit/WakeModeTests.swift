@@ -32,6 +32,21 @@ import Testing
         #expect(m.notifiedWait(poll: 1, now: 0.03) > 0.5, "then the poll timer")
     }
 
+    /// Found by a flaky test: a row whose INSERT ran between the relay's first claim and its
+    /// first declaration sent no NOTIFY and waited for the poll timer (10 minutes in that test).
+    @Test func theFirstDeclarationAndOnlyADeclarationOfAClosedGateAskForAnotherClaim() {
+        var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
+        #expect(!m.justReopened)
+        m.declared(now: 0)
+        #expect(m.justReopened, "the gate was closed until now: claim once more")
+        #expect(m.notifiedWait(poll: 600, now: 0) <= 0.05, "and wait briefly first")
+        #expect(!m.justReopened)
+        m.declared(now: 1.1)
+        #expect(!m.justReopened, "a renewal of an open gate needs no extra claim")
+        m.declared(now: 10)
+        #expect(m.justReopened, "a lapsed gate does")
+    }
+
     @Test func aBurstOfRowsKeepsPollingWhileAnyPollFindsRows() {
         var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
         m.observe(rows: 5, now: 0.001)
