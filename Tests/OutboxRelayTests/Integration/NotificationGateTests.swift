@@ -44,11 +44,14 @@ import Testing
         }
         try await TestEnvironment.eventually("the burst relayed") { try TestEnvironment.count(table) == 0 }
         let busyNotifications = notifications.withLock { $0 } - busyBefore
+        print("notification gate: \(busyNotifications) of 3 000 busy inserts notified")
         let stats = await relay.relay.statistics()
         try await relay.stop()
         #expect(stats.busyPolls > 0, "the relay polled while rows kept coming")
         // The relay closed the gate when it switched to polling: most inserts did not notify.
-        #expect(busyNotifications < 300, "\(busyNotifications) of 3 000 inserts notified")
+        // (How many did depends on how soon the relay sees the burst: 52-196 in six local runs,
+        // 313 once in a fresh-clone CI run; without the gate it is all 3 000.)
+        #expect(busyNotifications < 600, "\(busyNotifications) of 3 000 inserts notified")
         let v = try Verification.verify(topics: [topic], expectedIds: Set(try idsRelayed(table: table, topic: topic)))
         #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
     }
