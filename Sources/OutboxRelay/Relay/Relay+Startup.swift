@@ -34,9 +34,12 @@ extension Relay {
         // crash brings its rows back, and they are sent again: a duplicate, never a loss. The
         // WAL writer flushes it within 3 × wal_writer_delay (600 ms by default), and any later
         // durable commit (another session's, a lease renewal) flushes it with itself.
+        // Generic plans: the plain claims switched to them after five executions anyway, and
+        // with the claims that carry a DELETE's id array forced onto them too the relay's
+        // backends spent 0.18 instead of 0.27 ms per row at 500 rows/s (two A/B rounds).
         let claimSetup: @Sendable (PGConnection) throws(PGError) -> Void = { conn throws(PGError) in
             try setup(conn)
-            try conn.executeScript("SET enable_seqscan = off; SET synchronous_commit = off")
+            try conn.executeScript("SET enable_seqscan = off; SET synchronous_commit = off; SET plan_cache_mode = force_generic_plan")
         }
         let claim = PGSession(url: url, applicationName: app, label: "claim", setup: claimSetup)
         let table = self.table
