@@ -1359,12 +1359,7 @@ def case_clock_step(ctx, offset):
     off_r1 = create_time_offsets(msgs, txns, r1.name, t0=t_step + 1.5, t1=t_a)
     wait_a = sampler.max_age(t_step, t_a)
     wait_pause = sampler.max_age(t_a, t_resume + recovery)
-    viol = order_violations(res)
-    for k in ("lost", "pending"):
-        if res[k]:
-            viol[k] = res[k]
-    if res["duplicates"] > WINDOW:
-        viol["duplicates"] = res["duplicates"]
+    viol = window_violations(res, failures)
     if takeovers:
         viol["lease_takeovers_after_step"] = takeovers
     if switches:
@@ -1375,8 +1370,6 @@ def case_clock_step(ctx, offset):
         viol["stall_after_step"] = wait_a
     if off_after is None or abs(off_after - offset) > 30:
         viol["step_not_in_effect"] = off_after  # a harness failure: the fault did not happen
-    if failures:
-        viol["relay_failures"] = failures
     name = (f"relay wall clock stepped {'+' if offset > 0 else '-'}{abs(offset) // 60} min mid-run ({tool_desc(ctx)}) "
             f"on one of two replicas, then broker paused 3 s (past message.timeout.ms)")
     bound = ("lost 0, order inversions 0, duplicates <= in-flight window (2000, the broker pause), no lease take-over "
@@ -1450,12 +1443,7 @@ def case_clock_skew(ctx):
     res = check_rows(txns, msgs, pending, dead)
     switches = producer_switches(msgs, shard_of_key, {s: e for s, (_o, e) in after.items()})
     cat_bad, cat_ex = created_at_mismatches(msgs, txns)
-    viol = order_violations(res)
-    for k in ("lost", "pending"):
-        if res[k]:
-            viol[k] = res[k]
-    if res["duplicates"] > WINDOW:
-        viol["duplicates"] = res["duplicates"]
+    viol = window_violations(res, failures)
     lo, hi = LEASE_MS / 1000 - 2, LEASE_MS / 1000 + 6
     if not lo <= takeover <= hi:
         viol["takeover_seconds"] = f"{takeover:.2f} not in [{lo:g}, {hi:g}]"
@@ -1465,8 +1453,6 @@ def case_clock_skew(ctx):
         viol["producer_changes_beyond_lease_acquisitions"] = dict(list(switches.items())[:5])
     if cat_bad:
         viol["created_at_header_mismatches"] = {"count": cat_bad, "examples": cat_ex}
-    if failures:
-        viol["relay_failures"] = failures
     name = (f"two replicas whose clocks differ from the database's (-10 min and +10 min from start, {tool_desc(ctx)}); "
             "the -10 min one joins first, the +10 min one takes half, then the -10 min one is SIGKILLed and restarted")
     bound = (f"lost 0, order inversions 0, duplicates <= in-flight window (2000, the SIGKILL); take-over of the killed "
