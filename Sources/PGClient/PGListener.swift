@@ -50,7 +50,7 @@ public final class PGListener: Sendable {
             return true
         }
         guard go else { return }
-        let thread = Thread { [self] in run() }
+        let thread = Thread { [self] in nameCurrentThread("pg-listen"); run() }
         thread.name = "pg-listen"
         thread.start()
     }

@@ -11,7 +11,7 @@ public final class ThreadExecutor: SerialExecutor, @unchecked Sendable {
     private var stopping = false
 
     public init(name: String) {
-        let thread = Thread { [self] in run() }
+        let thread = Thread { [self] in nameCurrentThread(name); run() }
         thread.name = name
         thread.start()
     }

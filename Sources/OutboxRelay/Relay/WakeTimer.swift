@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import CTimerFD
+import PGClient
 
 /// The timeouts of ``WakeSignal`` waits: one thread blocked on a `timerfd` armed for the
 /// earliest deadline.
@@ -29,7 +30,7 @@ final class WakeTimer: Sendable {
     private init() {
         fd = timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC))
         precondition(fd >= 0, "timerfd_create failed: errno \(errno)")
-        let thread = Thread { [self] in run() }
+        let thread = Thread { [self] in nameCurrentThread("wake-timer"); run() }
         thread.name = "wake-timer"
         thread.start()
     }
