@@ -19,7 +19,8 @@ extension Relay {
             }
             if !deleteNeededNow {
                 // Left for the claim loop's next claim to carry (see takeFusableDeletes), for a
-                // moment: a trickle's next row comes sooner than that, a poll within 5 ms.
+                // moment: a trickle's next row comes sooner than that, a poll within 5 ms. The
+                // report that made them pending armed a timer for the end of that moment.
                 let left = (pendingDeletesSince ?? monotonicSeconds()) + Self.fusedDeleteWaitSeconds - monotonicSeconds()
                 if left > 0 {
                     await deleteWake.wait(timeout: left)
@@ -44,6 +45,7 @@ extension Relay {
             let seqs = pendingDeletes
             pendingDeletes.removeAll(keepingCapacity: true)
             pendingDeletesSince = nil
+            cancelFusedDeleteTimer()
             let ids = seqs.compactMap { window.entry($0)?.rowId }
             let epochs = leases.epochArray()
             let owner = replicaId
@@ -120,8 +122,24 @@ extension Relay {
         guard ids.count == seqs.count else { return nil }
         pendingDeletes.removeAll(keepingCapacity: true)
         pendingDeletesSince = nil
-        deleteWake.signal()  // ends the delete loop's wait for a claim to carry them
+        cancelFusedDeleteTimer()
         return (seqs, OutboxQueries.FusedDelete(ids: ids, owner: replicaId, epochs: leases.epochArray()))
+    }
+
+    /// Wakes the delete loop `fusedDeleteWaitSeconds` from now unless a claim carries the pending
+    /// deletes first (``takeFusableDeletes`` cancels it). A trickle's rows are thus deleted
+    /// without the delete loop waking at all: it used to be woken twice per row — to start that
+    /// wait and to end it — each a pool thread woken (most of the relay's CPU per row here was
+    /// thread wake-ups, docs/BENCHMARKS.md).
+    func armFusedDeleteTimer() {
+        cancelFusedDeleteTimer()
+        let wake = deleteWake
+        fusedDeleteTimer = WakeTimer.shared.schedule(after: Self.fusedDeleteWaitSeconds) { wake.signal() }
+    }
+
+    func cancelFusedDeleteTimer() {
+        if let t = fusedDeleteTimer { WakeTimer.shared.cancel(t) }
+        fusedDeleteTimer = nil
     }
 
     func runDeadLettersAndAttempts() async {

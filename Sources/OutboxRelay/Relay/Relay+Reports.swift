@@ -72,9 +72,13 @@ extension Relay {
         }
         if !pendingDeletes.isEmpty {
             if !hadPendingDeletes { pendingDeletesSince = now }
-            // The delete loop waits for the first ones (a claim may carry them): wake it for
-            // those, or when they are needed now — not for every report meanwhile.
-            if !hadPendingDeletes || deleteNeededNow { deleteWake.signal() }
+            // Needed now: wake the delete loop. Otherwise the next claim may carry them: the
+            // delete loop is woken only if none has within fusedDeleteWaitSeconds.
+            if deleteNeededNow {
+                deleteWake.signal()
+            } else if !hadPendingDeletes {
+                armFusedDeleteTimer()
+            }
         }
         if anyFailure {
             claimWake.signal()

@@ -51,6 +51,9 @@ public actor Relay: Service {
     var pendingDeletes: [UInt64] = []
     /// When `pendingDeletes` last became non-empty.
     var pendingDeletesSince: Double?
+    /// The WakeTimer entry that wakes the delete loop when no claim carried the pending deletes
+    /// within `fusedDeleteWaitSeconds` (see `armFusedDeleteTimer`).
+    var fusedDeleteTimer: UInt64?
     /// The last claim read everything there was (a trickle, not a backlog).
     var claimCaughtUp = false
     /// Rows to move to the dead-letter table: window sequence → (reason, error code).
