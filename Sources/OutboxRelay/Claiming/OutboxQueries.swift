@@ -12,6 +12,10 @@ public struct OutboxQueries: Sendable {
     let windowSQL: ClaimStatement
     let windowContinuedSQL: ClaimStatement
     let deleteSQL: String
+    /// The same DELETE for many ids, with the lease table read once (see ``delete``).
+    let deleteManySQL: String
+    /// From this many ids on, the delete loop uses ``deleteManySQL``.
+    public static let deleteManyFrom = 32
 
     struct ClaimStatement: Sendable {
         let name: String
@@ -115,6 +119,22 @@ public struct OutboxQueries: Sendable {
             where: { n in "id > $\(n + 1) AND pg_visible_in_snapshot(txid, s.snap) AND NOT pg_visible_in_snapshot(txid, s.since)" },
             order: "id")
         deleteSQL = deleteStatement(first: 1)
+        // For a drain's DELETE of a batch: the shards whose lease this replica holds at the
+        // expected epoch, read once per statement (an InitPlan over the 256 lease rows) and
+        // tested per row, instead of a lease lookup per row — that lookup was about half of a
+        // 1000-row DELETE's execution (EXPLAIN ANALYZE, generic plans, three interleaved rounds
+        // of 20 000 rows: 35-47 against 74-86 ms). Same rows deleted: a row passes iff its
+        // shard's lease row has this owner and the epoch it was produced under, read in the
+        // statement's snapshot either way. Not a join: a join's generic plan depends on the
+        // statistics, and one chose a sequential scan of the outbox for every DELETE (50 s for a
+        // 200 000-row drain); this keeps the one plan of the per-row form, the primary-key scan
+        // of the ids. (For a few ids the lookups are cheaper than reading every lease.)
+        deleteManySQL = """
+            DELETE FROM \(table.sql) AS o
+            WHERE o.\(table.idSQL) = ANY($1::bigint[])
+              AND o.shard = ANY(ARRAY(SELECT l.shard FROM \(table.leasesSQL) AS l
+                                      WHERE l.owner = $2 AND l.epoch = ($3::bigint[])[l.shard + 1]))
+            """
     }
 
     /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's timestamp epoch).
@@ -264,7 +284,11 @@ public struct OutboxQueries: Sendable {
 
     /// Deletes acknowledged rows whose lease this replica still holds at `epochs[shard]`.
     /// Returns the number of rows deleted (fewer than `ids.count` means leases were lost).
+    /// Many ids are deleted with the lease table read once (``deleteManySQL``), a few with a
+    /// lease lookup per row; both delete exactly the same rows.
     public func delete(_ conn: PGConnection, ids: [Int64], owner: String, epochs: [Int64]) throws(PGError) -> Int {
-        try conn.execute(prepared: "outbox_delete", deleteSQL, [.int8Array(ids), .text(owner), .int8Array(epochs)]).affectedRows
+        let many = ids.count >= Self.deleteManyFrom
+        return try conn.execute(prepared: many ? "outbox_delete_many" : "outbox_delete", many ? deleteManySQL : deleteSQL,
+                                [.int8Array(ids), .text(owner), .int8Array(epochs)]).affectedRows
     }
 }

@@ -66,4 +66,36 @@ import Testing
         let v = try Verification.verify(topics: [topic], expectedIds: Set(1...Int64(rows)))
         #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
     }
+
+    /// A DELETE of many ids reads the lease table once per statement instead of once per row
+    /// (OutboxQueries.deleteManySQL); it must delete exactly what the per-row form deletes.
+    @Test func aDeleteOfManyIdsChecksEveryRowsLeaseLikeOneOfAFew() throws {
+        let table = try TestEnvironment.migratedTable()
+        let conn = try TestEnvironment.connect()
+        let queries = OutboxQueries(table: table)
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 400) AS i")
+        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
+        // Shards 0-9: another owner; 10-19: this owner at a newer epoch than the rows were
+        // produced under; the rest: this owner at the expected epoch.
+        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'other' WHERE shard < 10")
+        try conn.query("UPDATE \(table.leasesSQL) SET epoch = 8 WHERE shard BETWEEN 10 AND 19")
+        let epochs = [Int64](repeating: 7, count: 256)
+        let rows = try conn.query("SELECT id, shard FROM \(table.sql) ORDER BY id")
+        let all = try (0..<rows.rowCount).map { (id: try rows.int64($0, 0), shard: try rows.int32($0, 1)) }
+        let deletable = Set(all.filter { $0.shard >= 20 }.map(\.id))
+        #expect(deletable.count > 0 && deletable.count < all.count, "the keys must spread over the shards")
+        // A few ids (one lease lookup per row), then the rest in one DELETE of many.
+        let few = Array(all.prefix(OutboxQueries.deleteManyFrom - 1).map(\.id))
+        let many = Array(all.dropFirst(few.count).map(\.id))
+        #expect(many.count >= OutboxQueries.deleteManyFrom)
+        let deletedFew = try queries.delete(conn, ids: few, owner: "me", epochs: epochs)
+        let deletedMany = try queries.delete(conn, ids: many, owner: "me", epochs: epochs)
+        #expect(deletedFew == few.filter { deletable.contains($0) }.count)
+        #expect(deletedMany == many.filter { deletable.contains($0) }.count)
+        let left = try conn.query("SELECT id FROM \(table.sql)")
+        let leftIds = Set(try (0..<left.rowCount).map { try left.int64($0, 0) })
+        #expect(leftIds == Set(all.map(\.id)).subtracting(deletable))
+        // Another replica's DELETE of many deletes nothing.
+        #expect(try queries.delete(conn, ids: Array(leftIds), owner: "someone-else", epochs: epochs) == 0)
+    }
 }
