@@ -265,12 +265,23 @@ public struct OutboxQueries: Sendable {
 
     /// Keeps the notification gate open for `millis` from now (database clock): inserting
     /// transactions NOTIFY until then.
-    /// Returns the value set (to close the gate with later, if no other replica renewed it).
-    public func openNotificationGate(_ conn: PGConnection, forMillis millis: Int64) throws(PGError) -> Int64 {
-        try conn.execute(prepared: "outbox_notify_gate", """
+    /// Returns the value set (to close the gate with later, if no other replica renewed it) and,
+    /// with `takingXid` (a gate that was closed), an xid the statement took after setting it:
+    /// every transaction that had its xid before the gate opened has a lower one (WakeMode's
+    /// follow-up). The subquery runs the `setval` before the outer query takes the xid.
+    public func openNotificationGate(_ conn: PGConnection, forMillis millis: Int64,
+                                     takingXid: Bool = false) throws(PGError) -> (value: Int64, xid: UInt64?) {
+        let setval = """
             SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass,
-                          greatest((extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1, 1))
-            """, [.int8(millis)]).int64(0, 0)
+                          greatest((extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1, 1)) AS v
+            """
+        guard takingXid else {
+            return (try conn.execute(prepared: "outbox_notify_gate", setval, [.int8(millis)]).int64(0, 0), nil)
+        }
+        let result = try conn.execute(prepared: "outbox_notify_gate_xid", """
+            SELECT s.v, pg_current_xact_id()::text::bigint FROM (\(setval) OFFSET 0) AS s
+            """, [.int8(millis)])
+        return (try result.int64(0, 0), UInt64(try result.int64(0, 1)))
     }
 
     /// Closes the gate this replica opened at `value`, unless another replica has renewed it

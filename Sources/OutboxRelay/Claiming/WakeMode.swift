@@ -38,6 +38,17 @@ public struct WakeMode: Sendable, Equatable {
     /// rows whose INSERT ran before the gate opened sent no NOTIFY, so the replica claims once
     /// more at once and the first wait is short.
     public private(set) var justReopened = false
+    /// After reopening, while a transaction that had its xid before the gate opened may still
+    /// run: one xid past the reopening statement's own (xids are handed out in order, and the
+    /// statement took its xid after opening the gate). Such a transaction may have run its
+    /// INSERT while the gate was closed — no NOTIFY at its commit — so the replica claims at
+    /// short intervals (``followUpWait``: 5, 10, 20, then every 40 ms) until a claim's snapshot
+    /// shows every one of them ended (its `xmin`, the oldest running xid, reaches this bound),
+    /// for at most `followUpLimit` seconds.
+    public private(set) var followUpUntil: UInt64?
+    var followUpWait = 0.0
+    var followUpEnds = 0.0
+    public static let followUpLimit = 60.0
 
     public init(busyPoll: Double = 0.005, emptyPollsBeforeIdle: Int = 4, declaration: Double = 2.0) {
         self.busyPoll = busyPoll
@@ -68,6 +79,7 @@ public struct WakeMode: Sendable, Equatable {
             if let i = interval, i < 1.5 * busyPoll {
                 mode = .polling
                 declaredUntil = 0
+                followUpUntil = nil
                 // The rate that switched it, as if measured over polls of busyPoll.
                 pollRows = busyPoll / max(i, 1e-6)
                 pollSeconds = busyPoll
@@ -90,9 +102,26 @@ public struct WakeMode: Sendable, Equatable {
     /// The gate was set open until `now + declaration`. If it was not known open before (the
     /// first declaration, or one after polling or a lapse), rows may have run their INSERT while it
     /// was closed: ``justReopened`` asks for one more claim at once and a short first wait.
-    public mutating func declared(now: Double) {
+    /// `reopeningXid`: the xid the declaring statement took after opening a closed gate (see
+    /// ``followUpUntil``); nil for a renewal.
+    public mutating func declared(now: Double, reopeningXid: UInt64? = nil) {
         if declaredUntil <= now { justReopened = true }
+        if let xid = reopeningXid {
+            followUpUntil = xid + 1
+            followUpWait = busyPoll
+            followUpEnds = now + Self.followUpLimit
+        }
         declaredUntil = now + declaration
+    }
+
+    /// Whether the next declaration opens a closed gate (and should take an xid for the
+    /// follow-up, see ``followUpUntil``).
+    public func declarationReopens(now: Double) -> Bool { declaredUntil <= now }
+
+    /// A claim ran in `snapshot`: the follow-up ends once no transaction older than its bound
+    /// runs (an xid below the bound that runs now had its xid before the gate opened).
+    public mutating func observe(snapshot: PGSnapshot) {
+        if let until = followUpUntil, snapshot.xmin >= until { followUpUntil = nil }
     }
 
     /// How long to sleep in notified mode: until the poll timer, the renewal, or — just after
@@ -102,6 +131,14 @@ public struct WakeMode: Sendable, Equatable {
         if justReopened {
             justReopened = false
             wait = min(wait, 0.05)
+        }
+        if followUpUntil != nil {
+            if now < followUpEnds {
+                wait = min(wait, followUpWait)
+                followUpWait = min(2 * followUpWait, 8 * busyPoll)
+            } else {
+                followUpUntil = nil
+            }
         }
         return wait
     }

@@ -61,6 +61,7 @@ extension Relay {
                 continue
             }
             stats.claims += 1
+            if notificationGate { wakeMode.observe(snapshot: batch.snapshot) }
             if let fused, let deleted = batch.deleted {
                 stats.fusedDeletes += 1
                 settleDeleted(fused.seqs, requested: fused.delete.ids.count, deleted: deleted, seconds: monotonicSeconds() - now)
@@ -130,11 +131,13 @@ extension Relay {
         if wakeMode.needsDeclaration(now: now) {
             let queries = outbox
             let millis = Int64(wakeMode.declaration * 1000)
+            let reopening = wakeMode.declarationReopens(now: now)
             do {
-                gateOpenedAt = try await session.withConnection { conn throws(PGError) in
-                    try queries.openNotificationGate(conn, forMillis: millis)
+                let opened = try await session.withConnection { conn throws(PGError) in
+                    try queries.openNotificationGate(conn, forMillis: millis, takingXid: reopening)
                 }
-                wakeMode.declared(now: now)
+                gateOpenedAt = opened.value
+                wakeMode.declared(now: now, reopeningXid: opened.xid)
                 stats.gateDeclarations += 1
             } catch {
                 logger.warning("could not ask for notifications; polling", metadata: [LogKey.error: "\(error)"])

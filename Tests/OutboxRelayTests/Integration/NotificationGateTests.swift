@@ -56,6 +56,36 @@ import Testing
         #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
     }
 
+    /// A transaction that ran its INSERT before any replica opened the gate sends no NOTIFY at
+    /// its commit. Committing well after the relay's start-up (its extra claim and first short
+    /// wait), it is still relayed at once, although the poll timer is 10 minutes: the relay
+    /// follows up until every transaction older than the gate has ended (WakeMode.followUpUntil).
+    @Test func aRowInsertedBeforeTheGateOpenedIsRelayedSoonAfterItsLateCommit() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        var config = TestEnvironment.configuration(table: table, pollMillis: 600_000)
+        config.leaseDurationMillis = 40_000
+        config.heartbeatIntervalMillis = 2_000
+        config.messageTimeoutMillis = 5_000
+        let writer = try TestEnvironment.connect()
+        try writer.query("BEGIN")
+        try writer.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, 'late', 'v')", [.text(topic)])
+        let relay = try await RunningRelay.start(config)
+        try await TestEnvironment.eventually("all shards held") { await relay.relay.heldShards().count == 256 }
+        try await TestEnvironment.eventually("the gate opened") { await relay.relay.statistics().gateDeclarations > 0 }
+        // Not synchronisation: the commit must come after the reopening's extra claim and its
+        // 50 ms first wait, which find rows committed meanwhile without any follow-up.
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let committed = Date()
+        try writer.query("COMMIT")
+        try await TestEnvironment.eventually("the late row relayed", timeout: 10) { try TestEnvironment.count(table) == 0 }
+        let took = Date().timeIntervalSince(committed)
+        try await relay.stop()
+        #expect(took < 2, "relayed \(took) s after its commit")
+        let v = try Verification.verify(topics: [topic], expectedIds: [1])
+        #expect(v.lost.isEmpty && v.duplicates == 0, "\(v)")
+    }
+
     private func idsRelayed(table: OutboxTable, topic: String) throws -> [Int64] {
         let last = try TestEnvironment.connect().query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
         return Array(1...last)

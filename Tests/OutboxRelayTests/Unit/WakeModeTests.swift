@@ -81,4 +81,41 @@ import Testing
         }
         #expect(m.mode == .polling, "empty polls are counted in a row, not in total")
     }
+
+    /// A transaction that ran its INSERT while the gate was closed sent no NOTIFY, and may commit
+    /// long after the reopening's extra claim: the replica follows up until every transaction
+    /// that had its xid before the gate opened has ended (found by the concurrent-writers bench:
+    /// long transactions' rows waited 200 ms and more for an unrelated notification).
+    @Test func aReopeningFollowsUpUntilEveryOlderTransactionHasEnded() {
+        var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
+        #expect(m.declarationReopens(now: 0))
+        m.declared(now: 0, reopeningXid: 100)
+        #expect(m.followUpUntil == 101)
+        #expect(m.notifiedWait(poll: 600, now: 0) <= 0.005 + 1e-9)
+        // xid 90 still runs: short waits, doubling to 40 ms.
+        m.observe(snapshot: PGSnapshot(xmin: 90, xmax: 105, xip: [90]))
+        let waits = (0..<6).map { m.notifiedWait(poll: 600, now: 0.1 + Double($0) * 0.01) }
+        #expect(waits.map { ($0 * 1000).rounded() } == [10, 20, 40, 40, 40, 40])
+        // Oldest running xid 101: every transaction older than the gate has ended.
+        m.observe(snapshot: PGSnapshot(xmin: 101, xmax: 110, xip: [101]))
+        #expect(m.followUpUntil == nil)
+        #expect(m.notifiedWait(poll: 600, now: 0.5) > 0.4, "back to notifications and the renewal")
+        // A renewal of the open gate does not follow up.
+        #expect(!m.declarationReopens(now: 1.1))
+        m.declared(now: 1.1)
+        #expect(m.followUpUntil == nil)
+    }
+
+    @Test func aFollowUpEndsAfterItsLimitAndWhenPolling() {
+        var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 200)
+        m.declared(now: 0, reopeningXid: 5)
+        m.observe(snapshot: PGSnapshot(xmin: 3, xmax: 9, xip: [3]))
+        #expect(m.notifiedWait(poll: 600, now: 1) <= 0.05)
+        #expect(m.notifiedWait(poll: 600, now: WakeMode.followUpLimit + 1) > 1, "an endless transaction is not followed for ever")
+        #expect(m.followUpUntil == nil)
+        m.declared(now: 100, reopeningXid: 7)
+        m.observe(rows: 1, now: 100.001)
+        m.observe(rows: 1, now: 100.002)
+        #expect(m.mode == .polling && m.followUpUntil == nil, "polling reads everything anyway")
+    }
 }
