@@ -285,12 +285,14 @@ public struct OutboxQueries: Sendable {
     }
 
     /// Closes the gate this replica opened at `value`, unless another replica has renewed it
-    /// since (then it stays open for that replica).
+    /// since (then it stays open for that replica). A close notifies `gate-closed`: another
+    /// replica may have declared the gate before this one's declaration and still be sleeping on
+    /// it (its renewal would have changed the value); it opens the gate again at once.
     public func closeNotificationGate(_ conn: PGConnection, openedAt value: Int64) throws(PGError) {
         _ = try conn.execute(prepared: "outbox_notify_gate_close", """
-            SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass, 0)
+            SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass, 0), pg_notify($2, $3)
             FROM \(table.notifyUntilSQL) WHERE last_value = $1
-            """, [.int8(value)])
+            """, [.int8(value), .text(table.channel), .text(OutboxTable.gateClosedPayload)])
     }
 
     /// Deletes acknowledged rows whose lease this replica still holds at `epochs[shard]`.

@@ -114,6 +114,11 @@ public struct WakeMode: Sendable, Equatable {
         declaredUntil = now + declaration
     }
 
+    /// Another replica closed the gate: it is not open whatever this replica declared.
+    public mutating func gateClosed() {
+        declaredUntil = 0
+    }
+
     /// Whether the next declaration opens a closed gate (and should take an xid for the
     /// follow-up, see ``followUpUntil``).
     public func declarationReopens(now: Double) -> Bool { declaredUntil <= now }

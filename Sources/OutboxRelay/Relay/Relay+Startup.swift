@@ -82,7 +82,7 @@ extension Relay {
         let listener = PGListener(url: url, applicationName: "outbox-relay-listen", channels: [table.channel],
                                   onError: { [logger] error in
                                       logger.warning("notification listener reconnecting", metadata: [LogKey.error: "\(error)"])
-                                  }) { [claimWake, leaseWake, wakeFilter] note in
+                                  }) { [claimWake, leaseWake, wakeFilter, gateClosedElsewhere] note in
             guard let note else {
                 // (Re)connected: notifications may have been missed.
                 claimWake.signal()
@@ -91,6 +91,10 @@ extension Relay {
             }
             if note.payload == OutboxTable.rebalancePayload {
                 leaseWake.signal()
+            } else if note.payload == OutboxTable.gateClosedPayload {
+                // A replica closed the gate: if this one sleeps on it, it opens it again.
+                gateClosedElsewhere.set()
+                claimWake.signal()
             } else if wakeFilter.wakes(note.payload) {
                 // Only rows of shards this replica holds wake its claim loop.
                 claimWake.signal()

@@ -39,10 +39,12 @@ public actor Relay: Service {
     nonisolated let deleteWake = WakeSignal()
     nonisolated let leaseWake = WakeSignal()
     nonisolated let windowWake = WakeSignal()
-    nonisolated let stopFlag = StopFlag()
+    nonisolated let stopFlag = AtomicFlag()
     /// Which insert notifications wake the claim loop (the shards held): updated by the lease
     /// loop, read on the listener's thread. Sized for the largest shard count `migrate` allows.
     nonisolated let wakeFilter = WakeFilter(shardCount: 65_536)
+    /// Set by the listener when another replica closed the notification gate.
+    nonisolated let gateClosedElsewhere = AtomicFlag()
 
     var cursor = ClaimCursor()
     let failurePolicy: FailurePolicy

@@ -7,11 +7,13 @@ struct RenewedLease: Sendable {
     let epoch: Int64
 }
 
-/// A stop flag readable from any thread.
-final class StopFlag: Sendable {
+/// A flag set and read from any thread (the stop flag; "another replica closed the gate").
+final class AtomicFlag: Sendable {
     private let flag = Synchronization.Atomic<Bool>(false)
     func set() { flag.store(true, ordering: .releasing) }
     var isSet: Bool { flag.load(ordering: .acquiring) }
+    /// Clears the flag; whether it was set.
+    func take() -> Bool { flag.exchange(false, ordering: .acquiringAndReleasing) }
 }
 
 /// Dotted metadata keys used in log lines, in one place.

@@ -68,4 +68,7 @@ public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
 
     /// Payload of the notification sent when replicas join or leave.
     public static let rebalancePayload = "rebalance"
+    /// Payload of the notification a replica sends when it closes the notification gate (it
+    /// switched to polling): replicas waiting for notifications open it again.
+    public static let gateClosedPayload = "gate-closed"
 }

@@ -86,6 +86,42 @@ import Testing
         #expect(v.lost.isEmpty && v.duplicates == 0, "\(v)")
     }
 
+    /// Two replicas share one gate. One that switches to polling closes the gate it opened —
+    /// also when another replica declared it before and still sleeps on it (its renewal comes
+    /// only at half its declaration). The close notifies `gate-closed`, and a sleeping replica
+    /// opens the gate again. Here the test plays the closing replica: in one transaction it
+    /// closes the gate (a sequence: at once, not at commit), inserts a row — which therefore sends
+    /// no NOTIFY — and notifies `gate-closed`, delivered at the commit with the row.
+    @Test func aReplicaSleepingOnTheGateReopensItWhenAnotherClosesIt() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        var config = TestEnvironment.configuration(table: table, pollMillis: 600_000)
+        config.leaseDurationMillis = 40_000
+        config.heartbeatIntervalMillis = 2_000
+        config.messageTimeoutMillis = 5_000
+        let relay = try await RunningRelay.start(config)
+        try await TestEnvironment.eventually("all shards held") { await relay.relay.heldShards().count == 256 }
+        try await TestEnvironment.eventually("the gate opened") { await relay.relay.statistics().gateDeclarations > 0 }
+        let declarations = await relay.relay.statistics().gateDeclarations
+        let conn = try TestEnvironment.connect()
+        try conn.query("BEGIN")
+        try conn.query("SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass, 0)")
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, 'shut-out', 'v')", [.text(topic)])
+        try conn.query("SELECT pg_notify($1, $2)", [.text(table.channel), .text(OutboxTable.gateClosedPayload)])
+        let committed = Date()
+        try conn.query("COMMIT")
+        try await TestEnvironment.eventually("the row relayed", timeout: 10) { try TestEnvironment.count(table) == 0 }
+        let took = Date().timeIntervalSince(committed)
+        let stats = await relay.relay.statistics()
+        let gate = try conn.query("SELECT last_value FROM \(table.notifyUntilSQL)").int64(0, 0)
+        try await relay.stop()
+        #expect(took < 2, "relayed \(took) s after its commit (poll timer 10 minutes)")
+        #expect(stats.gateDeclarations > declarations, "the relay opened the gate again")
+        #expect(gate > 0, "and it is open")
+        let v = try Verification.verify(topics: [topic], expectedIds: [1])
+        #expect(v.lost.isEmpty && v.duplicates == 0, "\(v)")
+    }
+
     private func idsRelayed(table: OutboxTable, topic: String) throws -> [Int64] {
         let last = try TestEnvironment.connect().query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
         return Array(1...last)

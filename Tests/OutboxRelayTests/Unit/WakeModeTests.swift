@@ -118,4 +118,16 @@ import Testing
         m.observe(rows: 1, now: 100.002)
         #expect(m.mode == .polling && m.followUpUntil == nil, "polling reads everything anyway")
     }
+
+    @Test func aGateClosedByAnotherReplicaIsReopenedWithAFollowUp() {
+        var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
+        m.declared(now: 0, reopeningXid: 10)
+        m.observe(snapshot: PGSnapshot(xmin: 11, xmax: 12))
+        _ = m.notifiedWait(poll: 1, now: 0)
+        #expect(!m.needsDeclaration(now: 0.2) && !m.declarationReopens(now: 0.2))
+        m.gateClosed()
+        #expect(m.needsDeclaration(now: 0.2) && m.declarationReopens(now: 0.2))
+        m.declared(now: 0.2, reopeningXid: 20)
+        #expect(m.justReopened && m.followUpUntil == 21)
+    }
 }
