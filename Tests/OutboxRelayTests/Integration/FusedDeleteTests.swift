@@ -40,13 +40,8 @@ import Testing
     @Test func aTrickleIsDeletedByItsNextClaimsAndALastRowByItself() async throws {
         let table = try TestEnvironment.migratedTable()
         let topic = try TestEnvironment.topics(1)[0]
-        var config = TestEnvironment.configuration(table: table, pollMillis: 30_000)  // woken by NOTIFY only
-        config.leaseDurationMillis = 40_000
-        config.heartbeatIntervalMillis = 2_000
-        config.messageTimeoutMillis = 5_000
-        let relay = try await RunningRelay.start(config)
-        try await TestEnvironment.eventually("all shards held") { await relay.relay.heldShards().count == 256 }
-        try await TestEnvironment.eventually("the gate opened") { await relay.relay.statistics().gateDeclarations > 0 }
+        let config = TestEnvironment.notifiedConfiguration(table: table, pollMillis: 30_000)  // woken by NOTIFY only
+        let relay = try await RunningRelay.startWaitingForNotifications(config)
         let conn = try TestEnvironment.connect()
         // Rows 20 ms apart: each is claimed alone on its NOTIFY, and is acknowledged long before
         // the next one comes, whose claim then carries its DELETE.

@@ -11,21 +11,14 @@ import Testing
     @Test func anIdleRelayIsNotifiedAndABusyOneIsNot() async throws {
         let table = try TestEnvironment.migratedTable()
         let topic = try TestEnvironment.topics(1)[0]
-        var config = TestEnvironment.configuration(table: table, pollMillis: 30_000)  // only a NOTIFY or a busy poll wakes it
-        config.leaseDurationMillis = 40_000
-        config.heartbeatIntervalMillis = 2_000
-        config.messageTimeoutMillis = 5_000
+        let config = TestEnvironment.notifiedConfiguration(table: table, pollMillis: 30_000)  // only a NOTIFY or a busy poll wakes it
         let notifications = Mutex(0)
         let listener = PGListener(url: TestEnvironment.databaseURL, applicationName: "gate-test", channels: [table.channel]) { n in
             if n != nil { notifications.withLock { $0 += 1 } }
         }
         listener.start()
         defer { listener.stop() }
-        let relay = try await RunningRelay.start(config)
-        try await TestEnvironment.eventually("all shards held") { await relay.relay.heldShards().count == 256 }
-        try await TestEnvironment.eventually("the gate opened (the idle relay asked for notifications)") {
-            await relay.relay.statistics().gateDeclarations > 0
-        }
+        let relay = try await RunningRelay.startWaitingForNotifications(config)
         let conn = try TestEnvironment.connect()
 
         // Idle: one row is notified and relayed at once, though the poll timer is 30 s.
@@ -63,16 +56,11 @@ import Testing
     @Test func aRowInsertedBeforeTheGateOpenedIsRelayedSoonAfterItsLateCommit() async throws {
         let table = try TestEnvironment.migratedTable()
         let topic = try TestEnvironment.topics(1)[0]
-        var config = TestEnvironment.configuration(table: table, pollMillis: 600_000)
-        config.leaseDurationMillis = 40_000
-        config.heartbeatIntervalMillis = 2_000
-        config.messageTimeoutMillis = 5_000
+        let config = TestEnvironment.notifiedConfiguration(table: table, pollMillis: 600_000)
         let writer = try TestEnvironment.connect()
         try writer.query("BEGIN")
         try writer.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, 'late', 'v')", [.text(topic)])
-        let relay = try await RunningRelay.start(config)
-        try await TestEnvironment.eventually("all shards held") { await relay.relay.heldShards().count == 256 }
-        try await TestEnvironment.eventually("the gate opened") { await relay.relay.statistics().gateDeclarations > 0 }
+        let relay = try await RunningRelay.startWaitingForNotifications(config)
         // Not synchronisation: the commit must come after the reopening's extra claim and its
         // 50 ms first wait, which find rows committed meanwhile without any follow-up.
         try await Task.sleep(nanoseconds: 300_000_000)
@@ -95,13 +83,8 @@ import Testing
     @Test func aReplicaSleepingOnTheGateReopensItWhenAnotherClosesIt() async throws {
         let table = try TestEnvironment.migratedTable()
         let topic = try TestEnvironment.topics(1)[0]
-        var config = TestEnvironment.configuration(table: table, pollMillis: 600_000)
-        config.leaseDurationMillis = 40_000
-        config.heartbeatIntervalMillis = 2_000
-        config.messageTimeoutMillis = 5_000
-        let relay = try await RunningRelay.start(config)
-        try await TestEnvironment.eventually("all shards held") { await relay.relay.heldShards().count == 256 }
-        try await TestEnvironment.eventually("the gate opened") { await relay.relay.statistics().gateDeclarations > 0 }
+        let config = TestEnvironment.notifiedConfiguration(table: table, pollMillis: 600_000)
+        let relay = try await RunningRelay.startWaitingForNotifications(config)
         let declarations = await relay.relay.statistics().gateDeclarations
         let conn = try TestEnvironment.connect()
         try conn.query("BEGIN")

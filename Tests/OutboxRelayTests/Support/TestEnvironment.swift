@@ -64,6 +64,16 @@ enum TestEnvironment {
         return c
     }
 
+    /// A relay that only a NOTIFY (or a busy poll) wakes: a poll timer of `pollMillis`, and leases
+    /// and timeouts long enough that no renewal or expiry wakes it during a test.
+    static func notifiedConfiguration(table: OutboxTable, pollMillis: Int) -> RelayConfiguration {
+        var c = configuration(table: table, pollMillis: pollMillis)
+        c.leaseDurationMillis = 40_000
+        c.heartbeatIntervalMillis = 2_000
+        c.messageTimeoutMillis = 5_000
+        return c
+    }
+
     static func count(_ table: OutboxTable) throws -> Int64 {
         try connect().query("SELECT count(*) FROM \(table.sql)").int64(0, 0)
     }
@@ -92,6 +102,16 @@ struct RunningRelay {
         try await relay.start()
         let task = Task { try await relay.run() }
         return RunningRelay(relay: relay, task: task)
+    }
+
+    /// Starts the relay and waits until it holds every shard and has opened the notification gate.
+    static func startWaitingForNotifications(_ configuration: RelayConfiguration) async throws -> RunningRelay {
+        let running = try await start(configuration)
+        try await TestEnvironment.eventually("all shards held") { await running.relay.heldShards().count == 256 }
+        try await TestEnvironment.eventually("the gate opened (the idle relay asked for notifications)") {
+            await running.relay.statistics().gateDeclarations > 0
+        }
+        return running
     }
 
     func stop() async throws {
