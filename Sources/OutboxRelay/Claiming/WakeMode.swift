@@ -105,7 +105,7 @@ public struct WakeMode: Sendable, Equatable {
     /// `reopeningXid`: the xid the declaring statement took after opening a closed gate (see
     /// ``followUpUntil``); nil for a renewal.
     public mutating func declared(now: Double, reopeningXid: UInt64? = nil) {
-        if declaredUntil <= now { justReopened = true }
+        if declarationReopens(now: now) { justReopened = true }
         if let xid = reopeningXid {
             followUpUntil = xid + 1
             followUpWait = busyPoll
