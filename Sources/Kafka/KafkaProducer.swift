@@ -2,16 +2,21 @@ import CKafka
 import Foundation
 import Synchronization
 
-/// An idempotent librdkafka producer whose delivery reports arrive on a thread it owns.
+/// An idempotent librdkafka producer whose owner takes its delivery reports when told they wait.
 ///
-/// The poller thread blocks in `rd_kafka_queue_poll` on the main event queue (DR and ERROR
-/// events): it wakes as soon as an event arrives, so there is no sleep on the
-/// produce → report path. One event may carry many reports; they are handed over as one batch.
+/// Reports (DR, ERROR and LOG events) wait on librdkafka's main event queue. When that queue goes
+/// from empty to non-empty, librdkafka calls `onReady` from the thread that queued the event (a
+/// broker thread), and the owner takes everything queued with ``takeEvents()``, on its own
+/// thread. There is no poller thread in between: each report batch used to wake a thread of ours
+/// blocked in `rd_kafka_queue_poll` only for it to hand the batch on to the relay's thread
+/// (docs/BENCHMARKS.md: cross-thread wake-ups were most of the relay's CPU per row of a
+/// trickle). One event may carry many reports; they are handed over as one batch.
 ///
 /// - Important: never call `rd_kafka_poll` on this handle: with EVENT_DR enabled it would
-///   swallow delivery reports.
+///   swallow delivery reports. And take the events: with EVENT_DR, `rd_kafka_flush` waits until
+///   they are taken.
 public final class KafkaProducer: @unchecked Sendable {
-    /// What the poller thread hands over.
+    /// What ``takeEvents()`` hands over.
     public enum Event: Sendable {
         case deliveryReports([DeliveryReport])
         case error(KafkaError)
@@ -33,15 +38,15 @@ public final class KafkaProducer: @unchecked Sendable {
         var lastName = ""
         var lastHandle: OpaquePointer?
     }
-    private let stopping = Atomic<Bool>(false)
     private let closed = Atomic<Bool>(false)
-    private let pollerExited = DispatchSemaphore(value: 0)
-    private let onEvent: @Sendable (Event) -> Void
+    /// What librdkafka's queue callback calls (retained until `close`).
+    private let ready: ReadyCallback
     /// The producer's one worker for blocking metadata requests (readiness probes, refreshes):
     /// a serial queue it owns, so a heartbeat's probe neither starts an OS thread nor holds a
     /// thread of the cooperative pool while librdkafka waits for a broker.
     let metadataQueue = DispatchQueue(label: "kafka-metadata")
-    /// Threads using the handle outside the poller (metadata probes); `close` waits for them.
+    /// Threads using the handle besides the producing one (metadata probes, taking events);
+    /// `close` waits for them.
     private let users = Mutex<(count: Int, closing: Bool)>((0, false))
 
     /// Runs `body` with the handle unless the producer is closing; `close` waits for it.
@@ -59,11 +64,11 @@ public final class KafkaProducer: @unchecked Sendable {
 
     /// Creates the producer. `configuration` is applied on top of the relay's required settings
     /// only where the caller put them; this type sets the event mask and nothing else.
-    public init(configuration: KafkaConfiguration, onEvent: @escaping @Sendable (Event) -> Void) throws(KafkaError) {
+    public init(configuration: KafkaConfiguration, onReady: @escaping @Sendable () -> Void) throws(KafkaError) {
         try Librdkafka.checkVersion()
         var configuration = configuration
         // librdkafka's log lines wait on a queue (also those of rd_kafka_new itself) until the
-        // poller below takes them as events, instead of going to stderr from its own threads.
+        // owner takes them as events, instead of going to stderr from librdkafka's own threads.
         configuration.set("log.queue", "true")
         let conf = try configuration.makeConf()
         rd_kafka_conf_set_events(conf, Int32(RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG))
@@ -76,10 +81,16 @@ public final class KafkaProducer: @unchecked Sendable {
         handle = rk
         queue = rd_kafka_queue_get_main(rk)
         _ = rd_kafka_set_log_queue(rk, queue)
-        self.onEvent = onEvent
-        let thread = Thread { [self] in pollLoop() }
-        thread.name = "kafka-dr"
-        thread.start()
+        ready = ReadyCallback(onReady)
+        // Called under the queue's lock on a librdkafka thread: it must not call librdkafka nor
+        // block. The owner's signal only resumes a waiting task.
+        rd_kafka_queue_cb_event_enable(queue, { _, opaque in
+            guard let opaque else { return }
+            Unmanaged<ReadyCallback>.fromOpaque(opaque).takeUnretainedValue().call()
+        }, Unmanaged.passUnretained(ready).toOpaque())
+        // Events queued before the callback was set (rd_kafka_new's own log lines) made the queue
+        // non-empty already: no callback would announce them.
+        onReady()
     }
 
     deinit { close() }
@@ -177,7 +188,7 @@ public final class KafkaProducer: @unchecked Sendable {
     }
 
     /// Waits up to `timeoutMilliseconds` for every outstanding message to get its report; the
-    /// poller keeps draining reports meanwhile. Returns false on timeout. Blocks the caller's thread.
+    /// owner must keep taking events meanwhile (on another thread). Returns false on timeout. Blocks the caller's thread.
     ///
     /// Nothing is purged on timeout: unacknowledged rows stay in the outbox and are relayed again.
     public func flush(timeoutMilliseconds: Int32) -> Bool {
@@ -191,9 +202,9 @@ public final class KafkaProducer: @unchecked Sendable {
         // Wait for metadata probes on other threads (each bounded by its timeout).
         users.withLock { $0.closing = true }
         while users.withLock({ $0.count }) > 0 { usleep(1_000) }
-        stopping.store(true, ordering: .releasing)
-        rd_kafka_queue_yield(queue)
-        pollerExited.wait()
+        // No callback after this returns: librdkafka calls it under the queue's lock, which
+        // disabling takes too.
+        rd_kafka_queue_cb_event_enable(queue, nil, nil)
         // Order matters: topic handles and queue references before the client.
         topics.withLock { cache in
             for (_, t) in cache.byName { rd_kafka_topic_destroy(t) }
@@ -203,18 +214,21 @@ public final class KafkaProducer: @unchecked Sendable {
         rd_kafka_destroy(handle)
     }
 
-    // MARK: Poller
+    // MARK: Events
 
-    private func pollLoop() {
-        defer { pollerExited.signal() }
-        while !stopping.load(ordering: .acquiring) {
-            // Blocks until an event arrives (or a yield / the timeout, which only bounds shutdown).
-            guard var event = rd_kafka_queue_poll(queue, 1000) else { continue }
-            // One report batch per produce response and partition: take whatever else is already
-            // queued too, so the relay is woken once per burst rather than once per partition.
+    /// Everything queued now (non-blocking), reports of one batch in order, each error after the
+    /// reports queued before it. Returns nothing once the producer is closing. When it stops
+    /// short (a very large backlog of events), it calls `onReady` again: librdkafka announces only
+    /// a queue that was empty.
+    public func takeEvents() -> [Event] {
+        var events: [Event] = []
+        var more = false
+        _ = withHandle { _ in
             var reports: [DeliveryReport] = []
             var taken = 0
-            while true {
+            while let event = rd_kafka_queue_poll(queue, 0) {
+                defer { rd_kafka_event_destroy(event) }
+                taken += 1
                 switch rd_kafka_event_type(event) {
                 case RD_KAFKA_EVENT_DR:
                     reports.reserveCapacity(reports.count + Int(rd_kafka_event_message_count(event)))
@@ -223,31 +237,33 @@ public final class KafkaProducer: @unchecked Sendable {
                     }
                 case RD_KAFKA_EVENT_ERROR:
                     // Reports before the error are handed over first, in order.
-                    if !reports.isEmpty { onEvent(.deliveryReports(reports)); reports = [] }
+                    if !reports.isEmpty { events.append(.deliveryReports(reports)); reports = [] }
                     let err = rd_kafka_event_error(event)
                     let fatal = rd_kafka_event_error_is_fatal(event) != 0
                     var error = KafkaError(.client, errorCode: err.rawValue, isFatal: fatal,
                                            message: String(cString: rd_kafka_event_error_string(event)))
                     if fatal, let cause = fatalError() { error = cause }
-                    onEvent(.error(error))
+                    events.append(.error(error))
                 case RD_KAFKA_EVENT_LOG:
                     var facility: UnsafePointer<CChar>?
                     var text: UnsafePointer<CChar>?
                     var level: Int32 = 6
                     if rd_kafka_event_log(event, &facility, &text, &level) == 0 {
-                        onEvent(.log(level: level, facility: facility.map { String(cString: $0) } ?? "",
-                                     message: text.map { String(cString: $0) } ?? ""))
+                        events.append(.log(level: level, facility: facility.map { String(cString: $0) } ?? "",
+                                           message: text.map { String(cString: $0) } ?? ""))
                     }
                 default:
                     break
                 }
-                rd_kafka_event_destroy(event)
-                taken += 1
-                guard taken < 64, reports.count < 20_000, let next = rd_kafka_queue_poll(queue, 0) else { break }
-                event = next
+                if taken >= 256 || reports.count >= 20_000 {
+                    more = true
+                    break
+                }
             }
-            if !reports.isEmpty { onEvent(.deliveryReports(reports)) }
+            if !reports.isEmpty { events.append(.deliveryReports(reports)) }
         }
+        if more { ready.call() }
+        return events
     }
 
     private static func report(_ m: UnsafePointer<rd_kafka_message_t>) -> DeliveryReport {
@@ -282,6 +298,12 @@ extension KafkaProducer {
             }
         }
     }
+}
+
+/// The owner's wake-up, kept alive for librdkafka's queue callback (an opaque pointer to it).
+final class ReadyCallback: Sendable {
+    let call: @Sendable () -> Void
+    init(_ call: @escaping @Sendable () -> Void) { self.call = call }
 }
 
 struct UncheckedBox<T>: @unchecked Sendable {

@@ -27,6 +27,10 @@ public actor PGSession {
     /// Runs `body` with a live connection (connecting first if needed). A connection-loss error
     /// drops the connection so the next call reconnects; the error is rethrown.
     public func withConnection<T: Sendable>(_ body: @Sendable (PGConnection) throws(PGError) -> T) throws(PGError) -> T {
+        try run(body)
+    }
+
+    private func run<T>(_ body: (PGConnection) throws(PGError) -> T) throws(PGError) -> T {
         let conn: PGConnection
         if let c = connection, c.isOpen {
             conn = c
@@ -47,6 +51,76 @@ public actor PGSession {
             }
             throw error
         }
+    }
+
+    /// How a ``waitThenRun(timeout:interrupt:accept:_:)`` wait ended.
+    public enum WaitOutcome: Sendable, Equatable {
+        /// A notification that `accept` took arrived (or had arrived during the last statement).
+        case notified
+        /// The interrupt was signalled; the body did not run.
+        case interrupted
+        case timedOut
+    }
+
+    /// Waits on the session's thread — for a notification on the connection that `accept` takes
+    /// (the connection must LISTEN: `setup` can), for `interrupt`, or for `timeout` seconds —
+    /// and then, unless interrupted, runs `body` at once, on the same thread.
+    ///
+    /// For a caller that sleeps until notified and then runs a statement: with a listener thread
+    /// of its own, that is the listener woken, then a thread of the caller's executor, then this
+    /// one; here it is this thread alone. `accept` runs on this thread for every notification
+    /// (for its side effects too) and says whether it ends the wait. Nothing else can run on the
+    /// session meanwhile.
+    public func waitThenRun<T: Sendable>(timeout: Double, interrupt: WaitInterrupt,
+                                         accept: @Sendable (PGConnection.Notification) -> Bool,
+                                         _ body: @Sendable (PGConnection) throws(PGError) -> T) throws(PGError) -> (WaitOutcome, T?) {
+        try run { conn throws(PGError) -> (WaitOutcome, T?) in
+            let outcome = try Self.wait(conn, timeout: timeout, interrupt: interrupt, accept: accept)
+            return outcome == .interrupted ? (outcome, nil) : (outcome, try body(conn))
+        }
+    }
+
+    /// ``waitThenRun(timeout:interrupt:accept:_:)`` without a body.
+    public func wait(timeout: Double, interrupt: WaitInterrupt,
+                     accept: @Sendable (PGConnection.Notification) -> Bool) throws(PGError) -> WaitOutcome {
+        try run { conn throws(PGError) in try Self.wait(conn, timeout: timeout, interrupt: interrupt, accept: accept) }
+    }
+
+    private static func wait(_ conn: PGConnection, timeout: Double, interrupt: WaitInterrupt,
+                             accept: (PGConnection.Notification) -> Bool) throws(PGError) -> WaitOutcome {
+        // What arrived during the last statement (libpq has read it already) counts first.
+        if try conn.drainNotifications().reduce(false, { accept($1) || $0 }) { return .notified }
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, min(timeout, 86_400)) * 1_000_000_000)
+        while true {
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now >= deadline { return .timedOut }
+            var fds = [pollfd(fd: conn.socket, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: interrupt.readEnd, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, Int32((deadline - now + 999_999) / 1_000_000))
+            if n < 0 { continue }  // EINTR
+            if fds[1].revents != 0 {
+                interrupt.reset()
+                return .interrupted
+            }
+            if fds[0].revents != 0 {
+                if try conn.drainNotifications().reduce(false, { accept($1) || $0 }) { return .notified }
+                if !conn.isOpen { throw PGError(.connectionLost, message: "connection lost while waiting for notifications") }
+            }
+        }
+    }
+
+    /// Sleeps `seconds` on the session's thread, then runs `body` as ``withConnection(_:)`` does.
+    ///
+    /// For a caller that would otherwise sleep on a timer and then call ``withConnection(_:)``:
+    /// that is a timer thread woken, then a thread of the caller's executor, then this one; here
+    /// it is this thread alone. Nothing else can run on the session meanwhile.
+    public func withConnection<T: Sendable>(after seconds: Double, _ body: @Sendable (PGConnection) throws(PGError) -> T) throws(PGError) -> T {
+        if seconds > 0 {
+            var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1_000_000_000))
+            var left = timespec()
+            while nanosleep(&ts, &left) != 0 && errno == EINTR { ts = left }
+        }
+        return try withConnection(body)
     }
 
     /// Closes the connection and lets the session's thread end.

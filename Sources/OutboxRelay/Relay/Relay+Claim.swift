@@ -37,10 +37,22 @@ extension Relay {
             // than issuing many small claims (statements per row matter to the database).
             let minimumRoom = window.isEmpty ? 1 : max(1, min(configuration.batchSize, window.maxRows) / 2)
             claimWaitsForRoom = room < minimumRoom
+            // A busy poll's pause, or the wait for a notification, spent on the claim session's
+            // thread just before the claim (see waitWhenCaughtUp).
+            let pause = pollPause
+            let notified = notifiedWait
+            pollPause = 0
+            notifiedWait = 0
             guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
                 var wait = poll
                 if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
-                await claimWake.wait(timeout: wait)
+                if shards.isEmpty, !recreating, let session = claimSession {
+                    // Holding nothing: no claim reads the session's notifications, and a
+                    // rebalance among them is what this replica waits for.
+                    await waitOnClaimSession(session, timeout: wait)
+                } else {
+                    await claimWake.wait(timeout: wait)
+                }
                 continue
             }
             let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes)
@@ -48,10 +60,38 @@ extension Relay {
             let queries = outbox
             let allShards = shards.count == leases.shardCount
             let fused = takeFusableDeletes()
+            let router = notificationRouter
+            let claim: @Sendable (PGConnection) throws(PGError) -> ClaimBatch = { conn throws(PGError) in
+                let batch = try queries.claim(conn, shards: shards, allShards: allShards, request: request, deleting: fused?.delete)
+                // Notifications that came during the claim: one that would have woken the loop
+                // means a row may have committed after this claim's snapshot.
+                if try router.take(conn.drainNotifications()) { router.claimWake.signal() }
+                return batch
+            }
             let batch: ClaimBatch
             do {
-                batch = try await session.withConnection { conn throws(PGError) in
-                    try queries.claim(conn, shards: shards, allShards: allShards, request: request, deleting: fused?.delete)
+                if notified > 0 {
+                    // Sleep until notified on the claim session's own thread, which then claims at
+                    // once: no listener thread and no pool thread woken between the NOTIFY and
+                    // the claim. A wake-up for another reason (room, a lease, a retry, shutdown)
+                    // interrupts the wait; the loop then starts over.
+                    // Deletes carried by this claim wait for it no longer than they would for
+                    // the delete loop: with none, the claim runs after that moment anyway.
+                    let wait = fused == nil ? notified : min(notified, Self.fusedDeleteWaitSeconds)
+                    claimWake.interrupt?.reset()
+                    if claimWake.takePending() {
+                        batch = try await session.withConnection(claim)
+                    } else {
+                        let (outcome, armed) = try await session.waitThenRun(
+                            timeout: wait, interrupt: claimWake.interrupt!, accept: { router.accept($0) }, claim)
+                        guard outcome != .interrupted, let armed else {
+                            if let fused { restoreFusableDeletes(fused.seqs) }
+                            continue
+                        }
+                        batch = armed
+                    }
+                } else {
+                    batch = try await session.withConnection(after: pause, claim)
                 }
             } catch {
                 if let fused { returnPendingDeletes(fused.seqs) }
@@ -61,10 +101,11 @@ extension Relay {
                 continue
             }
             stats.claims += 1
+            let began = notified > 0 ? monotonicSeconds() : now + pause  // about when the claim ran
             if notificationGate { wakeMode.observe(snapshot: batch.snapshot) }
             if let fused, let deleted = batch.deleted {
                 stats.fusedDeletes += 1
-                settleDeleted(fused.seqs, requested: fused.delete.ids.count, deleted: deleted, seconds: monotonicSeconds() - now)
+                settleDeleted(fused.seqs, requested: fused.delete.ids.count, deleted: deleted, seconds: monotonicSeconds() - began)
             }
             if let dbNow = batch.databaseNowMicros {
                 // Database clock − this host's clock, for latencies measured from created_at (a
@@ -79,7 +120,7 @@ extension Relay {
             }
             failureStreak = 0  // the back-off grows with consecutive failures only
             if request.mode == .sweep { stats.sweeps += 1 }
-            metrics.claimDuration.recordSeconds(monotonicSeconds() - now)
+            metrics.claimDuration.recordSeconds(monotonicSeconds() - began)
             metrics.batchRows.record(batch.rows.count)
             cursor.observe(request, snapshot: batch.snapshot, lastRowId: batch.rows.last?.id, rowCount: batch.rows.count)
             if request.generation != cursor.generation {
@@ -104,7 +145,7 @@ extension Relay {
     func waitWhenCaughtUp(rows: Int, poll: Double, session: PGSession) async {
         let now = monotonicSeconds()
         guard notificationGate else {
-            await sleepUntilNotified(timeout: poll, now: now)
+            notifiedWait = waitUntilRetry(poll, now: now)
             return
         }
         wakeMode.observe(rows: rows, now: now)
@@ -124,8 +165,13 @@ extension Relay {
             }
         }
         if wakeMode.mode == .polling {
+            // The next claim is prepared now and sleeps busyPoll on the claim session's thread
+            // before it runs: one thread woken per poll instead of the timer's, a pool thread's,
+            // then the claim session's. Prepared 5 ms early, it is as a claim that took 5 ms
+            // longer: rows leaving the window or a lease lost meanwhile are handled as they are
+            // for a claim in flight (the produce call checks ownership, a rewind discards it).
             stats.busyPolls += 1
-            await WakeTimer.sleep(wakeMode.busyPoll)
+            pollPause = wakeMode.busyPoll
             return
         }
         if gateClosedElsewhere.take() {
@@ -154,17 +200,29 @@ extension Relay {
             // Rows committed before the gate opened sent no notification: read once more first.
             if wakeMode.justReopened { return }
         }
-        await sleepUntilNotified(timeout: wakeMode.notifiedWait(poll: poll, now: now), now: now)
+        notifiedWait = waitUntilRetry(wakeMode.notifiedWait(poll: poll, now: now), now: now)
     }
 
-    /// Sleeps until a notification (or window room), `timeout`, or the next retry hold's release.
-    /// (It no longer sleeps another millisecond to gather what else commits: rows that come that
+    /// The wait for a notification before the next claim: `timeout`, or until the next retry
+    /// hold's release. (No extra millisecond to gather what else commits: rows that come that
     /// close together switch the relay to polling, and below that rate the extra timer was a
     /// thread wake-up per row and the millisecond pure latency.)
-    func sleepUntilNotified(timeout: Double, now: Double) async {
-        var wait = timeout
-        if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
-        await claimWake.wait(timeout: wait)
+    func waitUntilRetry(_ timeout: Double, now: Double) -> Double {
+        guard let due = retries.nextDue else { return timeout }
+        return max(0.001, min(timeout, due - now))
+    }
+
+    /// Waits on the claim session for a notification that wakes the claim loop, a wake-up, or
+    /// `timeout` (a failure is waited out as a timeout: the next claim finds it).
+    func waitOnClaimSession(_ session: PGSession, timeout: Double) async {
+        claimWake.interrupt?.reset()
+        if claimWake.takePending() { return }
+        let router = notificationRouter
+        do {
+            _ = try await session.wait(timeout: timeout, interrupt: claimWake.interrupt!, accept: { router.accept($0) })
+        } catch {
+            await claimWake.wait(timeout: timeout)
+        }
     }
 
     func produce(_ rows: [ClaimedRow]) {

@@ -126,6 +126,14 @@ extension Relay {
         return (seqs, OutboxQueries.FusedDelete(ids: ids, owner: replicaId, epochs: leases.epochArray()))
     }
 
+    /// Acknowledged rows taken for a claim that did not run (its wait was interrupted): they wait
+    /// for the next claim again, or for the delete loop.
+    func restoreFusableDeletes(_ seqs: [UInt64]) {
+        pendingDeletes.insert(contentsOf: seqs, at: 0)
+        if pendingDeletesSince == nil { pendingDeletesSince = monotonicSeconds() }
+        if deleteNeededNow { deleteWake.signal() } else { armFusedDeleteTimer() }
+    }
+
     /// Wakes the delete loop `fusedDeleteWaitSeconds` from now unless a claim carries the pending
     /// deletes first (``takeFusableDeletes`` cancels it). A trickle's rows are thus deleted
     /// without the delete loop waking at all: it used to be woken twice per row — to start that

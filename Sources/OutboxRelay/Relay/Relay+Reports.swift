@@ -7,24 +7,35 @@ import PGClient
 extension Relay {
     // MARK: Delivery reports
 
-    func reportLoop(_ stream: AsyncStream<ProducerEvent>) async {
-        for await tagged in stream {
-            guard tagged.generation == producerGeneration else { continue }
-            switch tagged.event {
-            case .deliveryReports(let reports):
-                handle(reports)
-            case .log(let level, let facility, let message):
-                // librdkafka's own lines, with its syslog level, through the relay's logger.
-                let mapped: Logger.Level = level <= 2 ? .error : level <= 4 ? .warning
-                    : level == 5 ? .notice : level == 6 ? .info : .debug
-                logger.log(level: mapped, "librdkafka: \(message)", metadata: ["kafka.facility": "\(facility)"])
-            case .error(let error):
-                if error.isFatal {
-                    logger.error("fatal Kafka producer error", metadata: [LogKey.error: "\(error)"])
-                    scheduleRecreation(reason: "fatal error: \(error)")
-                } else {
-                    logger.warning("Kafka client error", metadata: [LogKey.error: "\(error)"])
-                }
+    /// Takes the producer's events when librdkafka says they wait (``KafkaProducer`` calls
+    /// `reportWake` from a broker thread): the report is handled on this actor with no thread of
+    /// ours in between. Events of a replaced producer are not taken: its rows were taken back
+    /// (see `recreateProducer`).
+    func reportLoop() async {
+        while reportsOpen {
+            // The timeout only bounds a wake-up that never came; librdkafka announces every
+            // empty → non-empty change of its queue.
+            await reportWake.wait(timeout: 1)
+            guard reportsOpen, let producer else { continue }
+            for event in producer.takeEvents() { handleProducerEvent(event) }
+        }
+    }
+
+    func handleProducerEvent(_ event: KafkaProducer.Event) {
+        switch event {
+        case .deliveryReports(let reports):
+            handle(reports)
+        case .log(let level, let facility, let message):
+            // librdkafka's own lines, with its syslog level, through the relay's logger.
+            let mapped: Logger.Level = level <= 2 ? .error : level <= 4 ? .warning
+                : level == 5 ? .notice : level == 6 ? .info : .debug
+            logger.log(level: mapped, "librdkafka: \(message)", metadata: ["kafka.facility": "\(facility)"])
+        case .error(let error):
+            if error.isFatal {
+                logger.error("fatal Kafka producer error", metadata: [LogKey.error: "\(error)"])
+                scheduleRecreation(reason: "fatal error: \(error)")
+            } else {
+                logger.warning("Kafka client error", metadata: [LogKey.error: "\(error)"])
             }
         }
     }

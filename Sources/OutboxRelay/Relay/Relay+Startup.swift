@@ -3,7 +3,7 @@ import Kafka
 import Logging
 import PGClient
 
-/// Start-up: connections, schema checks, the first producer, the listener.
+/// Start-up: connections (the claim session LISTENs), schema checks, the first producer.
 extension Relay {
     // MARK: Start-up
 
@@ -21,9 +21,7 @@ extension Relay {
         // rd_kafka_new spends tens of milliseconds in one-time library set-up (OpenSSL and SASL
         // plug-ins, even for plaintext): create the producer on its own thread while the
         // database is connected and checked, and it starts fetching its producer id meanwhile.
-        let (stream, continuation) = AsyncStream.makeStream(of: ProducerEvent.self)
-        reportStream = stream
-        reportContinuation = continuation
+        reportsOpen = true
         let pendingProducer = startProducerCreation()
         // The claim session runs only the claim statements, whose plans are prepared once and
         // reused: a plan cached while the table was small must not become a sequential scan of a
@@ -37,9 +35,22 @@ extension Relay {
         // Generic plans: the plain claims switched to them after five executions anyway, and
         // with the claims that carry a DELETE's id array forced onto them too the relay's
         // backends spent 0.18 instead of 0.27 ms per row at 500 rows/s (two A/B rounds).
+        // The claim session also LISTENs for the table's notifications, and sleeps on them itself
+        // when caught up (see Relay.claimLoop): a notification wakes the thread that claims.
+        let channel = table.channel
+        let router = notificationRouter
         let claimSetup: @Sendable (PGConnection) throws(PGError) -> Void = { conn throws(PGError) in
             try setup(conn)
             try conn.executeScript("SET enable_seqscan = off; SET synchronous_commit = off; SET plan_cache_mode = force_generic_plan")
+            do throws(PGError) {
+                try conn.executeScript("LISTEN \(quoteIdentifier(channel))")
+            } catch {
+                // A hot standby refuses LISTEN; what can run there still does, woken by its timers.
+                if error.isConnectionLoss { throw error }
+            }
+            // A new connection: notifications may have been missed meanwhile.
+            router.claimWake.signal()
+            router.leaseWake.signal()
         }
         let claim = PGSession(url: url, applicationName: app, label: "claim", setup: claimSetup)
         let table = self.table
@@ -79,29 +90,6 @@ extension Relay {
             await closeSessions()
             throw RelayError(kafka: error, context: "cannot create the Kafka producer")
         }
-        let listener = PGListener(url: url, applicationName: "outbox-relay-listen", channels: [table.channel],
-                                  onError: { [logger] error in
-                                      logger.warning("notification listener reconnecting", metadata: [LogKey.error: "\(error)"])
-                                  }) { [claimWake, leaseWake, wakeFilter, gateClosedElsewhere] note in
-            guard let note else {
-                // (Re)connected: notifications may have been missed.
-                claimWake.signal()
-                leaseWake.signal()
-                return
-            }
-            if note.payload == OutboxTable.rebalancePayload {
-                leaseWake.signal()
-            } else if note.payload == OutboxTable.gateClosedPayload {
-                // A replica closed the gate: if this one sleeps on it, it opens it again.
-                gateClosedElsewhere.set()
-                claimWake.signal()
-            } else if wakeFilter.wakes(note.payload) {
-                // Only rows of shards this replica holds wake its claim loop.
-                claimWake.signal()
-            }
-        }
-        self.listener = listener
-        listener.start()
         logger.info("relay started", metadata: [
             "outbox.shards": .stringConvertible(info.shardCount), "kafka.librdkafka": "\(Librdkafka.versionString)",
         ])
@@ -135,19 +123,13 @@ extension Relay {
         try nextProducer()()
     }
 
-    /// How to build the next producer instance (a new generation, reporting into the stream);
+    /// How to build the next producer instance (waking the report loop when it has events);
     /// cheap to make here, while running it takes tens of milliseconds.
     func nextProducer() throws(KafkaError) -> @Sendable () throws(KafkaError) -> KafkaProducer {
-        guard let continuation = reportContinuation else {
-            throw KafkaError(.client, message: "report stream missing")
-        }
-        producerGeneration += 1
-        let generation = producerGeneration
         let kafka = configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")
+        let wake = reportWake
         return { () throws(KafkaError) in
-            try KafkaProducer(configuration: kafka) { event in
-                continuation.yield(ProducerEvent(generation: generation, event: event))
-            }
+            try KafkaProducer(configuration: kafka) { wake.signal() }
         }
     }
 
@@ -162,12 +144,5 @@ extension Relay {
                 thread.start()
             }
         }
-    }
-
-    /// An event tagged with the producer instance it came from; events of a replaced producer
-    /// are ignored (its rows were already taken back).
-    struct ProducerEvent: Sendable {
-        let generation: Int
-        let event: KafkaProducer.Event
     }
 }

@@ -9,10 +9,11 @@ import Tracing
 /// Relays outbox rows to Kafka: claim → produce → await delivery report → lease-checked DELETE.
 ///
 /// Four loops run concurrently on this actor:
-/// - **claim**: reads the next rows of the shards this replica holds (woken by NOTIFY, by room in
-///   the in-flight window, or by the poll timer) and produces them at once, so batch N+1 is read
-///   and produced while batch N waits for its reports;
-/// - **reports**: takes delivery reports from the producer's poller thread;
+/// - **claim**: reads the next rows of the shards this replica holds (woken by NOTIFY — on the
+///   claim session's own thread, which then claims at once —, by room in the in-flight window, or
+///   by the poll timer) and produces them at once, so batch N+1 is read and produced while batch
+///   N waits for its reports;
+/// - **reports**: takes delivery reports when librdkafka says they wait (no poller thread);
 /// - **delete**: deletes acknowledged rows in one array statement per round;
 /// - **leases**: heartbeats, renews, and rebalances shard leases.
 ///
@@ -34,16 +35,17 @@ public actor Relay: Service {
     let metrics: RelayMetrics
     let backlog: BacklogQueries
 
-    // Wake-ups and the stop flag, usable from any thread.
-    nonisolated let claimWake = WakeSignal()
+    // Wake-ups and the stop flag, usable from any thread. The claim loop's also interrupts its
+    // wait on the claim session (see `claimLoop`).
+    nonisolated let claimWake = WakeSignal(interrupt: WaitInterrupt())
     nonisolated let deleteWake = WakeSignal()
     nonisolated let leaseWake = WakeSignal()
     nonisolated let windowWake = WakeSignal()
     nonisolated let stopFlag = AtomicFlag()
     /// Which insert notifications wake the claim loop (the shards held): updated by the lease
-    /// loop, read on the listener's thread. Sized for the largest shard count `migrate` allows.
+    /// loop, read on the claim session's thread. Sized for the largest shard count `migrate` allows.
     nonisolated let wakeFilter = WakeFilter(shardCount: 65_536)
-    /// Set by the listener when another replica closed the notification gate.
+    /// Set (on the claim session's thread) when another replica closed the notification gate.
     nonisolated let gateClosedElsewhere = AtomicFlag()
 
     var cursor = ClaimCursor()
@@ -88,6 +90,11 @@ public actor Relay: Service {
     var databaseClockOffsetMicros: Int64 = 0
     /// The gate value this replica set last (nil when it has not, or closed it).
     var gateOpenedAt: Int64?
+    /// Seconds the next claim sleeps on the claim session's thread before it runs (a busy poll).
+    var pollPause = 0.0
+    /// Caught up and notified: the next claim first waits, on the claim session's thread, up to
+    /// this many seconds for a notification (see `claimLoop`).
+    var notifiedWait = 0.0
     /// The claim loop is waiting for room in the in-flight window (a DELETE should wake it).
     var claimWaitsForRoom = false
     /// Average message bytes of recently claimed rows (nil until a row was seen).
@@ -117,10 +124,11 @@ public actor Relay: Service {
     var deleteSession: PGSession?
     var leaseSession: PGSession?
     var producer: KafkaProducer?
-    var producerGeneration = 0
-    var reportStream: AsyncStream<ProducerEvent>?
-    var reportContinuation: AsyncStream<ProducerEvent>.Continuation?
-    var listener: PGListener?
+    /// Signalled by librdkafka (from its own thread) when the producer's event queue goes from
+    /// empty to non-empty; the report loop then takes the events.
+    nonisolated let reportWake = WakeSignal()
+    /// The report loop runs (set by `start`, cleared by `terminate`).
+    var reportsOpen = false
 
     static let fencingStormThreshold = 10
     /// Start-up checks retried this many times when an established connection breaks or the
@@ -210,9 +218,9 @@ public actor Relay: Service {
     /// The loops, then shutdown in RelayLifecycle's order: drain, purge what is left, stop the
     /// loops (deletes finish), close the producer, and only then release the leases.
     func runLoops() async {
-        guard let stream = reportStream else { return }
+        guard reportsOpen else { return }
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.reportLoop(stream) }
+            group.addTask { await self.reportLoop() }
             group.addTask { await self.deleteLoop() }
             group.addTask { await self.leaseLoop() }
             await self.claimLoop()
@@ -236,8 +244,6 @@ public actor Relay: Service {
         await leave()
         stats.leasesReleasedAt = monotonicSeconds()
         lifecycle.left()
-        listener?.stop()
-        listener = nil
         await closeSessions()
         logger.info("relay stopped", metadata: [
             "outbox.delivered": .stringConvertible(stats.delivered), "outbox.deleted": .stringConvertible(stats.deleted),
@@ -279,7 +285,8 @@ public actor Relay: Service {
     }
 
     func terminate() {
-        reportContinuation?.finish()
+        reportsOpen = false
+        reportWake.signal()
         deleteWake.signal()
         leaseWake.signal()
     }

@@ -1,4 +1,5 @@
 import Foundation
+import PGClient
 import Synchronization
 
 /// A level-triggered wake-up: `signal()` resumes every current waiter, or — when nobody waits —
@@ -19,8 +20,26 @@ final class WakeSignal: Sendable {
         var nextId: UInt64 = 0
     }
     private let state = Mutex(State())
+    /// Also signalled by every ``signal()``: a claim session's wait on its connection (see
+    /// `Relay.claimLoop`) is a wait on this signal too.
+    let interrupt: WaitInterrupt?
+
+    init(interrupt: WaitInterrupt? = nil) {
+        self.interrupt = interrupt
+    }
+
+    /// Takes a signal sent while nobody waited (true), if any.
+    func takePending() -> Bool {
+        state.withLock { s in
+            defer { s.pending = false }
+            return s.pending
+        }
+    }
 
     func signal() {
+        // After the state: a claim loop about to wait resets the interrupt and then takes the
+        // pending signal, so one of the two always shows this signal.
+        defer { interrupt?.signal() }
         let woken = state.withLock { s -> [Waiter] in
             if s.waiters.isEmpty {
                 s.pending = true
