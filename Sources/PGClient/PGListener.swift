@@ -16,8 +16,7 @@ public final class PGListener: Sendable {
     private let handler: Handler
     private let onError: @Sendable (PGError) -> Void
     private let state = Mutex<(stopping: Bool, started: Bool)>((false, false))
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
+    private let wake = WaitInterrupt()
     private let finished = Mutex<Bool>(false)
     private let finishedCondition = NSCondition()
 
@@ -31,15 +30,6 @@ public final class PGListener: Sendable {
         self.channels = channels
         self.handler = handler
         self.onError = onError
-        var fds: [Int32] = [0, 0]
-        _ = pipe(&fds)
-        wakeRead = fds[0]
-        wakeWrite = fds[1]
-    }
-
-    deinit {
-        close(wakeRead)
-        close(wakeWrite)
     }
 
     /// Starts the listener thread.
@@ -61,8 +51,7 @@ public final class PGListener: Sendable {
             s.stopping = true
             return s.started
         }
-        var byte: UInt8 = 1
-        _ = write(wakeWrite, &byte, 1)
+        wake.signal()
         guard wasStarted else { return }
         finishedCondition.lock()
         while !finished.withLock({ $0 }) { finishedCondition.wait() }
@@ -101,7 +90,7 @@ public final class PGListener: Sendable {
     private func listen(on conn: PGConnection) throws(PGError) {
         while !stopping {
             var fds = [pollfd(fd: conn.socket, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+                       pollfd(fd: wake.readEnd, events: Int16(POLLIN), revents: 0)]
             let n = poll(&fds, 2, 30_000)
             if stopping { return }
             if n < 0 { continue }  // EINTR
@@ -114,7 +103,7 @@ public final class PGListener: Sendable {
     }
 
     private func waitForWake(timeoutMs: Int) {
-        var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: wake.readEnd, events: Int16(POLLIN), revents: 0)]
         _ = poll(&fds, 1, Int32(timeoutMs))
     }
 }
