@@ -1,3 +1,4 @@
+import Foundation
 import OutboxRelay
 import PGClient
 import Testing
@@ -62,4 +63,103 @@ import Testing
         #expect(again != pid)
         await session.close()
     }
+}
+
+/// `PGSession.waitThenRun`: the claim session's sleep until notified (Relay.claimLoop). Each way a
+/// wait can end, and the ways it must not: a notification the filter refuses, a signal sent
+/// before the wait began, a notification that came during the previous statement.
+@Suite(.serialized) struct PGSessionWaitTests {
+    static func session(_ channel: String) -> PGSession {
+        PGSession(url: TestEnvironment.databaseURL, applicationName: "outbox-relay-tests", label: "wait-test") { conn throws(PGError) in
+            try conn.executeScript("LISTEN \(quoteIdentifier(channel))")
+        }
+    }
+
+    @Test func aWaitEndsOnAnAcceptedNotificationAndRunsTheBodyThen() async throws {
+        let channel = "wait_test_\(Int.random(in: 0..<1_000_000))"
+        let session = Self.session(channel)
+        defer { Task { await session.close() } }
+        let interrupt = WaitInterrupt()
+        // Connect (and LISTEN) first.
+        _ = try await session.withConnection { conn throws(PGError) in try conn.query("SELECT 1") }
+        let notifier = try TestEnvironment.connect()
+        let seen = CallCounter()
+        Task.detached {
+            try await Task.sleep(nanoseconds: 100_000_000)
+            // Refused by the filter: the wait goes on. Then an accepted one ends it.
+            try notifier.query("SELECT pg_notify($1, 'ignore-me')", [.text(channel)])
+            try await Task.sleep(nanoseconds: 100_000_000)
+            try notifier.query("SELECT pg_notify($1, 'wake')", [.text(channel)])
+        }
+        let started = ContinuousClock.now
+        let (outcome, value) = try await session.waitThenRun(timeout: 30, interrupt: interrupt, accept: { note in
+            seen.add()
+            return note.payload == "wake"
+        }) { conn throws(PGError) in try conn.query("SELECT 42::int4").int32(0, 0) }
+        #expect(outcome == .notified)
+        #expect(value == 42, "the body ran after the notification")
+        #expect(seen.value == 2, "both notifications were offered to the filter")
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
+
+    @Test func anInterruptEndsTheWaitWithoutRunningTheBodyEvenWhenSentBefore() async throws {
+        let session = Self.session("wait_test_\(Int.random(in: 0..<1_000_000))")
+        defer { Task { await session.close() } }
+        let interrupt = WaitInterrupt()
+        let ran = CallCounter()
+        // Signalled before the wait began: kept until reset.
+        interrupt.signal()
+        let (early, _) = try await session.waitThenRun(timeout: 30, interrupt: interrupt, accept: { _ in true }) { _ throws(PGError) in ran.add() }
+        #expect(early == .interrupted)
+        // Signalled while waiting.
+        Task.detached {
+            try await Task.sleep(nanoseconds: 100_000_000)
+            interrupt.signal()
+        }
+        let (late, _) = try await session.waitThenRun(timeout: 30, interrupt: interrupt, accept: { _ in true }) { _ throws(PGError) in ran.add() }
+        #expect(late == .interrupted)
+        #expect(ran.value == 0)
+        // A reset forgets a signal: the next wait runs to its timeout and then the body.
+        interrupt.signal()
+        interrupt.reset()
+        let (timed, _) = try await session.waitThenRun(timeout: 0.2, interrupt: interrupt, accept: { _ in true }) { _ throws(PGError) in ran.add() }
+        #expect(timed == .timedOut)
+        #expect(ran.value == 1)
+    }
+
+    @Test func aNotificationThatCameDuringTheLastStatementEndsTheNextWaitAtOnce() async throws {
+        let channel = "wait_test_\(Int.random(in: 0..<1_000_000))"
+        let session = Self.session(channel)
+        defer { Task { await session.close() } }
+        // The session's own statement notifies: libpq reads the notification with its result.
+        _ = try await session.withConnection { conn throws(PGError) in try conn.query("SELECT pg_notify($1, 'early')", [.text(channel)]) }
+        let (outcome, _) = try await session.waitThenRun(timeout: 30, interrupt: WaitInterrupt(), accept: { $0.payload == "early" }) { _ throws(PGError) in }
+        #expect(outcome == .notified)
+    }
+
+    @Test func aConnectionKilledDuringTheWaitIsAConnectionLossAndTheNextCallReconnects() async throws {
+        let session = Self.session("wait_test_\(Int.random(in: 0..<1_000_000))")
+        defer { Task { await session.close() } }
+        let pid = try await session.withConnection { conn throws(PGError) in conn.backendPID }
+        let admin = try TestEnvironment.connect()
+        Task.detached {
+            try await Task.sleep(nanoseconds: 100_000_000)
+            try admin.query("SELECT pg_terminate_backend($1)", [.int4(pid)])
+        }
+        await #expect {
+            _ = try await session.waitThenRun(timeout: 30, interrupt: WaitInterrupt(), accept: { _ in true }) { _ throws(PGError) in }
+        } throws: { error in
+            (error as? PGError)?.isConnectionLoss == true
+        }
+        let again = try await session.withConnection { conn throws(PGError) in conn.backendPID }
+        #expect(again != pid)
+    }
+}
+
+/// A thread-safe count for the closures above.
+final class CallCounter: @unchecked Sendable {
+    private var n = 0
+    private let lock = NSLock()
+    func add() { lock.lock(); n += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
 }
