@@ -52,8 +52,11 @@ import Testing
             try await TestEnvironment.eventually("row \(produced) acknowledged", timeout: 10) { await relay.relay.statistics().delivered >= produced }
             try await Task.sleep(nanoseconds: 20_000_000)
         }
-        // The last row has no claim after it: the delete loop deletes it by itself.
+        // The last row has no claim after it: it is deleted by itself (or by a claim that carries
+        // only its DELETE). The table can be empty a moment before the relay has counted the
+        // DELETE's result: wait for both.
         try await TestEnvironment.eventually("every row deleted", timeout: 5) { try TestEnvironment.count(table) == 0 }
+        try await TestEnvironment.eventually("every DELETE counted", timeout: 5) { await relay.relay.statistics().deleted >= rows }
         let stats = await relay.relay.statistics()
         try await relay.stop()
         #expect(stats.deleted == rows)
