@@ -14,6 +14,9 @@ public struct OutboxQueries: Sendable {
     let deleteSQL: String
     /// The same DELETE for many ids, with the lease table read once (see ``delete``).
     let deleteManySQL: String
+    /// The DELETE of rows acknowledged before a lost connection: also checks each row's
+    /// `created_at` (see ``deleteChecked``).
+    let deleteCheckedSQL: String
     /// From this many ids on, the delete loop uses ``deleteManySQL``.
     public static let deleteManyFrom = 32
 
@@ -119,6 +122,10 @@ public struct OutboxQueries: Sendable {
             where: { n in "id > $\(n + 1) AND pg_visible_in_snapshot(txid, s.snap) AND NOT pg_visible_in_snapshot(txid, s.since)" },
             order: "id")
         deleteSQL = deleteStatement(first: 1)
+        deleteCheckedSQL = deleteStatement(first: 1) + """
+
+              AND (EXTRACT(EPOCH FROM o.created_at) * 1000000)::bigint = ANY($4::bigint[])
+            """
         // For a drain's DELETE of a batch: the shards whose lease this replica holds at the
         // expected epoch, read once per statement (an InitPlan over the 256 lease rows) and
         // tested per row, instead of a lease lookup per row — that lookup was about half of a
@@ -299,6 +306,17 @@ public struct OutboxQueries: Sendable {
     /// Returns the number of rows deleted (fewer than `ids.count` means leases were lost).
     /// Many ids are deleted with the lease table read once (``deleteManySQL``), a few with a
     /// lease lookup per row; both delete exactly the same rows.
+    /// ``delete(_:ids:owner:epochs:)`` for rows acknowledged before a lost connection: a row is
+    /// deleted only if its `created_at` (µs since 1970) is one of `createdAtMicros` too. After an
+    /// asynchronous failover the new primary hands out ids again, so such an id may name a row
+    /// inserted after the failover, which this relay never produced; it was created later than
+    /// every row of the lost timeline. (A set test, not pairs: cheap for the few rows in flight at
+    /// a lost connection, and a new row's `created_at` matches none of them.)
+    public func deleteChecked(_ conn: PGConnection, ids: [Int64], createdAtMicros: [Int64], owner: String, epochs: [Int64]) throws(PGError) -> Int {
+        try conn.execute(prepared: "outbox_delete_checked", deleteCheckedSQL,
+                         [.int8Array(ids), .text(owner), .int8Array(epochs), .int8Array(createdAtMicros)]).affectedRows
+    }
+
     public func delete(_ conn: PGConnection, ids: [Int64], owner: String, epochs: [Int64]) throws(PGError) -> Int {
         let many = ids.count >= Self.deleteManyFrom
         return try conn.execute(prepared: many ? "outbox_delete_many" : "outbox_delete", many ? deleteManySQL : deleteSQL,

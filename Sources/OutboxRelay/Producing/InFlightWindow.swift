@@ -65,6 +65,8 @@ public struct InFlightWindow: Sendable {
         return max(1, min(byRows, Int(Double(byteRoom) / average)))
     }
     public var isEmpty: Bool { rows == 0 }
+    /// The sequence the next admitted row gets: every row in the window now has a lower one.
+    public var nextSequenceNumber: UInt64 { nextSequence }
 
     /// Admits a row about to be produced; returns the opaque sequence for its message.
     /// A single row larger than the byte limit is still admitted when the window is empty.

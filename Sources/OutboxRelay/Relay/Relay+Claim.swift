@@ -379,7 +379,16 @@ extension Relay {
     /// `synchronous_commit = off` can bring back rows whose DELETE had been reported committed.
     /// Read everything again from the start (rows in flight excluded); a resurrected row is
     /// re-sent — a bounded duplicate — rather than left behind the cursor for ever.
+    ///
+    /// The connection may also come back to a different server: a promoted standby. After an
+    /// asynchronous failover its sequence hands out again ids the old primary had handed out, so
+    /// an id in the window may name a new row this relay never produced. Rows in the window now
+    /// are deleted only with their `created_at` checked too (``OutboxQueries/deleteChecked``),
+    /// and when such a DELETE leaves some, the cursor is rewound: a new row with one of those ids
+    /// was kept out of the reads while the old one was in flight. (Before, a retried DELETE by id
+    /// could delete such a row undelivered: the failover-immediate fault case lost 3 rows once.)
     func resyncAfterConnectionLoss() {
+        staleBelowSeq = window.nextSequenceNumber
         cursor.reset()
     }
 

@@ -42,10 +42,20 @@ extension Relay {
                 await deleteWake.wait(timeout: left)
             }
             if pendingDeletes.isEmpty { continue }  // carried by a claim meanwhile
-            let seqs = pendingDeletes
+            var seqs = pendingDeletes
             pendingDeletes.removeAll(keepingCapacity: true)
             pendingDeletesSince = nil
             cancelFusedDeleteTimer()
+            if hasStale(seqs) {
+                // Acknowledged before a lost connection: deleted with their created_at checked.
+                let stale = seqs.filter { $0 < staleBelowSeq }
+                guard await deleteStale(stale, all: seqs) else {
+                    if terminated && stopFlag.isSet && deleteAttemptsExhausted() { return }
+                    continue
+                }
+                seqs.removeAll { $0 < staleBelowSeq }
+                if seqs.isEmpty { continue }
+            }
             let ids = seqs.compactMap { window.entry($0)?.rowId }
             let epochs = leases.epochArray()
             let owner = replicaId
@@ -65,6 +75,38 @@ extension Relay {
                 try? await Task.sleep(nanoseconds: 200_000_000)
                 if terminated && stopFlag.isSet && deleteAttemptsExhausted() { return }
             }
+        }
+    }
+
+    func hasStale(_ seqs: [UInt64]) -> Bool {
+        staleBelowSeq > 0 && seqs.contains { $0 < staleBelowSeq }
+    }
+
+    /// Deletes rows acknowledged before a lost connection (see `resyncAfterConnectionLoss`).
+    /// Returns false when it failed (then every one of `all` is pending again).
+    func deleteStale(_ stale: [UInt64], all: [UInt64]) async -> Bool {
+        guard let session = deleteSession else { return false }
+        let entries = stale.compactMap { window.entry($0) }
+        let ids = entries.map(\.rowId)
+        let created = entries.map(\.createdAtMicros)
+        let epochs = leases.epochArray()
+        let owner = replicaId
+        let queries = outbox
+        do {
+            let started = monotonicSeconds()
+            let deleted = try await session.withConnection { conn throws(PGError) in
+                try queries.deleteChecked(conn, ids: ids, createdAtMicros: created, owner: owner, epochs: epochs)
+            }
+            settleDeleted(stale, requested: ids.count, deleted: deleted, seconds: monotonicSeconds() - started)
+            // One left may be a new row's id (or a lost lease): read again from the start.
+            if deleted < ids.count { cursor.rewind() }
+            return true
+        } catch {
+            returnPendingDeletes(all)
+            if error.isConnectionLoss { resyncAfterConnectionLoss() }
+            logger.warning("delete failed; retrying", metadata: [LogKey.error: "\(error)"])
+            try? await Task.sleep(nanoseconds: 200_000_000)
+            return false
         }
     }
 
@@ -107,7 +149,7 @@ extension Relay {
     /// its claims, which they would slow), the window waits for room, a lease hands over, a
     /// probe waits, the relay stops, or the claim loop is not claiming.
     var deleteNeededNow: Bool {
-        terminated || !claimCaughtUp || claimWaitsForRoom || recreating || !suspects.isEmpty
+        terminated || hasStale(pendingDeletes) || !claimCaughtUp || claimWaitsForRoom || recreating || !suspects.isEmpty
             || pendingDeletes.count >= max(1, configuration.batchSize / 2)
             || monotonicSeconds() < pausedUntil
             || leases.leases.values.contains { $0.phase == .draining }

@@ -53,6 +53,9 @@ public actor Relay: Service {
     var window: InFlightWindow
     var leases = LeaseTable(shardCount: 1)
     var pendingDeletes: [UInt64] = []
+    /// Rows admitted with a window sequence below this were in the window when a connection was
+    /// lost: their ids may name other rows now (see `resyncAfterConnectionLoss`). 0: none.
+    var staleBelowSeq: UInt64 = 0
     /// When `pendingDeletes` last became non-empty.
     var pendingDeletesSince: Double?
     /// The WakeTimer entry that wakes the delete loop when no claim carried the pending deletes

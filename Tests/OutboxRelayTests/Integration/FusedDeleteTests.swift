@@ -65,6 +65,35 @@ import Testing
         #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
     }
 
+    /// After a lost connection the relay deletes the rows it had in flight with their
+    /// `created_at` checked too: after an asynchronous failover an id may name a new row (the new
+    /// primary's sequence hands ids out again), and that row must stay (Relay.resyncAfterConnectionLoss).
+    @Test func aCheckedDeleteLeavesARowWhoseIdNamesAnotherRowNow() throws {
+        let table = try TestEnvironment.migratedTable()
+        let conn = try TestEnvironment.connect()
+        let queries = OutboxQueries(table: table)
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 3) AS i")
+        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
+        let epochs = [Int64](repeating: 7, count: 256)
+        let claimed = try queries.claim(conn, shards: Array(0..<256), allShards: true,
+                                        request: ClaimCursor().nextRequest(limit: 100, inFlight: [])).rows
+        #expect(claimed.count == 3)
+        let ids = claimed.map(\.id)
+        // Row 2 is "another row" now: same id, created later (as after a failover).
+        try conn.query("UPDATE \(table.sql) SET created_at = created_at + interval '1 second' WHERE id = $1", [.int8(ids[1])])
+        let deleted = try queries.deleteChecked(conn, ids: ids, createdAtMicros: claimed.map(\.createdAtMicros), owner: "me", epochs: epochs)
+        #expect(deleted == 2)
+        let left = try conn.query("SELECT id FROM \(table.sql)")
+        #expect(left.rowCount == 1)
+        #expect(try left.int64(0, 0) == ids[1])
+        // The lease check still applies.
+        let other = try queries.deleteChecked(conn, ids: [ids[1]], createdAtMicros: [claimed[1].createdAtMicros + 1_000_000],
+                                              owner: "someone-else", epochs: epochs)
+        #expect(other == 0)
+        #expect(try queries.deleteChecked(conn, ids: [ids[1]], createdAtMicros: [claimed[1].createdAtMicros + 1_000_000],
+                                          owner: "me", epochs: epochs) == 1)
+    }
+
     /// A DELETE of many ids reads the lease table once per statement instead of once per row
     /// (OutboxQueries.deleteManySQL); it must delete exactly what the per-row form deletes.
     @Test func aDeleteOfManyIdsChecksEveryRowsLeaseLikeOneOfAFew() throws {
