@@ -89,7 +89,7 @@ public actor PGSession {
     private static func wait(_ conn: PGConnection, timeout: Double, interrupt: WaitInterrupt,
                              accept: (PGConnection.Notification) -> Bool) throws(PGError) -> WaitOutcome {
         // What arrived during the last statement (libpq has read it already) counts first.
-        if try conn.drainNotifications().reduce(false, { accept($1) || $0 }) { return .notified }
+        if try Self.anyAccepted(conn, accept) { return .notified }
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, min(timeout, 86_400)) * 1_000_000_000)
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
@@ -103,10 +103,15 @@ public actor PGSession {
                 return .interrupted
             }
             if fds[0].revents != 0 {
-                if try conn.drainNotifications().reduce(false, { accept($1) || $0 }) { return .notified }
+                if try Self.anyAccepted(conn, accept) { return .notified }
                 if !conn.isOpen { throw PGError(.connectionLost, message: "connection lost while waiting for notifications") }
             }
         }
+    }
+
+    /// Reads the connection's notifications, offers each to `accept`; whether any was taken.
+    private static func anyAccepted(_ conn: PGConnection, _ accept: (PGConnection.Notification) -> Bool) throws(PGError) -> Bool {
+        try conn.drainNotifications().reduce(false) { accept($1) || $0 }
     }
 
     /// Sleeps `seconds` on the session's thread, then runs `body` as ``withConnection(_:)`` does.

@@ -306,6 +306,12 @@ public struct OutboxQueries: Sendable {
     /// Returns the number of rows deleted (fewer than `ids.count` means leases were lost).
     /// Many ids are deleted with the lease table read once (``deleteManySQL``), a few with a
     /// lease lookup per row; both delete exactly the same rows.
+    public func delete(_ conn: PGConnection, ids: [Int64], owner: String, epochs: [Int64]) throws(PGError) -> Int {
+        let many = ids.count >= Self.deleteManyFrom
+        return try conn.execute(prepared: many ? "outbox_delete_many" : "outbox_delete", many ? deleteManySQL : deleteSQL,
+                                [.int8Array(ids), .text(owner), .int8Array(epochs)]).affectedRows
+    }
+
     /// ``delete(_:ids:owner:epochs:)`` for rows acknowledged before a lost connection: a row is
     /// deleted only if its `created_at` (µs since 1970) is one of `createdAtMicros` too. After an
     /// asynchronous failover the new primary hands out ids again, so such an id may name a row
@@ -315,11 +321,5 @@ public struct OutboxQueries: Sendable {
     public func deleteChecked(_ conn: PGConnection, ids: [Int64], createdAtMicros: [Int64], owner: String, epochs: [Int64]) throws(PGError) -> Int {
         try conn.execute(prepared: "outbox_delete_checked", deleteCheckedSQL,
                          [.int8Array(ids), .text(owner), .int8Array(epochs), .int8Array(createdAtMicros)]).affectedRows
-    }
-
-    public func delete(_ conn: PGConnection, ids: [Int64], owner: String, epochs: [Int64]) throws(PGError) -> Int {
-        let many = ids.count >= Self.deleteManyFrom
-        return try conn.execute(prepared: many ? "outbox_delete_many" : "outbox_delete", many ? deleteManySQL : deleteSQL,
-                                [.int8Array(ids), .text(owner), .int8Array(epochs)]).affectedRows
     }
 }

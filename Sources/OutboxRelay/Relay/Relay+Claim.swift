@@ -78,8 +78,7 @@ extension Relay {
                     // Deletes carried by this claim wait for it no longer than they would for
                     // the delete loop: with none, the claim runs after that moment anyway.
                     let wait = fused == nil ? notified : min(notified, Self.fusedDeleteWaitSeconds)
-                    claimWake.interrupt?.reset()
-                    if claimWake.takePending() {
+                    if claimWake.armInterrupt() {
                         batch = try await session.withConnection(claim)
                     } else {
                         let (outcome, armed) = try await session.waitThenRun(
@@ -215,8 +214,7 @@ extension Relay {
     /// Waits on the claim session for a notification that wakes the claim loop, a wake-up, or
     /// `timeout` (a failure is waited out as a timeout: the next claim finds it).
     func waitOnClaimSession(_ session: PGSession, timeout: Double) async {
-        claimWake.interrupt?.reset()
-        if claimWake.takePending() { return }
+        if claimWake.armInterrupt() { return }
         let router = notificationRouter
         do {
             _ = try await session.wait(timeout: timeout, interrupt: claimWake.interrupt!, accept: { router.accept($0) })

@@ -42,38 +42,27 @@ extension Relay {
                 await deleteWake.wait(timeout: left)
             }
             if pendingDeletes.isEmpty { continue }  // carried by a claim meanwhile
-            var seqs = pendingDeletes
+            let seqs = pendingDeletes
             pendingDeletes.removeAll(keepingCapacity: true)
             pendingDeletesSince = nil
             cancelFusedDeleteTimer()
-            if hasStale(seqs) {
-                // Acknowledged before a lost connection: deleted with their created_at checked.
-                let stale = seqs.filter { $0 < staleBelowSeq }
-                guard await deleteStale(stale, all: seqs) else {
+            guard deleteSession != nil else { return }
+            // Rows acknowledged before a lost connection go first, in a DELETE of their own that
+            // checks their created_at too (see resyncAfterConnectionLoss).
+            let stale = hasStale(seqs) ? seqs.filter { $0 < staleBelowSeq } : []
+            let fresh = stale.isEmpty ? seqs : seqs.filter { $0 >= staleBelowSeq }
+            for (group, checked) in [(stale, true), (fresh, false)] where !group.isEmpty {
+                do {
+                    try await deleteAcknowledged(group, checked: checked)
+                } catch {
+                    // The DELETE is idempotent: keep the ids (and those not tried yet) and try again.
+                    returnPendingDeletes(checked ? seqs : fresh)
+                    if error.isConnectionLoss { resyncAfterConnectionLoss() }
+                    logger.warning("delete failed; retrying", metadata: [LogKey.error: "\(error)"])
+                    try? await Task.sleep(nanoseconds: 200_000_000)
                     if terminated && stopFlag.isSet && deleteAttemptsExhausted() { return }
-                    continue
+                    break
                 }
-                seqs.removeAll { $0 < staleBelowSeq }
-                if seqs.isEmpty { continue }
-            }
-            let ids = seqs.compactMap { window.entry($0)?.rowId }
-            let epochs = leases.epochArray()
-            let owner = replicaId
-            let queries = outbox
-            guard let session = deleteSession else { return }
-            do {
-                let started = monotonicSeconds()
-                let deleted = try await session.withConnection { conn throws(PGError) in
-                    try queries.delete(conn, ids: ids, owner: owner, epochs: epochs)
-                }
-                settleDeleted(seqs, requested: ids.count, deleted: deleted, seconds: monotonicSeconds() - started)
-            } catch {
-                // The DELETE is idempotent: keep the ids and try again.
-                returnPendingDeletes(seqs)
-                if error.isConnectionLoss { resyncAfterConnectionLoss() }
-                logger.warning("delete failed; retrying", metadata: [LogKey.error: "\(error)"])
-                try? await Task.sleep(nanoseconds: 200_000_000)
-                if terminated && stopFlag.isSet && deleteAttemptsExhausted() { return }
             }
         }
     }
@@ -82,32 +71,25 @@ extension Relay {
         staleBelowSeq > 0 && seqs.contains { $0 < staleBelowSeq }
     }
 
-    /// Deletes rows acknowledged before a lost connection (see `resyncAfterConnectionLoss`).
-    /// Returns false when it failed (then every one of `all` is pending again).
-    func deleteStale(_ stale: [UInt64], all: [UInt64]) async -> Bool {
-        guard let session = deleteSession else { return false }
-        let entries = stale.compactMap { window.entry($0) }
+    /// One lease-checked DELETE of the acknowledged rows `seqs`, settled. `checked`: rows
+    /// acknowledged before a lost connection, deleted only with their created_at matching too
+    /// (``OutboxQueries/deleteChecked``); when that leaves some, the cursor rewinds, because one
+    /// may be a new row with a reused id, kept out of the reads meanwhile (or a lease was lost).
+    func deleteAcknowledged(_ seqs: [UInt64], checked: Bool) async throws(PGError) {
+        guard let session = deleteSession else { return }
+        let entries = seqs.compactMap { window.entry($0) }
         let ids = entries.map(\.rowId)
-        let created = entries.map(\.createdAtMicros)
+        let created = checked ? entries.map(\.createdAtMicros) : []
         let epochs = leases.epochArray()
         let owner = replicaId
         let queries = outbox
-        do {
-            let started = monotonicSeconds()
-            let deleted = try await session.withConnection { conn throws(PGError) in
-                try queries.deleteChecked(conn, ids: ids, createdAtMicros: created, owner: owner, epochs: epochs)
-            }
-            settleDeleted(stale, requested: ids.count, deleted: deleted, seconds: monotonicSeconds() - started)
-            // One left may be a new row's id (or a lost lease): read again from the start.
-            if deleted < ids.count { cursor.rewind() }
-            return true
-        } catch {
-            returnPendingDeletes(all)
-            if error.isConnectionLoss { resyncAfterConnectionLoss() }
-            logger.warning("delete failed; retrying", metadata: [LogKey.error: "\(error)"])
-            try? await Task.sleep(nanoseconds: 200_000_000)
-            return false
+        let started = monotonicSeconds()
+        let deleted = try await session.withConnection { conn throws(PGError) in
+            checked ? try queries.deleteChecked(conn, ids: ids, createdAtMicros: created, owner: owner, epochs: epochs)
+                    : try queries.delete(conn, ids: ids, owner: owner, epochs: epochs)
         }
+        settleDeleted(seqs, requested: ids.count, deleted: deleted, seconds: monotonicSeconds() - started)
+        if checked, deleted < ids.count { cursor.rewind() }
     }
 
     /// Rows of `seqs` (`requested` ids) went through a lease-checked DELETE that deleted

@@ -28,17 +28,19 @@ final class WakeSignal: Sendable {
         self.interrupt = interrupt
     }
 
-    /// Takes a signal sent while nobody waited (true), if any.
-    func takePending() -> Bool {
-        state.withLock { s in
+    /// Before a wait on ``interrupt``: forgets the interrupt's old signals, then takes a signal
+    /// sent while nobody waited. True: one came, do not wait. In this order (and ``signal()``
+    /// writing the interrupt after the state), every signal shows in one of the two.
+    func armInterrupt() -> Bool {
+        interrupt?.reset()
+        return state.withLock { s in
             defer { s.pending = false }
             return s.pending
         }
     }
 
     func signal() {
-        // After the state: a claim loop about to wait resets the interrupt and then takes the
-        // pending signal, so one of the two always shows this signal.
+        // After the state: see armInterrupt.
         defer { interrupt?.signal() }
         let woken = state.withLock { s -> [Waiter] in
             if s.waiters.isEmpty {
