@@ -107,4 +107,45 @@ import Testing
         let v = try Verification.verify(topics: [topic], expectedIds: [id])
         #expect(v.lost.count == 0)
     }
+
+    /// The relay's sessions never JIT-compile a statement. On a server with `jit = on` (the
+    /// default where PostgreSQL is built with LLVM) a statement whose only plan is a disabled
+    /// sequential scan is costed far above `jit_above_cost`; each compilation took 10–110 ms,
+    /// most of a drain's start-up. The connection here lowers the JIT thresholds to 0, so every
+    /// statement of a session that did not turn JIT off would be compiled.
+    @Test func theRelaysStatementsAreNeverJITCompiled() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        let admin = try TestEnvironment.connect()
+        // The check below can only fail on a server that can JIT-compile at all.
+        #expect(try admin.query("SELECT pg_jit_available()::text").string(0, 0) == "true", "this PostgreSQL cannot JIT-compile: the test cannot fail")
+        try admin.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        let base = TestEnvironment.databaseURL
+        let jitEverything = "options=" + "-c jit=on -c jit_above_cost=0 -c jit_inline_above_cost=0 -c jit_optimize_above_cost=0"
+            .addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        let url = base + (base.contains("?") ? "&" : "?") + jitEverything
+        // The same connection options do compile a statement when the session leaves JIT on.
+        let probe = try PGConnection(url: url, applicationName: "outbox-relay-tests")
+        let plan = try probe.query("EXPLAIN (ANALYZE, FORMAT JSON) SELECT shard_count FROM \(table.metaSQL)").string(0, 0) ?? ""
+        #expect(plan.contains("\"JIT\""), "the probe's statement was not JIT-compiled: \(plan)")
+
+        try admin.query("INSERT INTO \(table.sql) (topic, key, value) SELECT $1, convert_to('k' || (i % 50), 'UTF8'), 'v' FROM generate_series(1, 3000) AS i", [.text(topic)])
+        var config = TestEnvironment.configuration(table: table)
+        config.databaseURL = url
+        let relay = try await RunningRelay.start(config)
+        try await TestEnvironment.eventually("the backlog relayed") { try TestEnvironment.count(table) == 0 }
+        try admin.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, 'late', 'v')", [.text(topic)])
+        try await TestEnvironment.eventually("a later row relayed") { try TestEnvironment.count(table) == 0 }
+        try await relay.stop()
+        // The probe's EXPLAIN is the only statement here that may have been compiled.
+        let stats = try admin.query("""
+            SELECT count(*), coalesce(sum(jit_functions), 0)::bigint FROM pg_stat_statements
+            WHERE query LIKE '%' || $1 || '%' AND query NOT LIKE 'EXPLAIN%' AND query NOT LIKE 'INSERT INTO%'
+            """, [.text(table.name)])
+        let statements = try stats.int64(0, 0), compiled = try stats.int64(0, 1)
+        #expect(statements >= 3, "the relay's statements on the table were not found")
+        #expect(compiled == 0, "relay statements were JIT-compiled: \(compiled) functions")
+        let v = try Verification.verify(topics: [topic], expectedIds: Set(1...3001))
+        #expect(v.lost.isEmpty && v.duplicates == 0, "\(v)")
+    }
 }
