@@ -58,11 +58,15 @@ public struct InFlightWindow: Sendable {
     /// `byteRoom` over the average size of recently claimed rows, at most `batchSize` and the
     /// row room, at least 1. Before any row was seen (sizes unknown) a claim reads at most
     /// `coldStartRows`. A sudden switch from small to large rows can still overshoot once, by at
-    /// most the claim's row count × the large size; the next claim adapts.
-    public func claimLimit(batchSize: Int, averageRowBytes: Double?, coldStartRows: Int = 32) -> Int {
-        let byRows = min(batchSize, rowRoom)
+    /// most the claim's row count × the large size; the next claim adapts. `reservingRows` and
+    /// `reservingBytes` are taken off the room first (a batch about to be admitted).
+    public func claimLimit(batchSize: Int, averageRowBytes: Double?, coldStartRows: Int = 32,
+                           reservingRows: Int = 0, reservingBytes: Int = 0) -> Int {
+        let bytesLeft = max(0, maxBytes - bytes - reservingBytes)
+        let rowsLeft = bytesLeft == 0 ? 0 : max(0, maxRows - rows - reservingRows)
+        let byRows = min(batchSize, rowsLeft)
         guard let average = averageRowBytes, average > 0 else { return max(1, min(byRows, coldStartRows)) }
-        return max(1, min(byRows, Int(Double(byteRoom) / average)))
+        return max(1, min(byRows, Int(Double(bytesLeft) / average)))
     }
     public var isEmpty: Bool { rows == 0 }
     /// The sequence the next admitted row gets: every row in the window now has a lower one.

@@ -43,64 +43,70 @@ extension Relay {
             let notified = notifiedWait
             pollPause = 0
             notifiedWait = 0
-            guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
-                var wait = poll
-                if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
-                if shards.isEmpty, !recreating, let session = claimSession {
-                    // Holding nothing: no claim reads the session's notifications, and a
-                    // rebalance among them is what this replica waits for.
-                    await waitOnClaimSession(session, timeout: wait)
-                } else {
-                    await claimWake.wait(timeout: wait)
-                }
-                continue
-            }
-            let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes)
-            let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
-            let queries = outbox
-            let allShards = shards.count == leases.shardCount
-            let fused = takeFusableDeletes()
-            let router = notificationRouter
-            let claim: @Sendable (PGConnection) throws(PGError) -> ClaimBatch = { conn throws(PGError) in
-                let batch = try queries.claim(conn, shards: shards, allShards: allShards, request: request, deleting: fused?.delete)
-                // Notifications that came during the claim: one that would have woken the loop
-                // means a row may have committed after this claim's snapshot.
-                if try router.take(conn.drainNotifications()) { router.claimWake.signal() }
-                return batch
-            }
             let batch: ClaimBatch
-            do {
-                if notified > 0 {
-                    // Sleep until notified on the claim session's own thread, which then claims at
-                    // once: no listener thread and no pool thread woken between the NOTIFY and
-                    // the claim. A wake-up for another reason (room, a lease, a retry, shutdown)
-                    // interrupts the wait; the loop then starts over.
-                    // Deletes carried by this claim wait for it no longer than they would for
-                    // the delete loop: with none, the claim runs after that moment anyway.
-                    let wait = fused == nil ? notified : min(notified, Self.fusedDeleteWaitSeconds)
-                    if claimWake.armInterrupt() {
-                        batch = try await session.withConnection(claim)
-                    } else {
-                        let (outcome, armed) = try await session.waitThenRun(
-                            timeout: wait, interrupt: claimWake.interrupt!, accept: { router.accept($0) }, claim)
-                        guard outcome != .interrupted, let armed else {
-                            if let fused { restoreFusableDeletes(fused.seqs) }
-                            continue
-                        }
-                        batch = armed
-                    }
-                } else {
-                    batch = try await session.withConnection(after: pause, claim)
+            let request: ClaimCursor.Request
+            let fused: (seqs: [UInt64], delete: OutboxQueries.FusedDelete)?
+            let began: Double
+            if let prefetched = prefetchedClaim {
+                // A backlog's next page, read while the previous one was produced (see
+                // prefetchClaim): as a claim that started earlier, it is settled here.
+                prefetchedClaim = nil
+                stats.prefetchedClaims += 1
+                (request, fused, began) = (prefetched.request, prefetched.fused, prefetched.began)
+                switch await prefetched.task.value {
+                case .success(let read): batch = read
+                case .failure(let error):
+                    claimFailed(error, fused: fused?.seqs)
+                    continue
                 }
-            } catch {
-                if let fused { returnPendingDeletes(fused.seqs) }
-                logger.warning("claim failed; retrying", metadata: [LogKey.error: "\(error)"])
-                if error.isConnectionLoss { resyncAfterConnectionLoss() }
-                backOff()
-                continue
+            } else {
+                guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
+                    var wait = poll
+                    if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
+                    if shards.isEmpty, !recreating, let session = claimSession {
+                        // Holding nothing: no claim reads the session's notifications, and a
+                        // rebalance among them is what this replica waits for.
+                        await waitOnClaimSession(session, timeout: wait)
+                    } else {
+                        await claimWake.wait(timeout: wait)
+                    }
+                    continue
+                }
+                let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes)
+                request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
+                fused = takeFusableDeletes()
+                let router = notificationRouter
+                let claim = claimStatement(shards: shards, request: request, deleting: fused?.delete)
+                do {
+                    if notified > 0 {
+                        // Sleep until notified on the claim session's own thread, which then claims at
+                        // once: no listener thread and no pool thread woken between the NOTIFY and
+                        // the claim. A wake-up for another reason (room, a lease, a retry, shutdown)
+                        // interrupts the wait; the loop then starts over.
+                        // Deletes carried by this claim wait for it no longer than they would for
+                        // the delete loop: with none, the claim runs after that moment anyway.
+                        let wait = fused == nil ? notified : min(notified, Self.fusedDeleteWaitSeconds)
+                        if claimWake.armInterrupt() {
+                            batch = try await session.withConnection(claim)
+                        } else {
+                            let (outcome, armed) = try await session.waitThenRun(
+                                timeout: wait, interrupt: claimWake.interrupt!, accept: { router.accept($0) }, claim)
+                            guard outcome != .interrupted, let armed else {
+                                if let fused { restoreFusableDeletes(fused.seqs) }
+                                continue
+                            }
+                            batch = armed
+                        }
+                    } else {
+                        batch = try await session.withConnection(after: pause, claim)
+                    }
+                } catch {
+                    claimFailed(error, fused: fused?.seqs)
+                    continue
+                }
+                began = notified > 0 ? monotonicSeconds() : now + pause  // about when the claim ran
             }
             stats.claims += 1
-            let began = notified > 0 ? monotonicSeconds() : now + pause  // about when the claim ran
             if notificationGate { wakeMode.observe(snapshot: batch.snapshot) }
             if let fused, let deleted = batch.deleted {
                 stats.fusedDeletes += 1
@@ -129,11 +135,72 @@ extension Relay {
                 stats.staleClaims += 1
                 continue
             }
+            if cursor.hasMore { prefetchClaim(after: batch.rows, shards: shards) }
             produce(batch.rows)
             claimCaughtUp = !cursor.hasMore
-            if !cursor.hasMore {
+            if !cursor.hasMore, let session = claimSession {
                 await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
             }
+        }
+        await settlePrefetchedClaim()
+    }
+
+    /// The claim statement for `request`, carrying `deleting`'s DELETE if any. Notifications that
+    /// come during the claim are read after it: one that would have woken the loop means a row
+    /// may have committed after this claim's snapshot.
+    func claimStatement(shards: [Int32], request: ClaimCursor.Request,
+                        deleting: OutboxQueries.FusedDelete?) -> @Sendable (PGConnection) throws(PGError) -> ClaimBatch {
+        let queries = outbox
+        let allShards = shards.count == leases.shardCount
+        let router = notificationRouter
+        return { conn throws(PGError) in
+            let batch = try queries.claim(conn, shards: shards, allShards: allShards, request: request, deleting: deleting)
+            if try router.take(conn.drainNotifications()) { router.claimWake.signal() }
+            return batch
+        }
+    }
+
+    /// A claim that failed: deletes it carried wait again, a lost connection resyncs, back off.
+    func claimFailed(_ error: PGError, fused seqs: [UInt64]?) {
+        if let seqs { returnPendingDeletes(seqs) }
+        logger.warning("claim failed; retrying", metadata: [LogKey.error: "\(error)"])
+        if error.isConnectionLoss { resyncAfterConnectionLoss() }
+        backOff()
+    }
+
+    /// Reading a backlog, starts the next claim on the claim session's thread before this batch
+    /// is produced: the database reads the next page (and the session's thread decodes it) while
+    /// the relay hands this one to librdkafka, instead of one after the other. The next request
+    /// follows from the cursor as it is now: the batch's own rows are at or below its position,
+    /// so the request reads none of them again. It reads only what fits beside them in the
+    /// window. A rewind while it runs makes it stale, like any claim in flight; its rows are
+    /// produced after this batch's, in read order.
+    func prefetchClaim(after rows: [ClaimedRow], shards: [Int32]) {
+        guard !shards.isEmpty, !recreating, suspects.isEmpty, !stopFlag.isSet, let session = claimSession else { return }
+        let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes,
+                                      reservingRows: rows.count, reservingBytes: rows.reduce(0) { $0 + $1.message.byteCount })
+        guard limit >= max(1, min(configuration.batchSize, window.maxRows) / 2) else { return }
+        let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
+        let fused = takeFusableDeletes()
+        let claim = claimStatement(shards: shards, request: request, deleting: fused?.delete)
+        // Detached: a task of this actor would not start before the produce loop returns.
+        let task = Task.detached { () async -> Result<ClaimBatch, PGError> in
+            do throws(PGError) { return .success(try await session.withConnection(claim)) } catch { return .failure(error) }
+        }
+        prefetchedClaim = PrefetchedClaim(request: request, fused: fused, began: monotonicSeconds(), task: task)
+    }
+
+    /// At the claim loop's end: a prefetched claim's rows are left for the next reader, and the
+    /// deletes it carried are settled.
+    func settlePrefetchedClaim() async {
+        guard let prefetched = prefetchedClaim else { return }
+        prefetchedClaim = nil
+        let outcome = await prefetched.task.value
+        guard let fused = prefetched.fused else { return }
+        if case .success(let batch) = outcome, let deleted = batch.deleted {
+            settleDeleted(fused.seqs, requested: fused.delete.ids.count, deleted: deleted, seconds: monotonicSeconds() - prefetched.began)
+        } else {
+            returnPendingDeletes(fused.seqs)
         }
     }
 

@@ -98,6 +98,8 @@ public actor Relay: Service {
     /// Caught up and notified: the next claim first waits, on the claim session's thread, up to
     /// this many seconds for a notification (see `claimLoop`).
     var notifiedWait = 0.0
+    /// A backlog's next claim, started before the previous batch was produced (see prefetchClaim).
+    var prefetchedClaim: PrefetchedClaim?
     /// The claim loop is waiting for room in the in-flight window (a DELETE should wake it).
     var claimWaitsForRoom = false
     /// Average message bytes of recently claimed rows (nil until a row was seen).

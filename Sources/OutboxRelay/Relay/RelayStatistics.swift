@@ -24,6 +24,8 @@ public struct RelayStatistics: Sendable, Equatable {
     public var sweeps = 0
     /// Claims that also deleted acknowledged rows (one statement for both).
     public var fusedDeletes = 0
+    /// Claims of a backlog started before the previous batch was produced (Relay.prefetchClaim).
+    public var prefetchedClaims = 0
     /// Claim reads set aside unproduced because the cursor was rewound while they ran.
     public var staleClaims = 0
     /// Rows not produced because their shard's produce deadline had passed at the produce call

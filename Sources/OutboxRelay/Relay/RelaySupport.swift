@@ -1,6 +1,16 @@
 import Foundation
 import Kafka
+import PGClient
 import Synchronization
+
+/// A claim started ahead (``Relay/prefetchClaim(after:shards:)``): what it asked for, the
+/// deletes it carries, and its result once the claim session's thread has run it.
+struct PrefetchedClaim: Sendable {
+    let request: ClaimCursor.Request
+    let fused: (seqs: [UInt64], delete: OutboxQueries.FusedDelete)?
+    let began: Double
+    let task: Task<Result<ClaimBatch, PGError>, Never>
+}
 
 struct RenewedLease: Sendable {
     let shard: Int32

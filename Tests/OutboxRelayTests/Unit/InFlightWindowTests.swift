@@ -113,6 +113,20 @@ import Testing
         _ = w.admit(rowId: 1, shard: 0, bytes: 16 << 20, createdAtMicros: 0)
         #expect(w.claimLimit(batchSize: 1000, averageRowBytes: 300) == 0 || w.rowRoom == 0, "a full byte budget: nothing")
     }
+
+    /// A claim started before the previous batch is admitted (the relay's prefetch) reads only
+    /// what fits beside that batch.
+    @Test func aReservedBatchIsTakenOffTheRoomFirst() {
+        var w = InFlightWindow(maxRows: 2500, maxBytes: 1 << 20)
+        for id in 1...1000 { _ = w.admit(rowId: Int64(id), shard: 0, bytes: 300, createdAtMicros: 0) }
+        #expect(w.claimLimit(batchSize: 1000, averageRowBytes: 300) == 1000)
+        #expect(w.claimLimit(batchSize: 1000, averageRowBytes: 300, reservingRows: 1000, reservingBytes: 300_000) == 500,
+                "2500 rows at most, 1000 in the window and 1000 about to be")
+        #expect(w.claimLimit(batchSize: 1000, averageRowBytes: 300, reservingRows: 1000, reservingBytes: 600_000) == 495,
+                "the bytes left (1 MiB − 900 000) over 300 bytes a row")
+        #expect(w.claimLimit(batchSize: 1000, averageRowBytes: 300, reservingRows: 0, reservingBytes: 1 << 20) == 1,
+                "a reservation that fills the byte budget leaves no room (at least 1, as ever)")
+    }
 }
 
 /// The tests' one seeded random number generator (SplitMix64): reproducible from its seed.
