@@ -12,17 +12,22 @@ public struct DeadLetterQueries: Sendable {
     /// delete), only while this replica's lease epoch is current. Returns whether it moved.
     /// Dead letters have a key of their own: a row whose id is already there (ids repeat after
     /// `TRUNCATE … RESTART IDENTITY`) lands next to it — nothing leaves the outbox without landing.
+    /// `createdAtMicros`: move the row only if its `created_at` (µs since 1970) is this too — for
+    /// a row read before a lost connection, whose id may name a newer row after an asynchronous
+    /// failover (see ``OutboxQueries/deleteChecked``); that row must not be dead-lettered.
     public func deadLetter(_ conn: PGConnection, rowId: Int64, owner: String, epoch: Int64,
-                           reason: String, errorCode: String?) throws(PGError) -> Bool {
+                           reason: String, errorCode: String?, createdAtMicros: Int64? = nil) throws(PGError) -> Bool {
         let r = try conn.execute(prepared: "dead_letter_move", """
             WITH moved AS (
                 DELETE FROM \(table.sql) AS o USING \(table.leasesSQL) AS l
                 WHERE o.\(table.idSQL) = $1 AND l.shard = o.shard AND l.owner = $2 AND l.epoch = $3
+                  AND ($6::bigint IS NULL OR (EXTRACT(EPOCH FROM o.created_at) * 1000000)::bigint = $6)
                 RETURNING \(table.messageColumnsSQL(alias: "o"))
             )
             INSERT INTO \(table.deadLetterSQL) (id, topic, key, value, headers, created_at, attempts, reason, error_code, replica)
             SELECT id, topic, key, value, headers, created_at, attempts + 1, $4, $5, $2 FROM moved
-            """, [.int8(rowId), .text(owner), .int8(epoch), .text(reason), errorCode.map { .text($0) } ?? .null(oid: PGType.text)])
+            """, [.int8(rowId), .text(owner), .int8(epoch), .text(reason), errorCode.map { .text($0) } ?? .null(oid: PGType.text),
+                  createdAtMicros.map { .int8($0) } ?? .null(oid: PGType.int8)])
         return r.affectedRows > 0
     }
 

@@ -190,9 +190,13 @@ extension Relay {
             guard let entry = window.entry(seq) else { pendingDeadLetters[seq] = nil; continue }
             let epoch = leases.epochArray()[Int(entry.shard)]
             let owner = replicaId
+            // Read before a lost connection: its id may name a newer row now (as for the DELETE).
+            let checked = staleBelowSeq > 0 && seq < staleBelowSeq
+            let created = checked ? entry.createdAtMicros : nil
             do {
                 let moved = try await session.withConnection { conn throws(PGError) in
-                    try queries.deadLetter(conn, rowId: entry.rowId, owner: owner, epoch: epoch, reason: info.reason, errorCode: info.code)
+                    try queries.deadLetter(conn, rowId: entry.rowId, owner: owner, epoch: epoch, reason: info.reason,
+                                           errorCode: info.code, createdAtMicros: created)
                 }
                 deleteFailures.succeeded()
                 pendingDeadLetters[seq] = nil
@@ -206,6 +210,13 @@ extension Relay {
                         "outbox.reason": "\(info.reason)",
                     ])
                     if let topic = configuration.deadLetterTopic, let row = entry.row { produceDeadLetterCopy(row, topic: topic, reason: info.reason) }
+                } else if checked {
+                    // Gone with the lost timeline, its lease lost, or its id names a newer row,
+                    // which reads exclude while this row is in flight: read again.
+                    stats.lostLeaseRows += 1
+                    cursor.rewind()
+                    logger.warning("row not dead-lettered: after a lost connection its id no longer names the row read, or its lease was lost; read again",
+                                   metadata: [LogKey.rowId: .stringConvertible(entry.rowId)])
                 } else {
                     stats.lostLeaseRows += 1
                     logger.warning("lease lost before the row could be dead-lettered; its new owner decides", metadata: [LogKey.rowId: .stringConvertible(entry.rowId)])

@@ -94,6 +94,37 @@ import Testing
                                           owner: "me", epochs: epochs) == 1)
     }
 
+    /// The dead-letter move of a row read before a lost connection checks its `created_at` too:
+    /// after an asynchronous failover its id may name a newer row, which must stay in the outbox.
+    @Test func aCheckedDeadLetterMoveLeavesARowWhoseIdNamesAnotherRowNow() throws {
+        let table = try TestEnvironment.migratedTable()
+        let conn = try TestEnvironment.connect()
+        let queries = OutboxQueries(table: table)
+        let deadLetters = DeadLetterQueries(table: table)
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 2) AS i")
+        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
+        let claimed = try queries.claim(conn, shards: Array(0..<256), allShards: true,
+                                        request: ClaimCursor().nextRequest(limit: 100, inFlight: [])).rows
+        #expect(claimed.count == 2)
+        // Row 2 is "another row" now: same id, created later (as after a failover).
+        try conn.query("UPDATE \(table.sql) SET created_at = created_at + interval '1 second' WHERE id = $1", [.int8(claimed[1].id)])
+        func move(_ row: ClaimedRow) throws -> Bool {
+            try deadLetters.deadLetter(conn, rowId: row.id, owner: "me", epoch: 7, reason: "test", errorCode: nil,
+                                       createdAtMicros: row.createdAtMicros)
+        }
+        #expect(try move(claimed[0]), "the row read is still there: moved")
+        #expect(try !move(claimed[1]), "the id names a newer row: not moved")
+        let left = try conn.query("SELECT id FROM \(table.sql)")
+        #expect(left.rowCount == 1)
+        #expect(try left.int64(0, 0) == claimed[1].id)
+        let dead = try conn.query("SELECT id FROM \(table.deadLetterSQL)")
+        #expect(dead.rowCount == 1)
+        #expect(try dead.int64(0, 0) == claimed[0].id)
+        // Unchecked (no created_at), the move takes whatever row has the id, lease permitting.
+        #expect(try !deadLetters.deadLetter(conn, rowId: claimed[1].id, owner: "someone-else", epoch: 7, reason: "test", errorCode: nil))
+        #expect(try deadLetters.deadLetter(conn, rowId: claimed[1].id, owner: "me", epoch: 7, reason: "test", errorCode: nil))
+    }
+
     /// A DELETE of many ids reads the lease table once per statement instead of once per row
     /// (OutboxQueries.deleteManySQL); it must delete exactly what the per-row form deletes.
     @Test func aDeleteOfManyIdsChecksEveryRowsLeaseLikeOneOfAFew() throws {
