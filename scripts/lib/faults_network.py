@@ -432,6 +432,29 @@ def burst(admin, wl, table, keys, n, watch_shards, key_shards):
     return watched, left
 
 
+def duplicate_provenance(msgs):
+    """Who sent each extra copy: per (first sender → later sender) pair, the extra copies, in
+    partition-offset order (one id is one key is one partition). A bound is argued from who may
+    re-send what (a take-over re-sends the cut replica's window), so this is the evidence to read
+    when a count exceeds it."""
+    copies = {}
+    for m in msgs:
+        if m["id"] is not None:
+            copies.setdefault(m["id"], []).append(m)
+    pairs = {}
+    for ms in copies.values():
+        if len(ms) < 2:
+            continue
+        ms.sort(key=lambda m: (m["topic"], m["partition"], m["offset"]))
+        senders = [m["headers"].get(RELAY_HEADER, b"?").decode().split("-")[-1] for m in ms]
+        for later in senders[1:]:
+            pair = f"{senders[0]}→{later}"
+            pairs[pair] = pairs.get(pair, 0) + 1
+    if not pairs:
+        return ""
+    return "extra copies by first → later sender: " + ", ".join(f"{k} {v}" for k, v in sorted(pairs.items()))
+
+
 def latency_note(txns, msgs, t_fault, t_heal):
     """COMMIT returned → first copy's CreateTime, for rows committed during the fault and for the rest."""
     first = {}
@@ -652,6 +675,9 @@ def run_case(env, a, case, seed, log_root):
     if burst_note:
         notes.append(burst_note)
     notes.append(latency_note(wl.txns, msgs, t_fault, t_heal))
+    dup_note = duplicate_provenance(msgs)
+    if dup_note:
+        notes.append(dup_note)
     ev = []
     for rname, c in events.items():
         shown = ", ".join(f"{k} {v}" for k, v in c.items() if v)
