@@ -24,11 +24,12 @@ extension Relay {
 
     func leaseTick(announce: Bool) async {
         guard let session = leaseSession else { return }
-        // Watchdog: rows outstanding or waiting for a retry, yet no delivery succeeded for too
-        // long (e.g. a producer wedged by fencing that librdkafka does not report as fatal).
-        if lastSuccessAt == 0 { lastSuccessAt = monotonicSeconds() }
-        let silentFor = monotonicSeconds() - lastSuccessAt
-        if window.awaitingReport > 0 || !retries.isEmpty, silentFor * 1000 > Double(configuration.effectiveWatchdogMillis) {
+        // Watchdog: rows awaiting a report or a retry, yet no delivery succeeded for too long
+        // (e.g. a producer wedged by fencing that librdkafka does not report as fatal).
+        let now = monotonicSeconds()
+        watchdog.observe(awaiting: window.awaitingReport > 0 || !retries.isEmpty, now: now)
+        let silentFor = watchdog.silence(now: now)
+        if silentFor * 1000 > Double(configuration.effectiveWatchdogMillis) {
             scheduleRecreation(reason: "no delivery succeeded for \(Int(silentFor)) s with rows outstanding")
         }
         let queries = leaseQueries

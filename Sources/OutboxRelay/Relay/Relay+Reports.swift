@@ -66,7 +66,7 @@ extension Relay {
                 endSpan(report.opaque, partition: report.partition, offset: report.offset)
                 stats.delivered += 1
                 consecutiveFencing = 0
-                lastSuccessAt = now
+                watchdog.restart(now: now)
                 pendingDeletes.append(report.opaque)
                 if let row = entry.row {
                     producedByTopic[row.message.topic, default: 0] += 1
@@ -141,7 +141,7 @@ extension Relay {
                 try? await Task.sleep(nanoseconds: 1_000_000_000)
             }
         }
-        lastSuccessAt = monotonicSeconds()
+        watchdog.restart(now: monotonicSeconds())
         lifecycle.recreationEnded()
         claimWake.signal()
         windowWake.signal()

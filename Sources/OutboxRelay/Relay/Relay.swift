@@ -77,8 +77,8 @@ public actor Relay: Service {
     /// Last successful delivery per topic, tracked while rows are failing (attempt counting).
     var topicLastSuccess: [String: Double] = [:]
     var consecutiveFencing = 0
-    /// Last successful delivery (or producer creation): what the watchdog measures silence from.
-    var lastSuccessAt: Double = 0
+    /// How long rows have been awaited with no delivery succeeding (see DeliveryWatchdog).
+    var watchdog = DeliveryWatchdog()
     var deadLetterSequence: UInt64 = 1 << 63
     /// Running, re-creating the producer, or one of the shutdown steps (see RelayLifecycle).
     var lifecycle = RelayLifecycle()
