@@ -50,7 +50,7 @@ public enum Settings {
         Setting(flag: "retry-backoff-max-ms", defaultText: "30000", help: "Upper bound of the per-row retry delay") { c, v throws(RelayError) in c.retryBackoffMaxMillis = try int("retry-backoff-max-ms", v) },
         Setting(flag: "max-attempts", defaultText: "10", help: "Failed attempts after which a row is dead-lettered (environment failures such as an unreachable broker never count)") { c, v throws(RelayError) in c.maxAttempts = try int("max-attempts", v) },
         Setting(flag: "dead-letter-topic", defaultText: "none", help: "Also produce dead-lettered rows to this topic, with the reason in headers") { c, v in c.deadLetterTopic = v },
-        Setting(flag: "watchdog-ms", defaultText: "2 x message timeout + 5000", help: "Re-create the producer when messages are outstanding but no delivery report came for this long") { c, v throws(RelayError) in c.watchdogMillis = try int("watchdog-ms", v) },
+        Setting(flag: "watchdog-ms", defaultText: "2 x message timeout + 5000", help: "Re-create the producer when rows have awaited a delivery report or a retry this long with no delivery succeeding") { c, v throws(RelayError) in c.watchdogMillis = try int("watchdog-ms", v) },
         Setting(flag: "created-at-header", defaultText: "none", help: "Add the row's created_at (RFC 3339) in this header") { c, v in c.shape.createdAtHeader = v },
         Setting(flag: "relay-header", defaultText: "none", help: "Add the relaying replica's name in this header") { c, v in c.shape.relayHeader = v },
         Setting(flag: "cloudevents-source", defaultText: "none", help: "Add CloudEvents binary-mode headers (ce_specversion, ce_id, ce_source = this, ce_type, ce_time); a row's own ce_* headers win") { c, v in c.shape.cloudEventsSource = v },
