@@ -3,9 +3,10 @@ import Kafka
 import Logging
 import PGClient
 
-/// Claiming and producing: the claim loop, the produce call with the ownership rule, solo probes.
+/// The claim loop: what to read next, reading a backlog a page ahead, claim failures and back-off.
+/// (Producing the rows: Relay+Produce; waiting when caught up: Relay+Wait.)
 extension Relay {
-    // MARK: Claim and produce
+    // MARK: Claim
 
     func claimLoop() async {
         let poll = Double(configuration.pollIntervalMillis) / 1000
@@ -45,7 +46,7 @@ extension Relay {
             notifiedWait = 0
             let batch: ClaimBatch
             let request: ClaimCursor.Request
-            let fused: (seqs: [UInt64], delete: OutboxQueries.FusedDelete)?
+            let fused: FusableDeletes?
             let began: Double
             if let prefetched = prefetchedClaim {
                 // A backlog's next page, read while the previous one was produced (see
@@ -61,8 +62,7 @@ extension Relay {
                 }
             } else {
                 guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
-                    var wait = poll
-                    if let due = retries.nextDue { wait = max(0.001, min(wait, due - now)) }
+                    let wait = waitUntilRetry(poll, now: now)
                     if shards.isEmpty, !recreating, let session = claimSession {
                         // Holding nothing: no claim reads the session's notifications, and a
                         // rebalance among them is what this replica waits for.
@@ -117,10 +117,11 @@ extension Relay {
                 // database timestamp): a relay host whose clock is off must not report the offset.
                 databaseClockOffsetMicros = dbNow - wallClockMicros()
             }
+            let batchBytes = batch.rows.reduce(0) { $0 + $1.message.byteCount }
             if !batch.rows.isEmpty {
                 // Average message size of recent claims (bytes of key, value and headers): what
                 // the next claim's row limit is sized by.
-                let claimed = Double(batch.rows.reduce(0) { $0 + $1.message.byteCount }) / Double(batch.rows.count)
+                let claimed = Double(batchBytes) / Double(batch.rows.count)
                 averageRowBytes = averageRowBytes.map { 0.7 * $0 + 0.3 * claimed } ?? claimed
             }
             failureStreak = 0  // the back-off grows with consecutive failures only
@@ -135,7 +136,7 @@ extension Relay {
                 stats.staleClaims += 1
                 continue
             }
-            if cursor.hasMore { prefetchClaim(after: batch.rows, shards: shards) }
+            if cursor.hasMore { prefetchClaim(afterRows: batch.rows.count, bytes: batchBytes, shards: shards) }
             produce(batch.rows)
             claimCaughtUp = !cursor.hasMore
             if !cursor.hasMore, let session = claimSession {
@@ -175,10 +176,10 @@ extension Relay {
     /// so the request reads none of them again. It reads only what fits beside them in the
     /// window. A rewind while it runs makes it stale, like any claim in flight; its rows are
     /// produced after this batch's, in read order.
-    func prefetchClaim(after rows: [ClaimedRow], shards: [Int32]) {
+    func prefetchClaim(afterRows rows: Int, bytes: Int, shards: [Int32]) {
         guard !shards.isEmpty, !recreating, suspects.isEmpty, !stopFlag.isSet, let session = claimSession else { return }
         let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes,
-                                      reservingRows: rows.count, reservingBytes: rows.reduce(0) { $0 + $1.message.byteCount })
+                                      reservingRows: rows, reservingBytes: bytes)
         guard limit >= max(1, min(configuration.batchSize, window.maxRows) / 2) else { return }
         let request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
         let fused = takeFusableDeletes()
@@ -202,242 +203,6 @@ extension Relay {
         } else {
             returnPendingDeletes(fused.seqs)
         }
-    }
-
-    /// Caught up. With the notification gate: poll while busy, else declare the wait (the gate)
-    /// and sleep until a notification (see ``WakeMode``). Without it (a table not migrated by this
-    /// version, where every insert notifies): sleep until a notification or the poll timer.
-    /// Either way a late-committing row is in the next read's window: nothing to ripen.
-    func waitWhenCaughtUp(rows: Int, poll: Double, session: PGSession) async {
-        let now = monotonicSeconds()
-        guard notificationGate else {
-            notifiedWait = waitUntilRetry(poll, now: now)
-            return
-        }
-        wakeMode.observe(rows: rows, now: now)
-        if wakeMode.mode == .polling, let opened = gateOpenedAt, let lease = leaseSession {
-            // Switched to polling: close the gate this replica opened, so inserts stop notifying
-            // now rather than when the declaration runs out. On the lease session, off the claim
-            // loop's path: under a stream of inserts the setval took 35-85 ms (bench, durable).
-            gateOpenedAt = nil
-            let queries = outbox
-            let logger = self.logger
-            Task {
-                do {
-                    try await lease.withConnection { conn throws(PGError) in try queries.closeNotificationGate(conn, openedAt: opened) }
-                } catch {
-                    logger.debug("could not close the notification gate; it lapses by itself", metadata: [LogKey.error: "\(error)"])
-                }
-            }
-        }
-        if wakeMode.mode == .polling {
-            // The next claim is prepared now and sleeps busyPoll on the claim session's thread
-            // before it runs: one thread woken per poll instead of the timer's, a pool thread's,
-            // then the claim session's. Prepared 5 ms early, it is as a claim that took 5 ms
-            // longer: rows leaving the window or a lease lost meanwhile are handled as they are
-            // for a claim in flight (the produce call checks ownership, a rewind discards it).
-            stats.busyPolls += 1
-            pollPause = wakeMode.busyPoll
-            return
-        }
-        if gateClosedElsewhere.take() {
-            // Another replica closed the gate (it switched to polling) after this one declared it:
-            // inserts stopped notifying. Open it again; the reopening's claim and follow-up find
-            // what was inserted meanwhile. (Before, such a replica slept until its renewal — half
-            // a declaration, up to the poll interval: 3 replicas at 1000 rows/s had rows waiting
-            // 200-850 ms.)
-            wakeMode.gateClosed()
-            gateOpenedAt = nil
-        }
-        if wakeMode.needsDeclaration(now: now) {
-            let queries = outbox
-            let millis = Int64(wakeMode.declaration * 1000)
-            let reopening = wakeMode.declarationReopens(now: now)
-            do {
-                let opened = try await session.withConnection { conn throws(PGError) in
-                    try queries.openNotificationGate(conn, forMillis: millis, takingXid: reopening)
-                }
-                gateOpenedAt = opened.value
-                wakeMode.declared(now: now, reopeningXid: opened.xid)
-                stats.gateDeclarations += 1
-            } catch {
-                logger.warning("could not ask for notifications; polling", metadata: [LogKey.error: "\(error)"])
-            }
-            // Rows committed before the gate opened sent no notification: read once more first.
-            if wakeMode.justReopened { return }
-        }
-        notifiedWait = waitUntilRetry(wakeMode.notifiedWait(poll: poll, now: now), now: now)
-    }
-
-    /// The wait for a notification before the next claim: `timeout`, or until the next retry
-    /// hold's release. (No extra millisecond to gather what else commits: rows that come that
-    /// close together switch the relay to polling, and below that rate the extra timer was a
-    /// thread wake-up per row and the millisecond pure latency.)
-    func waitUntilRetry(_ timeout: Double, now: Double) -> Double {
-        guard let due = retries.nextDue else { return timeout }
-        return max(0.001, min(timeout, due - now))
-    }
-
-    /// Waits on the claim session for a notification that wakes the claim loop, a wake-up, or
-    /// `timeout` (a failure is waited out as a timeout: the next claim finds it).
-    func waitOnClaimSession(_ session: PGSession, timeout: Double) async {
-        if claimWake.armInterrupt() { return }
-        let router = notificationRouter
-        do {
-            _ = try await session.wait(timeout: timeout, interrupt: claimWake.interrupt!, accept: { router.accept($0) })
-        } catch {
-            await claimWake.wait(timeout: timeout)
-        }
-    }
-
-    func produce(_ rows: [ClaimedRow]) {
-        guard let producer, !recreating else {
-            // Not produced now: read again once a producer is ready.
-            if !rows.isEmpty { cursor.rewind() }
-            return
-        }
-        let deadlines = leases.produceDeadlines()
-        let hook = configuration.beforeProduce
-        for row in rows {
-            hook?(row.id)
-            // The ownership rule, checked at this produce call's own time: a pause (GC, SIGSTOP,
-            // a throttled container) anywhere in this loop cannot outlast the lease unnoticed.
-            let now = monotonicSeconds()
-            guard Int(row.shard) < deadlines.count, now < deadlines[Int(row.shard)] else {
-                // Not ours to produce now: read the row again (its shard's owner will).
-                stats.ownershipRewinds += 1
-                cursor.rewind()
-                continue
-            }
-            if row.notBeforeDelayMillis > 0 {
-                // Delayed delivery: the row (and later rows of its key) wait until its not_before.
-                retries.hold(row.holdKey, rowId: row.id, until: now + Double(row.notBeforeDelayMillis) / 1000)
-                continue
-            }
-            if !retries.isEmpty, retries.isHeld(row.holdKey, rowId: row.id) {
-                // An earlier row of this key waits for its retry: this one must not overtake it.
-                // The hold's release rewinds the cursor to the held row, which re-reads this one.
-                continue
-            }
-            if !retries.history.isEmpty, (retries.history[row.id]?.badRowStrikes ?? 0) > 0 {
-                // Blamed before with its batch and read again after a retry: probe it alone.
-                suspect(row)
-                continue
-            }
-            let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
-                                   createdAtMicros: row.createdAtMicros, row: row)
-            do throws(KafkaError) {
-                if let problem = row.unreadable {
-                    // Refused before librdkafka, as exactly as its own refusals: dead-lettered at once.
-                    throw KafkaError(.produce, errorCode: KafkaErrorCode.invalidArgument, message: problem)
-                }
-                try producer.produce(tracedMessage(row, seq: seq), opaque: seq)
-            } catch {
-                stats.failed += 1
-                endSpan(seq, error: error)
-                // Refused synchronously: the message never reached librdkafka's queue.
-                guard let entry = window.fail(seq) else { continue }
-                failed(entry, error: error, persistence: .notPersisted, now: now)
-            }
-        }
-    }
-
-    /// Carries out the failure policy's decision for a row whose delivery failed.
-    func failed(_ entry: InFlightWindow.Entry, error: KafkaError, persistence: DeliveryReport.Persistence, now: Double) {
-        guard let row = entry.row else { return }
-        let failure = FailurePolicy.Failure(error: error, persistence: persistence,
-                                            producerWithdrawn: recreating || lifecycle.state == .draining)
-        guard let kind = FailurePolicy.classify(failure) else {
-            // Taken back from the producer being replaced (re-sent in id order by the new
-            // instance), or purged at shutdown (left for the shard's next owner).
-            cursor.rewind()
-            return
-        }
-        if kind == .environment {
-            stats.environmentFailures += 1
-            // librdkafka caches a topic-level error until its next metadata refresh: ask again
-            // (at most once a second per topic) so a fixed ACL or a created topic is seen soon.
-            if (metadataRefreshedAt[row.message.topic] ?? -.infinity) + 1 < now {
-                metadataRefreshedAt[row.message.topic] = now
-                producer?.refreshMetadata(topic: row.message.topic)
-            }
-        }
-        let counts = FailurePolicy.counts(kind, previousFailureAt: retries.history[row.id]?.lastFailureAt,
-                                          topicLastSuccessAt: topicLastSuccess[row.message.topic])
-        let history = retries.recordFailure(rowId: row.id, counts: counts, badRow: kind == .badRow, now: now)
-        metrics.deliveryFailed(code: error.name)
-        var metadata: Logger.Metadata = [
-            LogKey.rowId: .stringConvertible(row.id), LogKey.shard: .stringConvertible(row.shard), LogKey.topic: "\(row.message.topic)",
-            LogKey.errorCode: "\(error.name)", LogKey.error: "\(error)", "outbox.failure_class": "\(kind.rawValue)",
-        ]
-        switch failurePolicy.action(kind, error: error, history: history, environmentFailures: stats.environmentFailures,
-                                    jitter: Double.random(in: 0.8...1.2)) {
-        case .rewind:
-            cursor.rewind()
-        case .deadLetter(let reason):
-            let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
-                                   createdAtMicros: row.createdAtMicros, row: row)
-            _ = window.acknowledge(seq)
-            pendingDeadLetters[seq] = (reason, error.name)
-            deleteWake.signal()
-            logger.error("dead-lettering row", metadata: metadata)
-        case .probeAlone:
-            suspect(row)
-            pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
-            deleteWake.signal()
-            logger.warning("the broker refused this row's batch; the row will be produced alone to find the culprit", metadata: metadata)
-        case .retry(let delay):
-            retries.hold(row.holdKey, rowId: row.id, until: now + delay)
-            metrics.retried(topic: row.message.topic)
-            pendingAttempts.append(([row.id], "\(error.name): \(error.message)"))
-            deleteWake.signal()
-            metadata["outbox.retry_in_ms"] = .stringConvertible(Int(delay * 1000))
-            logger.warning("delivery failed; the row stays in the outbox and is retried", metadata: metadata)
-        }
-    }
-
-    /// Marks `row` for a solo probe; its key (from this row on) is held until the probe settles.
-    func suspect(_ row: ClaimedRow) {
-        suspects[row.id] = row
-        retries.hold(row.holdKey, rowId: row.id, until: .infinity)
-        claimWake.signal()
-    }
-
-    /// Produces the lowest suspect alone (the caller checked nothing else is awaiting a report).
-    func probeNext(_ producer: KafkaProducer, now: Double) {
-        while let id = suspects.keys.min(), let row = suspects.removeValue(forKey: id) {
-            guard leases.producibleEpoch(row.shard, now: now) != nil else {
-                // No longer ours: the shard's owner reads it again.
-                settleProbe(row)
-                continue
-            }
-            let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
-                                   createdAtMicros: row.createdAtMicros, row: row)
-            stats.probes += 1
-            do {
-                try producer.produce(tracedMessage(row, seq: seq), opaque: seq)
-                probeSeq = seq
-                return
-            } catch {
-                stats.failed += 1
-                endSpan(seq, error: error)
-                guard let entry = window.fail(seq) else { continue }
-                settleProbe(row)
-                failed(entry, error: error, persistence: .notPersisted, now: now)
-            }
-        }
-    }
-
-    /// A probe settled (or was dropped): release its key's hold (keeping it for other suspects
-    /// of the key) and read the key's later rows again.
-    func settleProbe(_ row: ClaimedRow) {
-        let key = row.holdKey
-        retries.clear(key)
-        for other in suspects.values where other.holdKey == key {
-            retries.hold(key, rowId: other.id, until: .infinity)
-        }
-        cursor.rewind()
-        claimWake.signal()
     }
 
     /// After a lost connection the relay cannot be sure what the database kept: a crash with

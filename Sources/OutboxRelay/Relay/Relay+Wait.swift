@@ -1,0 +1,94 @@
+import Foundation
+import Kafka
+import Logging
+import PGClient
+
+/// How the claim loop waits when caught up: polling, the notification gate, a notification on
+/// the claim session.
+extension Relay {
+    /// Caught up. With the notification gate: poll while busy, else declare the wait (the gate)
+    /// and sleep until a notification (see ``WakeMode``). Without it (a table not migrated by this
+    /// version, where every insert notifies): sleep until a notification or the poll timer.
+    /// Either way a late-committing row is in the next read's window: nothing to ripen.
+    func waitWhenCaughtUp(rows: Int, poll: Double, session: PGSession) async {
+        let now = monotonicSeconds()
+        guard notificationGate else {
+            notifiedWait = waitUntilRetry(poll, now: now)
+            return
+        }
+        wakeMode.observe(rows: rows, now: now)
+        if wakeMode.mode == .polling, let opened = gateOpenedAt, let lease = leaseSession {
+            // Switched to polling: close the gate this replica opened, so inserts stop notifying
+            // now rather than when the declaration runs out. On the lease session, off the claim
+            // loop's path: under a stream of inserts the setval took 35-85 ms (bench, durable).
+            gateOpenedAt = nil
+            let queries = outbox
+            let logger = self.logger
+            Task {
+                do {
+                    try await lease.withConnection { conn throws(PGError) in try queries.closeNotificationGate(conn, openedAt: opened) }
+                } catch {
+                    logger.debug("could not close the notification gate; it lapses by itself", metadata: [LogKey.error: "\(error)"])
+                }
+            }
+        }
+        if wakeMode.mode == .polling {
+            // The next claim is prepared now and sleeps busyPoll on the claim session's thread
+            // before it runs: one thread woken per poll instead of the timer's, a pool thread's,
+            // then the claim session's. Prepared 5 ms early, it is as a claim that took 5 ms
+            // longer: rows leaving the window or a lease lost meanwhile are handled as they are
+            // for a claim in flight (the produce call checks ownership, a rewind discards it).
+            stats.busyPolls += 1
+            pollPause = wakeMode.busyPoll
+            return
+        }
+        if gateClosedElsewhere.take() {
+            // Another replica closed the gate (it switched to polling) after this one declared it:
+            // inserts stopped notifying. Open it again; the reopening's claim and follow-up find
+            // what was inserted meanwhile. (Before, such a replica slept until its renewal — half
+            // a declaration, up to the poll interval: 3 replicas at 1000 rows/s had rows waiting
+            // 200-850 ms.)
+            wakeMode.gateClosed()
+            gateOpenedAt = nil
+        }
+        if wakeMode.needsDeclaration(now: now) {
+            let queries = outbox
+            let millis = Int64(wakeMode.declaration * 1000)
+            let reopening = wakeMode.declarationReopens(now: now)
+            do {
+                let opened = try await session.withConnection { conn throws(PGError) in
+                    try queries.openNotificationGate(conn, forMillis: millis, takingXid: reopening)
+                }
+                gateOpenedAt = opened.value
+                wakeMode.declared(now: now, reopeningXid: opened.xid)
+                stats.gateDeclarations += 1
+            } catch {
+                logger.warning("could not ask for notifications; polling", metadata: [LogKey.error: "\(error)"])
+            }
+            // Rows committed before the gate opened sent no notification: read once more first.
+            if wakeMode.justReopened { return }
+        }
+        notifiedWait = waitUntilRetry(wakeMode.notifiedWait(poll: poll, now: now), now: now)
+    }
+
+    /// The wait for a notification before the next claim: `timeout`, or until the next retry
+    /// hold's release. (No extra millisecond to gather what else commits: rows that come that
+    /// close together switch the relay to polling, and below that rate the extra timer was a
+    /// thread wake-up per row and the millisecond pure latency.)
+    func waitUntilRetry(_ timeout: Double, now: Double) -> Double {
+        guard let due = retries.nextDue else { return timeout }
+        return max(0.001, min(timeout, due - now))
+    }
+
+    /// Waits on the claim session for a notification that wakes the claim loop, a wake-up, or
+    /// `timeout` (a failure is waited out as a timeout: the next claim finds it).
+    func waitOnClaimSession(_ session: PGSession, timeout: Double) async {
+        if claimWake.armInterrupt() { return }
+        let router = notificationRouter
+        do {
+            _ = try await session.wait(timeout: timeout, interrupt: claimWake.interrupt!, accept: { router.accept($0) })
+        } catch {
+            await claimWake.wait(timeout: timeout)
+        }
+    }
+}
