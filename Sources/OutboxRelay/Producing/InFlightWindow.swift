@@ -50,9 +50,16 @@ public struct InFlightWindow: Sendable {
     }
 
     /// Rows that may be claimed now.
-    public var rowRoom: Int { bytes >= maxBytes ? 0 : max(0, maxRows - rows) }
+    public var rowRoom: Int { room().rows }
     /// Bytes that still fit.
-    public var byteRoom: Int { max(0, maxBytes - bytes) }
+    public var byteRoom: Int { room().bytes }
+
+    /// Rows and bytes that still fit once `reservingRows` and `reservingBytes` are admitted too
+    /// (no rows once the bytes are used up).
+    private func room(reservingRows: Int = 0, reservingBytes: Int = 0) -> (rows: Int, bytes: Int) {
+        let bytesLeft = max(0, maxBytes - bytes - reservingBytes)
+        return (bytesLeft == 0 ? 0 : max(0, maxRows - rows - reservingRows), bytesLeft)
+    }
 
     /// Rows the next claim may read so that the byte budget — not the backlog — bounds memory:
     /// `byteRoom` over the average size of recently claimed rows, at most `batchSize` and the
@@ -62,11 +69,10 @@ public struct InFlightWindow: Sendable {
     /// `reservingBytes` are taken off the room first (a batch about to be admitted).
     public func claimLimit(batchSize: Int, averageRowBytes: Double?, coldStartRows: Int = 32,
                            reservingRows: Int = 0, reservingBytes: Int = 0) -> Int {
-        let bytesLeft = max(0, maxBytes - bytes - reservingBytes)
-        let rowsLeft = bytesLeft == 0 ? 0 : max(0, maxRows - rows - reservingRows)
-        let byRows = min(batchSize, rowsLeft)
+        let left = room(reservingRows: reservingRows, reservingBytes: reservingBytes)
+        let byRows = min(batchSize, left.rows)
         guard let average = averageRowBytes, average > 0 else { return max(1, min(byRows, coldStartRows)) }
-        return max(1, min(byRows, Int(Double(bytesLeft) / average)))
+        return max(1, min(byRows, Int(Double(left.bytes) / average)))
     }
     public var isEmpty: Bool { rows == 0 }
     /// The sequence the next admitted row gets: every row in the window now has a lower one.

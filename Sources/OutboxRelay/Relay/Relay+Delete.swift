@@ -49,8 +49,8 @@ extension Relay {
             guard deleteSession != nil else { return }
             // Rows acknowledged before a lost connection go first, in a DELETE of their own that
             // checks their created_at too (see resyncAfterConnectionLoss).
-            let stale = hasStale(seqs) ? seqs.filter { $0 < staleBelowSeq } : []
-            let fresh = stale.isEmpty ? seqs : seqs.filter { $0 >= staleBelowSeq }
+            let stale = hasStale(seqs) ? seqs.filter(isStale) : []
+            let fresh = stale.isEmpty ? seqs : seqs.filter { !isStale($0) }
             for (group, checked) in [(stale, true), (fresh, false)] where !group.isEmpty {
                 do {
                     try await deleteAcknowledged(group, checked: checked)
@@ -67,8 +67,11 @@ extension Relay {
         }
     }
 
+    /// Whether the row at window sequence `seq` was in the window at a lost connection.
+    func isStale(_ seq: UInt64) -> Bool { seq < staleBelowSeq }
+
     func hasStale(_ seqs: [UInt64]) -> Bool {
-        staleBelowSeq > 0 && seqs.contains { $0 < staleBelowSeq }
+        staleBelowSeq > 0 && seqs.contains(where: isStale)
     }
 
     /// One lease-checked DELETE of the acknowledged rows `seqs`, settled. `checked`: rows
@@ -139,7 +142,7 @@ extension Relay {
 
     /// Acknowledged rows for the claim about to run to delete in the same statement (one round
     /// trip and one transaction instead of two), when the claim loop is caught up — a trickle.
-    func takeFusableDeletes() -> (seqs: [UInt64], delete: OutboxQueries.FusedDelete)? {
+    func takeFusableDeletes() -> FusableDeletes? {
         guard !pendingDeletes.isEmpty, !deleteNeededNow else { return nil }
         let seqs = pendingDeletes
         let ids = seqs.compactMap { window.entry($0)?.rowId }
@@ -191,7 +194,7 @@ extension Relay {
             let epoch = leases.epochArray()[Int(entry.shard)]
             let owner = replicaId
             // Read before a lost connection: its id may name a newer row now (as for the DELETE).
-            let checked = staleBelowSeq > 0 && seq < staleBelowSeq
+            let checked = isStale(seq)
             let created = checked ? entry.createdAtMicros : nil
             do {
                 let moved = try await session.withConnection { conn throws(PGError) in

@@ -3,11 +3,14 @@ import Kafka
 import PGClient
 import Synchronization
 
-/// A claim started ahead (``Relay/prefetchClaim(after:shards:)``): what it asked for, the
-/// deletes it carries, and its result once the claim session's thread has run it.
+/// Acknowledged rows a claim deletes in its own statement: their window sequences and the DELETE.
+typealias FusableDeletes = (seqs: [UInt64], delete: OutboxQueries.FusedDelete)
+
+/// A claim started ahead (``Relay/prefetchClaim(afterRows:bytes:shards:)``): what it asked for,
+/// the deletes it carries, and its result once the claim session's thread has run it.
 struct PrefetchedClaim: Sendable {
     let request: ClaimCursor.Request
-    let fused: (seqs: [UInt64], delete: OutboxQueries.FusedDelete)?
+    let fused: FusableDeletes?
     let began: Double
     let task: Task<Result<ClaimBatch, PGError>, Never>
 }
