@@ -11,6 +11,8 @@ extension Relay {
     func claimLoop() async {
         let poll = Double(configuration.pollIntervalMillis) / 1000
         while !stopFlag.isSet {
+            // Reports wake the report loop again for every wait but a busy poll's (below).
+            reportDeferral.resume()
             let now = monotonicSeconds()
             claimLoopBeat = now
             if now < pausedUntil {
@@ -98,6 +100,8 @@ extension Relay {
                             batch = armed
                         }
                     } else {
+                        // A busy poll: the reports that come meanwhile are taken when it returns.
+                        if pause > 0 { reportDeferral.deferWakes() }
                         batch = try await session.withConnection(after: pause, claim)
                     }
                 } catch {
@@ -138,11 +142,13 @@ extension Relay {
             }
             if cursor.hasMore { prefetchClaim(afterRows: batch.rows.count, bytes: batchBytes, shards: shards) }
             produce(batch.rows)
+            takeDeferredEvents()
             claimCaughtUp = !cursor.hasMore
             if !cursor.hasMore, let session = claimSession {
                 await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
             }
         }
+        reportDeferral.resume()
         await settlePrefetchedClaim()
     }
 

@@ -17,8 +17,17 @@ extension Relay {
             // empty → non-empty change of its queue.
             await reportWake.wait(timeout: 1)
             guard reportsOpen, let producer else { continue }
+            _ = reportDeferral.takeMark()
             for event in producer.takeEvents() { handleProducerEvent(event) }
         }
+    }
+
+    /// The claim loop's turn after a busy poll's claim: takes the events whose wake-up was
+    /// deferred (see ``ReportDeferral``).
+    func takeDeferredEvents() {
+        guard reportDeferral.takeMark(), reportsOpen, let producer else { return }
+        stats.deferredReportTakes += 1
+        for event in producer.takeEvents() { handleProducerEvent(event) }
     }
 
     func handleProducerEvent(_ event: KafkaProducer.Event) {

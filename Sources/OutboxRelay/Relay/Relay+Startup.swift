@@ -132,9 +132,9 @@ extension Relay {
     /// cheap to make here, while running it takes tens of milliseconds.
     func nextProducer() throws(KafkaError) -> @Sendable () throws(KafkaError) -> KafkaProducer {
         let kafka = configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")
-        let wake = reportWake
+        let deferral = reportDeferral
         return { () throws(KafkaError) in
-            try KafkaProducer(configuration: kafka) { wake.signal() }
+            try KafkaProducer(configuration: kafka) { deferral.eventsReady() }
         }
     }
 

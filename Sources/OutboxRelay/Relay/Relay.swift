@@ -132,6 +132,8 @@ public actor Relay: Service {
     /// Signalled by librdkafka (from its own thread) when the producer's event queue goes from
     /// empty to non-empty; the report loop then takes the events.
     nonisolated let reportWake = WakeSignal()
+    /// Whether that signal is sent now or deferred to the claim loop's next turn (busy polls).
+    nonisolated let reportDeferral: ReportDeferral
     /// The report loop runs (set by `start`, cleared by `terminate`).
     var reportsOpen = false
 
@@ -167,6 +169,7 @@ public actor Relay: Service {
         logger[metadataKey: LogKey.replica] = .string(replicaId)
         logger[metadataKey: LogKey.table] = .string(table.description)
         self.logger = logger
+        self.reportDeferral = ReportDeferral(wake: reportWake)
         self.window = InFlightWindow(maxRows: configuration.maxInFlightRows, maxBytes: configuration.maxInFlightBytes)
         self.failurePolicy = FailurePolicy(maxAttempts: configuration.maxAttempts,
                                            backoffBase: Double(configuration.retryBackoffMillis) / 1000,

@@ -26,6 +26,9 @@ public struct RelayStatistics: Sendable, Equatable {
     public var fusedDeletes = 0
     /// Claims of a backlog started before the previous batch was produced (Relay.prefetchClaim).
     public var prefetchedClaims = 0
+    /// Delivery reports taken by the claim loop after a busy poll's claim, their wake-up deferred
+    /// (see ReportDeferral).
+    public var deferredReportTakes = 0
     /// Claim reads set aside unproduced because the cursor was rewound while they ran.
     public var staleClaims = 0
     /// Rows not produced because their shard's produce deadline had passed at the produce call
