@@ -982,6 +982,11 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         # COMMIT → DELETE it leaves out when the relay deletes the row, which outbox-relay
         # defers to ride along with its next claim (see docs/DESIGN.md).
         ck = sorted(created[i] - ins.committed[i] * 1000 for i in created if i in ins.committed)
+        if self.a.dump_latencies:
+            # Per row: outbox id, COMMIT returned (s since the epoch), Kafka CreateTime (ms): for
+            # looking at when the slow rows came (bursts, periodic stalls), not only how many.
+            with open(os.path.join(self.run_dir, f"{table}-latency.json"), "w") as f:
+                json.dump([[i, ins.committed[i], created[i]] for i in created if i in ins.committed], f)
         commit_to_kafka = None
         if ck:
             qk = lambda p: round(ck[min(len(ck) - 1, int(p * len(ck)))], 3)  # noqa: E731
@@ -1330,6 +1335,9 @@ def main():
     ap.add_argument("--no-latency-trigger", dest="latency_trigger", action="store_false",
                     help="steady state without the bench's AFTER DELETE trigger (no latency figures; "
                          "shows what the trigger itself costs)")
+    ap.add_argument("--dump-latencies", action="store_true",
+                    help="steady: write each row's COMMIT time and Kafka CreateTime to <run dir>/<table>-latency.json "
+                         "(keep the run dir with OUTBOX_KEEP_RUN_DIR=1)")
     ap.add_argument("--concurrent-seconds", type=float, default=30, help="concurrent scenario: write phase (default 30)")
     ap.add_argument("--concurrent-rate", type=float, default=1000, help="concurrent scenario: rows/s over 8 writers (default 1000)")
     ap.add_argument("--concurrent-seed", type=int, help="concurrent scenario: workload seed (default random; both runs use it)")
