@@ -155,4 +155,7 @@ public struct InFlightWindow: Sendable {
 extension InFlightWindow {
     /// The entry for an opaque sequence, if still in the window.
     public func entry(_ seq: UInt64) -> Entry? { entries[seq] }
+
+    /// Whether any row in the window has a sequence below `bound` (a scan of the window).
+    public func holdsSequence(below bound: UInt64) -> Bool { entries.entries.contains { $0.key < bound } }
 }

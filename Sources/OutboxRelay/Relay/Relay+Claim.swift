@@ -224,6 +224,7 @@ extension Relay {
     /// was kept out of the reads while the old one was in flight. (Before, a retried DELETE by id
     /// could delete such a row undelivered: the failover-immediate fault case lost 3 rows once.)
     func resyncAfterConnectionLoss() {
+        stats.connectionResyncs += 1
         staleBelowSeq = window.nextSequenceNumber
         cursor.reset()
     }

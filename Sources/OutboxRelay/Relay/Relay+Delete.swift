@@ -74,6 +74,13 @@ extension Relay {
         staleBelowSeq > 0 && seqs.contains(where: isStale)
     }
 
+    /// Once every row that was in the window at the last lost connection has left it, deletes
+    /// stop looking for such rows among theirs (a scan of each DELETE's rows until then).
+    /// Called from the lease loop: a scan of the window every heartbeat, only while the mark is set.
+    func forgetStaleMarkWhenClear() {
+        if staleBelowSeq > 0, !window.holdsSequence(below: staleBelowSeq) { staleBelowSeq = 0 }
+    }
+
     /// One lease-checked DELETE of the acknowledged rows `seqs`, settled. `checked`: rows
     /// acknowledged before a lost connection, deleted only with their created_at matching too
     /// (``OutboxQueries/deleteChecked``); when that leaves some, the cursor rewinds, because one

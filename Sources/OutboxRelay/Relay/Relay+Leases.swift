@@ -15,6 +15,7 @@ extension Relay {
             await leaseTick(announce: first)
             await sampleBacklog()
             probeBroker()
+            forgetStaleMarkWhenClear()
             // Readiness as a metric follows the relay's own state, not only /readyz requests.
             _ = health()
             first = false

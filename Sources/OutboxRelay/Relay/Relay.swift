@@ -197,6 +197,7 @@ public actor Relay: Service {
         s.shardsHeld = leases.heldShards.count
         s.inFlightRows = window.rows
         s.inFlightBytes = window.bytes
+        s.checksStaleRows = staleBelowSeq > 0
         return s
     }
 

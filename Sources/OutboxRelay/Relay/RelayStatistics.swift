@@ -29,6 +29,11 @@ public struct RelayStatistics: Sendable, Equatable {
     /// Delivery reports taken by the claim loop after a busy poll's claim, their wake-up deferred
     /// (see ReportDeferral).
     public var deferredReportTakes = 0
+    /// Lost connections after which the relay read everything again (Relay.resyncAfterConnectionLoss).
+    public var connectionResyncs = 0
+    /// Whether rows that were in the window at the last lost connection are still there (their
+    /// DELETEs check `created_at` too); false again once they have all left.
+    public var checksStaleRows = false
     /// Claim reads set aside unproduced because the cursor was rewound while they ran.
     public var staleClaims = 0
     /// Rows not produced because their shard's produce deadline had passed at the produce call

@@ -7,15 +7,25 @@ import Testing
 /// trip and one transaction instead of two. The DELETE keeps its lease check, and a row with no
 /// claim after it is still deleted by itself.
 @Suite(.serialized) struct FusedDeleteTests {
-    @Test func aClaimDeletesOnlyRowsWhoseLeaseItHolds() throws {
+    /// A fresh table with `rows` rows (keys k1, k2, ...) and every lease held by "me" at epoch 7.
+    private func tableLeasedToMe(rows: Int) throws -> (table: OutboxTable, conn: PGConnection, queries: OutboxQueries) {
         let table = try TestEnvironment.migratedTable()
         let conn = try TestEnvironment.connect()
-        let queries = OutboxQueries(table: table)
-        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 3) AS i")
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, \(rows)) AS i")
+        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
+        return (table, conn, OutboxQueries(table: table))
+    }
+
+    /// Every row of the table, claimed on all shards from a fresh cursor.
+    private func claimAll(_ conn: PGConnection, _ queries: OutboxQueries) throws -> [ClaimedRow] {
+        try queries.claim(conn, shards: Array(0..<256), allShards: true, request: ClaimCursor().nextRequest(limit: 100, inFlight: [])).rows
+    }
+
+    @Test func aClaimDeletesOnlyRowsWhoseLeaseItHolds() throws {
+        let (table, conn, queries) = try tableLeasedToMe(rows: 3)
         let rows = try conn.query("SELECT id, shard FROM \(table.sql) ORDER BY id")
         let ids = try (0..<rows.rowCount).map { try rows.int64($0, 0) }
         let shards = try (0..<rows.rowCount).map { try rows.int32($0, 1) }
-        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
         var epochs = [Int64](repeating: 7, count: 256)
         epochs[Int(shards[1])] = 6  // a lease this replica lost: its row must stay
         if shards[0] == shards[1] || shards[2] == shards[1] { return }  // the keys' shards must differ for the check
@@ -69,14 +79,9 @@ import Testing
     /// `created_at` checked too: after an asynchronous failover an id may name a new row (the new
     /// primary's sequence hands ids out again), and that row must stay (Relay.resyncAfterConnectionLoss).
     @Test func aCheckedDeleteLeavesARowWhoseIdNamesAnotherRowNow() throws {
-        let table = try TestEnvironment.migratedTable()
-        let conn = try TestEnvironment.connect()
-        let queries = OutboxQueries(table: table)
-        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 3) AS i")
-        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
+        let (table, conn, queries) = try tableLeasedToMe(rows: 3)
         let epochs = [Int64](repeating: 7, count: 256)
-        let claimed = try queries.claim(conn, shards: Array(0..<256), allShards: true,
-                                        request: ClaimCursor().nextRequest(limit: 100, inFlight: [])).rows
+        let claimed = try claimAll(conn, queries)
         #expect(claimed.count == 3)
         let ids = claimed.map(\.id)
         // Row 2 is "another row" now: same id, created later (as after a failover).
@@ -94,17 +99,38 @@ import Testing
                                           owner: "me", epochs: epochs) == 1)
     }
 
+    /// Once every row that was in the window at a lost connection has left it, the relay stops
+    /// looking for such rows in each DELETE (Relay.forgetStaleMarkWhenClear; before, the mark
+    /// stayed for the process's life).
+    @Test func theRelayForgetsTheRowsOfALostConnectionOnceTheyHaveLeft() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        // Its own application_name, so that only this relay's backends are terminated.
+        let name = "outbox-relay-resync-\(UUID().uuidString.prefix(8).lowercased())"
+        var config = TestEnvironment.configuration(table: table)
+        config.databaseURL = TestEnvironment.databaseURL + (TestEnvironment.databaseURL.contains("?") ? "&" : "?") + "application_name=\(name)"
+        let relay = try await RunningRelay.start(config)
+        let conn = try TestEnvironment.connect()
+        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT $1, convert_to('k' || (i % 50), 'UTF8'), 'v' FROM generate_series(1, 3000) AS i",
+                       [.text(topic)])
+        try await TestEnvironment.eventually("some rows delivered") { await relay.relay.statistics().delivered > 0 }
+        _ = try conn.query("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", [.text(name)])
+        try await TestEnvironment.eventually("the lost connection seen", timeout: 20) { await relay.relay.statistics().connectionResyncs > 0 }
+        try await TestEnvironment.eventually("every row deleted", timeout: 30) { try TestEnvironment.count(table) == 0 }
+        try await TestEnvironment.eventually("the rows of the lost connection forgotten", timeout: 10) {
+            await !relay.relay.statistics().checksStaleRows
+        }
+        try await relay.stop()
+        let v = try Verification.verify(topics: [topic], expectedIds: Set(1...3000))
+        #expect(v.lost.isEmpty && v.orderInversions == 0, "\(v)")
+    }
+
     /// The dead-letter move of a row read before a lost connection checks its `created_at` too:
     /// after an asynchronous failover its id may name a newer row, which must stay in the outbox.
     @Test func aCheckedDeadLetterMoveLeavesARowWhoseIdNamesAnotherRowNow() throws {
-        let table = try TestEnvironment.migratedTable()
-        let conn = try TestEnvironment.connect()
-        let queries = OutboxQueries(table: table)
+        let (table, conn, queries) = try tableLeasedToMe(rows: 2)
         let deadLetters = DeadLetterQueries(table: table)
-        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 2) AS i")
-        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
-        let claimed = try queries.claim(conn, shards: Array(0..<256), allShards: true,
-                                        request: ClaimCursor().nextRequest(limit: 100, inFlight: [])).rows
+        let claimed = try claimAll(conn, queries)
         #expect(claimed.count == 2)
         // Row 2 is "another row" now: same id, created later (as after a failover).
         try conn.query("UPDATE \(table.sql) SET created_at = created_at + interval '1 second' WHERE id = $1", [.int8(claimed[1].id)])
@@ -128,11 +154,7 @@ import Testing
     /// A DELETE of many ids reads the lease table once per statement instead of once per row
     /// (OutboxQueries.deleteManySQL); it must delete exactly what the per-row form deletes.
     @Test func aDeleteOfManyIdsChecksEveryRowsLeaseLikeOneOfAFew() throws {
-        let table = try TestEnvironment.migratedTable()
-        let conn = try TestEnvironment.connect()
-        let queries = OutboxQueries(table: table)
-        try conn.query("INSERT INTO \(table.sql) (topic, key, value) SELECT 't', convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 400) AS i")
-        try conn.query("UPDATE \(table.leasesSQL) SET owner = 'me', epoch = 7")
+        let (table, conn, queries) = try tableLeasedToMe(rows: 400)
         // Shards 0-9: another owner; 10-19: this owner at a newer epoch than the rows were
         // produced under; the rest: this owner at the expected epoch.
         try conn.query("UPDATE \(table.leasesSQL) SET owner = 'other' WHERE shard < 10")

@@ -25,6 +25,24 @@ import Testing
         #expect(b.rowRoom == 0, "over the byte limit")
     }
 
+    /// What the relay asks before it forgets which rows were in the window at a lost connection.
+    @Test func itTellsWhetherRowsBelowASequenceAreStillIn() {
+        var w = InFlightWindow(maxRows: 10, maxBytes: 1000)
+        let a = w.admit(rowId: 1, shard: 0, bytes: 10, createdAtMicros: 0)
+        let mark = w.nextSequenceNumber
+        let b = w.admit(rowId: 2, shard: 0, bytes: 10, createdAtMicros: 0)
+        #expect(w.holdsSequence(below: mark))
+        _ = w.acknowledge(b)
+        w.settle(b)
+        #expect(w.holdsSequence(below: mark), "the row admitted before the mark is still in")
+        _ = w.acknowledge(a)
+        #expect(w.holdsSequence(below: mark), "acknowledged but not deleted: still in")
+        w.settle(a)
+        #expect(!w.holdsSequence(below: mark))
+        _ = w.admit(rowId: 3, shard: 0, bytes: 10, createdAtMicros: 0)
+        #expect(!w.holdsSequence(below: mark), "rows admitted after the mark do not count")
+    }
+
     @Test func reportsAreAppliedOnce() {
         var w = InFlightWindow(maxRows: 10, maxBytes: 1000)
         let s = w.admit(rowId: 7, shard: 2, bytes: 10, createdAtMicros: 0)
