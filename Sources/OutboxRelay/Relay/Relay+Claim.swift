@@ -110,6 +110,7 @@ extension Relay {
                 }
                 began = notified > 0 ? monotonicSeconds() : now + pause  // about when the claim ran
             }
+            handOverDeferredEvents()
             stats.claims += 1
             if notificationGate { wakeMode.observe(snapshot: batch.snapshot) }
             if let fused, let deleted = batch.deleted {
@@ -142,7 +143,6 @@ extension Relay {
             }
             if cursor.hasMore { prefetchClaim(afterRows: batch.rows.count, bytes: batchBytes, shards: shards) }
             produce(batch.rows)
-            takeDeferredEvents()
             claimCaughtUp = !cursor.hasMore
             if !cursor.hasMore, let session = claimSession {
                 await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)

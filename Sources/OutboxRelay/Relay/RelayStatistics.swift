@@ -26,7 +26,7 @@ public struct RelayStatistics: Sendable, Equatable {
     public var fusedDeletes = 0
     /// Claims of a backlog started before the previous batch was produced (Relay.prefetchClaim).
     public var prefetchedClaims = 0
-    /// Delivery reports taken by the claim loop after a busy poll's claim, their wake-up deferred
+    /// Busy polls after whose claim the claim loop handed deferred delivery reports to the report loop
     /// (see ReportDeferral).
     public var deferredReportTakes = 0
     /// Lost connections after which the relay read everything again (Relay.resyncAfterConnectionLoss).

@@ -1,16 +1,17 @@
 import Synchronization
 
 /// Whether librdkafka's "events wait" callback wakes the report loop now, or only marks the
-/// events waiting for the claim loop to take when its next claim returns.
+/// events waiting for the claim loop to hand over when its claim returns.
 ///
 /// While the relay busy-polls (rows arrive faster than one per poll), each poll's rows go to
 /// several partitions, and librdkafka sends one ProduceRequest per partition: their replies
 /// come back one by one, and each used to wake a thread of the cooperative pool only to take a
 /// few reports (about 4 wake-ups per poll at 500 rows/s, `/proc` per thread). Nothing needs those
 /// reports before the next claim: the claim in flight was built before they came, so the
-/// deletes they allow ride the claim after it either way. So during a busy poll's claim the
-/// callback only marks them, and the claim loop takes them on its own turn when the claim
-/// returns: no thread woken for them.
+/// deletes they allow ride a later claim either way. So during a busy poll's claim the callback
+/// only marks them; when the claim returns, the claim loop signals the report loop, which then
+/// runs on the relay's actor on the thread already running it, once the claim loop has handed
+/// its next claim over (Relay.handOverDeferredEvents): no thread woken for them.
 ///
 /// Every other wait (for a notification, for room in the window, a retry, shutdown) runs with
 /// the wake-ups on: ``resume()`` is called before it, and wakes the report loop if events were
