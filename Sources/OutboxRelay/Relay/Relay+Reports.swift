@@ -22,18 +22,6 @@ extension Relay {
         }
     }
 
-    /// When a busy poll's claim returns: the events whose wake-up was deferred (see
-    /// ``ReportDeferral``) go to the report loop, which runs on this actor — on this same thread,
-    /// no thread woken — once the claim loop has handed its next claim over and suspends. Not
-    /// taken here: the claim loop's turn between two claims is the poll's critical path (taking
-    /// them there, before or after producing, stalled it at times: cycles of 8 became 13-16 ms
-    /// at 2000 rows/s).
-    func handOverDeferredEvents() {
-        guard reportDeferral.takeMark() else { return }
-        stats.deferredReportTakes += 1
-        reportWake.signal()
-    }
-
     func handleProducerEvent(_ event: KafkaProducer.Event) {
         switch event {
         case .deliveryReports(let reports):

@@ -132,7 +132,7 @@ public actor Relay: Service {
     /// Signalled by librdkafka (from its own thread) when the producer's event queue goes from
     /// empty to non-empty; the report loop then takes the events.
     nonisolated let reportWake = WakeSignal()
-    /// Whether that signal is sent now or deferred to the claim loop's next turn (busy polls).
+    /// Whether that signal is sent now or deferred until a busy poll's claim returns.
     nonisolated let reportDeferral: ReportDeferral
     /// The report loop runs (set by `start`, cleared by `terminate`).
     var reportsOpen = false

@@ -26,9 +26,9 @@ public struct RelayStatistics: Sendable, Equatable {
     public var fusedDeletes = 0
     /// Claims of a backlog started before the previous batch was produced (Relay.prefetchClaim).
     public var prefetchedClaims = 0
-    /// Busy polls after whose claim the claim loop handed deferred delivery reports to the report loop
-    /// (see ReportDeferral).
-    public var deferredReportTakes = 0
+    /// Busy polls after whose claim the claim loop handed deferred delivery reports to the report
+    /// loop (see ReportDeferral).
+    public var deferredReportHandOvers = 0
     /// Lost connections after which the relay read everything again (Relay.resyncAfterConnectionLoss).
     public var connectionResyncs = 0
     /// Whether rows that were in the window at the last lost connection are still there (their

@@ -1,7 +1,7 @@
 import Synchronization
 
 /// Whether librdkafka's "events wait" callback wakes the report loop now, or only marks the
-/// events waiting for the claim loop to hand over when its claim returns.
+/// events, for the report loop to be woken once the busy poll's claim has returned.
 ///
 /// While the relay busy-polls (rows arrive faster than one per poll), each poll's rows go to
 /// several partitions, and librdkafka sends one ProduceRequest per partition: their replies
@@ -9,9 +9,9 @@ import Synchronization
 /// few reports (about 4 wake-ups per poll at 500 rows/s, `/proc` per thread). Nothing needs those
 /// reports before the next claim: the claim in flight was built before they came, so the
 /// deletes they allow ride a later claim either way. So during a busy poll's claim the callback
-/// only marks them; when the claim returns, the claim loop signals the report loop, which then
-/// runs on the relay's actor on the thread already running it, once the claim loop has handed
-/// its next claim over (Relay.handOverDeferredEvents): no thread woken for them.
+/// only marks them; when the claim returns, the claim loop calls ``resume()``, whose signal
+/// queues the report loop on the relay's actor, which is running: it then runs on that same
+/// thread once the claim loop has handed its next claim over. No thread is woken for them.
 ///
 /// Every other wait (for a notification, for room in the window, a retry, shutdown) runs with
 /// the wake-ups on: ``resume()`` is called before it, and wakes the report loop if events were
@@ -37,10 +37,14 @@ final class ReportDeferral: Sendable {
         deferring.store(true, ordering: .sequentiallyConsistent)
     }
 
-    /// Wake-ups on again; wakes the report loop if events were marked while deferring.
-    func resume() {
-        deferring.store(false, ordering: .sequentiallyConsistent)
-        if marked.load(ordering: .sequentiallyConsistent) { wake.signal() }
+    /// Wake-ups on again; wakes the report loop if events were marked. Returns whether it was
+    /// deferring and events had been marked meanwhile (their wake-up deferred, now sent).
+    @discardableResult
+    func resume() -> Bool {
+        let wasDeferring = deferring.exchange(false, ordering: .sequentiallyConsistent)
+        guard marked.load(ordering: .sequentiallyConsistent) else { return false }
+        wake.signal()
+        return wasDeferring
     }
 
     /// Whether events were marked since the last take, clearing the mark (before taking them:
