@@ -1,4 +1,5 @@
 import Metrics
+import Synchronization
 
 /// The relay's metrics, created once per relay through swift-metrics (the process chooses the
 /// backend: Prometheus in `outbox-relay run`). Every name has the `outbox_relay_` prefix and
@@ -23,6 +24,9 @@ public final class RelayMetrics: Sendable {
     let leaseDuration: Timer
     let ready: Gauge
     let deadLetters: Gauge
+    /// `rows_produced_total` per topic, made once per topic: making a counter goes through the
+    /// backend's registry (a lock and a lookup by name and labels), and it ran per report batch.
+    private let producedCounters = Mutex<[String: Counter]>([:])
 
     init(table: String) {
         self.table = table
@@ -66,7 +70,14 @@ public final class RelayMetrics: Sendable {
     }
 
     func produced(topic: String, count: Int) {
-        Counter(label: Self.prefix + "rows_produced_total", dimensions: [("table", table), ("topic", topic)]).increment(by: count)
+        let table = self.table
+        let counter = producedCounters.withLock { counters in
+            if let c = counters[topic] { return c }
+            let c = Counter(label: Self.prefix + "rows_produced_total", dimensions: [("table", table), ("topic", topic)])
+            counters[topic] = c
+            return c
+        }
+        counter.increment(by: count)
     }
 
     func retried(topic: String) {

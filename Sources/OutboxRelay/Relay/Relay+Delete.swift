@@ -116,7 +116,7 @@ extension Relay {
                 "outbox.rows": .stringConvertible(requested - deleted),
             ])
         }
-        let drainingBefore = Set(leases.leases.filter { $0.value.phase == .draining }.keys)
+        let drainingBefore = leases.drainingShards
         for s in seqs { window.settle(s) }
         metrics.inFlightRows.record(window.rows)
         metrics.inFlightBytes.record(window.bytes)
@@ -144,20 +144,28 @@ extension Relay {
         terminated || hasStale(pendingDeletes) || !claimCaughtUp || claimWaitsForRoom || recreating || !suspects.isEmpty
             || pendingDeletes.count >= max(1, configuration.batchSize / 2)
             || monotonicSeconds() < pausedUntil
-            || leases.leases.values.contains { $0.phase == .draining }
+            || !leases.drainingShards.isEmpty
     }
 
     /// Acknowledged rows for the claim about to run to delete in the same statement (one round
     /// trip and one transaction instead of two), when the claim loop is caught up — a trickle.
+    /// At most `FusedDelete.maxIds` (the oldest); the rest wait for the next claim, or for the
+    /// delete loop when their moment is up.
     func takeFusableDeletes() -> FusableDeletes? {
         guard !pendingDeletes.isEmpty, !deleteNeededNow else { return nil }
-        let seqs = pendingDeletes
-        let ids = seqs.compactMap { window.entry($0)?.rowId }
-        guard ids.count == seqs.count else { return nil }
-        pendingDeletes.removeAll(keepingCapacity: true)
-        pendingDeletesSince = nil
-        cancelFusedDeleteTimer()
-        return (seqs, OutboxQueries.FusedDelete(ids: ids, owner: replicaId, epochs: leases.epochArray()))
+        let seqs = Array(pendingDeletes.prefix(OutboxQueries.FusedDelete.maxIds))
+        let entries = seqs.compactMap { window.entry($0) }
+        guard entries.count == seqs.count else { return nil }
+        let shardEpochs = leases.epochArray()
+        let epochs = entries.map { Int($0.shard) < shardEpochs.count ? shardEpochs[Int($0.shard)] : 0 }
+        if seqs.count == pendingDeletes.count {
+            pendingDeletes.removeAll(keepingCapacity: true)
+            pendingDeletesSince = nil
+            cancelFusedDeleteTimer()
+        } else {
+            pendingDeletes.removeFirst(seqs.count)  // still pending since then; the timer stays armed
+        }
+        return (seqs, OutboxQueries.FusedDelete(ids: entries.map(\.rowId), owner: replicaId, epochs: epochs))
     }
 
     /// Acknowledged rows taken for a claim that did not run (its wait was interrupted): they wait

@@ -25,13 +25,12 @@ import Testing
         let (table, conn, queries) = try tableLeasedToMe(rows: 3)
         let rows = try conn.query("SELECT id, shard FROM \(table.sql) ORDER BY id")
         let ids = try (0..<rows.rowCount).map { try rows.int64($0, 0) }
-        let shards = try (0..<rows.rowCount).map { try rows.int32($0, 1) }
-        var epochs = [Int64](repeating: 7, count: 256)
-        epochs[Int(shards[1])] = 6  // a lease this replica lost: its row must stay
-        if shards[0] == shards[1] || shards[2] == shards[1] { return }  // the keys' shards must differ for the check
+        // One epoch per id: the second row was produced under an epoch its shard's lease no
+        // longer has (a lease this replica lost), so it must stay. Ids in any order, each with its own.
+        let batch = try queries.claim(conn, shards: Array(0..<256), allShards: true,
+                                      request: ClaimCursor().nextRequest(limit: 100, inFlight: ids),
+                                      deleting: .init(ids: ids.reversed(), owner: "me", epochs: [7, 6, 7]))
         let request = ClaimCursor().nextRequest(limit: 100, inFlight: ids)
-        let batch = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
-                                      deleting: .init(ids: ids, owner: "me", epochs: epochs))
         #expect(batch.deleted == 2)
         #expect(batch.rows.isEmpty, "the rows being deleted are in flight: not read again")
         let left = try conn.query("SELECT id FROM \(table.sql)")
@@ -40,8 +39,13 @@ import Testing
         #expect(kept == ids[1])
         // Another owner's DELETE deletes nothing.
         let other = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
-                                      deleting: .init(ids: [ids[1]], owner: "someone-else", epochs: [Int64](repeating: 7, count: 256)))
+                                      deleting: .init(ids: [ids[1]], owner: "someone-else", epochs: [7]))
         #expect(other.deleted == 0)
+        // Nor one whose shard's lease moved on to another epoch in the database.
+        try conn.query("UPDATE \(table.leasesSQL) SET epoch = 8 WHERE shard = (SELECT shard FROM \(table.sql) WHERE id = \(ids[1]))")
+        let moved = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
+                                      deleting: .init(ids: [ids[1]], owner: "me", epochs: [7]))
+        #expect(moved.deleted == 0)
         #expect(try TestEnvironment.count(table) == 1)
         // Without a DELETE the claim reports none.
         #expect(try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request).deleted == nil)
