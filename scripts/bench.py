@@ -353,7 +353,7 @@ class Bench:
         return args
 
     def migrate(self, table):
-        subprocess.run([self.a.relay, "migrate", "--database-url", self.admin_url, "--table", table],
+        subprocess.run([self.a.relay, "migrate", "--database-url", self.admin_url, "--table", table, "--shards", str(SHARDS)],
                        check=True, stdout=subprocess.DEVNULL)
 
     def create_topic(self, topic, partitions=8):
@@ -1297,6 +1297,7 @@ def report(out):
 
 
 def main():
+    global SHARDS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--relay", required=True)
     ap.add_argument("--database-url", required=True)
@@ -1346,6 +1347,7 @@ def main():
                          "with synchronous_commit=on one connection commits at most one row per WAL flush)")
     ap.add_argument("--idle-seconds", type=float, default=3, help="relay idle-CPU probe before each steady run")
     ap.add_argument("--keys", type=int, default=1000)
+    ap.add_argument("--shards", type=int, default=SHARDS, help=f"shards of each table (migrate --shards; default {SHARDS})")
     ap.add_argument("--value-bytes", type=int, default=256)
     ap.add_argument("--timeout", type=float, default=900, help="per drain, seconds")
     ap.add_argument("--batch-size", type=int)
@@ -1354,6 +1356,7 @@ def main():
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--json-out", help="also write the JSON to this file")
     a = ap.parse_args()
+    SHARDS = a.shards
     if a.quick:
         a.rows = min(a.rows, 20000)
         a.scale_rows = min(a.scale_rows, 10000)
