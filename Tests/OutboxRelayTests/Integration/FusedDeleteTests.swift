@@ -51,6 +51,25 @@ import Testing
         #expect(try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request).deleted == nil)
     }
 
+    /// A claim carries up to `FusedDelete.maxIds` rows, each with its own epoch, in any order: the
+    /// statement pairs every id with its own epoch, never a neighbour's.
+    @Test func aFullFusedDeleteMatchesEachIdWithItsOwnEpoch() throws {
+        let n = OutboxQueries.FusedDelete.maxIds
+        let (table, conn, queries) = try tableLeasedToMe(rows: n)
+        let rows = try conn.query("SELECT id FROM \(table.sql) ORDER BY id")
+        var generator = SystemRandomNumberGenerator()
+        let ids = try (0..<rows.rowCount).map { try rows.int64($0, 0) }.shuffled(using: &generator)
+        // Every third id (in the shuffled order) names an epoch its lease does not have.
+        let epochs: [Int64] = ids.indices.map { $0 % 3 == 0 ? 6 : 7 }
+        let stale = Set(ids.indices.filter { $0 % 3 == 0 }.map { ids[$0] })
+        let batch = try queries.claim(conn, shards: Array(0..<256), allShards: true,
+                                      request: ClaimCursor().nextRequest(limit: 100, inFlight: ids),
+                                      deleting: .init(ids: ids, owner: "me", epochs: epochs))
+        #expect(batch.deleted == n - stale.count)
+        let left = try conn.query("SELECT id FROM \(table.sql)")
+        #expect(Set(try (0..<left.rowCount).map { try left.int64($0, 0) }) == stale)
+    }
+
     @Test func aTrickleIsDeletedByItsNextClaimsAndALastRowByItself() async throws {
         let table = try TestEnvironment.migratedTable()
         let topic = try TestEnvironment.topics(1)[0]

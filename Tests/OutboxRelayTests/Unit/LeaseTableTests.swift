@@ -82,6 +82,28 @@ import Testing
         #expect(t.produceDeadlines()[0] == -.infinity, "a draining shard is not produced to")
         #expect(t.epochArray()[0] == 7, "but its acknowledged rows are still deleted under its epoch")
     }
+
+    /// The views kept per change (claimable shards, draining set) follow every change, and a
+    /// lease that expires before the others leaves the claimable shards on its own.
+    @Test func theDerivedViewsFollowEveryChangeAndEachLeasesOwnExpiry() {
+        var t = LeaseTable(shardCount: 4, deliveryBound: 1)
+        t.acquired([(0, 1), (1, 1)], sentAt: 0, duration: 10, margin: 0)   // valid until 10
+        t.acquired([(2, 5), (3, 5)], sentAt: 4, duration: 10, margin: 0)   // valid until 14
+        #expect(t.claimable(now: 8.9) == [0, 1, 2, 3])
+        #expect(t.claimable(now: 9) == [2, 3], "0 and 1 expire first")
+        #expect(t.claimable(now: 13) == [])
+        t.drain([3])
+        #expect(t.drainingShards == [3])
+        #expect(t.claimable(now: 5) == [0, 1, 2])
+        _ = t.renewed([(0, 1), (2, 5), (3, 5)], sentAt: 20, duration: 10, margin: 0)  // 1 lost; valid until 30
+        #expect(t.heldShards == [0, 2, 3])
+        #expect(t.claimable(now: 21) == [0, 2])
+        #expect(t.epochArray() == [1, 0, 5, 5])
+        t.reactivate([3])
+        #expect(t.drainingShards.isEmpty)
+        #expect(t.claimable(now: 21) == [0, 2, 3])
+        #expect(t.produceDeadlines() == [29, -.infinity, 29, 29])
+    }
 }
 
 @Suite struct WakeFilterTests {
