@@ -184,4 +184,8 @@ public struct LeaseTable: Sendable, Equatable {
 
     /// Epoch per shard (index = shard) for the lease-checked DELETE; 0 where not held.
     public func epochArray() -> [Int64] { epochs }
+
+    /// The epoch `shard` is held under (active or draining), 0 where not held: what a DELETE of
+    /// one of its rows checks.
+    public func heldEpoch(_ shard: Int32) -> Int64 { leases[shard]?.epoch ?? 0 }
 }

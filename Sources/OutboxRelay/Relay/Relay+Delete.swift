@@ -156,8 +156,7 @@ extension Relay {
         let seqs = Array(pendingDeletes.prefix(OutboxQueries.FusedDelete.maxIds))
         let entries = seqs.compactMap { window.entry($0) }
         guard entries.count == seqs.count else { return nil }
-        let shardEpochs = leases.epochArray()
-        let epochs = entries.map { Int($0.shard) < shardEpochs.count ? shardEpochs[Int($0.shard)] : 0 }
+        let epochs = entries.map { leases.heldEpoch($0.shard) }
         if seqs.count == pendingDeletes.count {
             pendingDeletes.removeAll(keepingCapacity: true)
             pendingDeletesSince = nil
@@ -206,7 +205,7 @@ extension Relay {
         }
         for (seq, info) in pendingDeadLetters {
             guard let entry = window.entry(seq) else { pendingDeadLetters[seq] = nil; continue }
-            let epoch = leases.epochArray()[Int(entry.shard)]
+            let epoch = leases.heldEpoch(entry.shard)
             let owner = replicaId
             // Read before a lost connection: its id may name a newer row now (as for the DELETE).
             let checked = isStale(seq)

@@ -99,6 +99,7 @@ import Testing
         #expect(t.heldShards == [0, 2, 3])
         #expect(t.claimable(now: 21) == [0, 2])
         #expect(t.epochArray() == [1, 0, 5, 5])
+        #expect([0, 1, 2, 3].map { t.heldEpoch($0) } == [1, 0, 5, 5], "draining shard 3 still deletes under its epoch")
         t.reactivate([3])
         #expect(t.drainingShards.isEmpty)
         #expect(t.claimable(now: 21) == [0, 2, 3])
