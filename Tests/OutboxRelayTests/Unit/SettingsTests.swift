@@ -110,6 +110,22 @@ import Testing
         #expect(throws: Never.self) { try c.validate() }
     }
 
+    @Test func theBusyPollIsFiveMillisecondsByDefaultAndAtMostThePollInterval() throws {
+        let d = try Settings.resolve(flags: [:], environment: ["OUTBOX_DATABASE_URL": "postgresql://x", "OUTBOX_BROKERS": "a:1"])
+        #expect(d.busyPollMillis == 5)
+        let e = try Settings.resolve(flags: [:], environment: ["OUTBOX_DATABASE_URL": "postgresql://x", "OUTBOX_BROKERS": "a:1",
+                                                               "OUTBOX_BUSY_POLL_MS": "20"])
+        #expect(e.busyPollMillis == 20)
+        var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        c.busyPollMillis = 0
+        #expect { try c.validate() } throws: { "\($0)".contains("--busy-poll-ms 0") }
+        c.busyPollMillis = 300
+        c.pollIntervalMillis = 200
+        #expect { try c.validate() } throws: { "\($0)".contains("--busy-poll-ms 300") && "\($0)".contains("--poll-interval-ms 200") }
+        c.busyPollMillis = 200
+        #expect(throws: Never.self) { try c.validate() }
+    }
+
     @Test func negativeBatchSizeAndUnknownKafkaPropertyAreRefused() {
         var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
         c.batchSize = -5

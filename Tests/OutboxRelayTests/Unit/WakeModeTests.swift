@@ -32,6 +32,30 @@ import Testing
         #expect(m.notifiedWait(poll: 1, now: 0.03) > 0.5, "then the poll timer")
     }
 
+    /// `--busy-poll-ms 20`: the same rules, scaled. 100 rows/s (a row every 10 ms), which keeps
+    /// the default (5 ms) notified, is polled every 20 ms, two rows a claim, with the gate shut;
+    /// 17 rows/s (a row every third poll) goes back to notifications.
+    @Test func aLongerBusyPollPollsLowerRatesAndGathersMoreRowsPerClaim() {
+        var fast = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
+        var slow = WakeMode(busyPoll: 0.02, emptyPollsBeforeIdle: 4, declaration: 2)
+        fast.declared(now: 0)
+        slow.declared(now: 0)
+        for i in 1...10 {
+            fast.observe(rows: 1, now: Double(i) * 0.01)
+            slow.observe(rows: 1, now: Double(i) * 0.01)
+        }
+        #expect(fast.mode == .notified, "100 rows/s is a trickle for a 5 ms busy poll")
+        #expect(slow.mode == .polling, "and above the 33 rows/s where a 20 ms busy poll starts polling")
+        #expect(!slow.needsDeclaration(now: 0.2), "polling lets the gate lapse")
+        for i in 1...50 { slow.observe(rows: 2, now: 0.1 + Double(i) * 0.02) }
+        #expect(slow.mode == .polling, "two rows a poll: it keeps polling")
+        for i in 1...50 {
+            slow.observe(rows: i % 3 == 0 ? 1 : 0, now: 1.1 + Double(i) * 0.02)
+            if i < 3 { #expect(slow.mode == .polling) }
+        }
+        #expect(slow.mode == .notified, "17 rows/s (never four empty polls) is under 1 / (1.8 × 20 ms): back to notifications")
+    }
+
     /// Found by a flaky test: a row whose INSERT ran between the relay's first claim and its
     /// first declaration sent no NOTIFY and waited for the poll timer (10 minutes in that test).
     @Test func theFirstDeclarationAndOnlyADeclarationOfAClosedGateAskForAnotherClaim() {
