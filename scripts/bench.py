@@ -33,6 +33,7 @@ figure does and does not measure, is in docs/BENCHMARKS.md.
 """
 import argparse
 import json
+import statistics
 import math
 import os
 import random
@@ -378,10 +379,10 @@ class Bench:
         log(f"loaded {n} rows into {table} in {time.monotonic() - t0:.1f}s")
         return int(lo), int(hi), int(n)
 
-    def start_relay(self, table, name):
+    def start_relay(self, table, name, extra=()):
         logf = open(os.path.join(self.run_dir, f"relay-{name}.log"), "wb")
         p = subprocess.Popen([self.a.relay, "run", "--database-url", self.relay_url, "--brokers", self.a.brokers,
-                              "--table", table, "--replica-name", name] + self.relay_args(),
+                              "--table", table, "--replica-name", name] + self.relay_args() + list(extra),
                              stdout=logf, stderr=subprocess.STDOUT)
         p.bench_log = logf.name
         self.relays.append(p)
@@ -875,12 +876,14 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
 
     def steady(self, rate, relay="outbox", replicas=1):
         """Paced single-row INSERTs at `rate` rows/s with `replicas` processes of outbox-relay
-        ("outbox") or of the naive SKIP LOCKED relay ("naive") on a fresh table. Per-row costs over
+        ("outbox"; "batched": with --busy-poll-ms of --batched-busy-poll-ms) or of the naive SKIP
+        LOCKED relay ("naive") on a fresh table. Per-row costs over
         the load window (first INSERT → table empty again): relay and PostgreSQL CPU, the relay
         role's statements (pg_stat_statements, reset at the window's start) and the database's
         transactions less the INSERTs' and the bench's own."""
         seconds = self.a.steady_seconds
-        kind = f"steady{rate}" + ("_naive" if relay == "naive" else "") + (f"_x{replicas}" if replicas > 1 else "")
+        kind = (f"steady{rate}" + {"naive": "_naive", "batched": f"_bp{self.a.batched_busy_poll_ms}"}.get(relay, "")
+                + (f"_x{replicas}" if replicas > 1 else ""))
         table = self.name(kind)
         topic = table.replace("_", "-")
         lat = qident(table + "_latency")
@@ -915,7 +918,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         if relay == "naive":
             procs = [self.start_naive(table, f"{table}-n{i}") for i in range(replicas)]
         else:
-            procs = [self.start_relay(table, f"{table}-r{i}") for i in range(replicas)]
+            extra = ["--busy-poll-ms", str(self.a.batched_busy_poll_ms)] if relay == "batched" else []
+            procs = [self.start_relay(table, f"{table}-r{i}", extra) for i in range(replicas)]
         pids = [p.pid for p in procs]
         self.wait_relays_ready(table, relay, procs)
         time.sleep(0.5)
@@ -1015,6 +1019,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         per_row = lambda x, k=1000: None if x is None else round(x * k / total, 4)  # noqa: E731
         res.update({
             "table": table, "relay": "naive" if relay == "naive" else "outbox-relay", "replicas": replicas,
+            # outbox-relay's --busy-poll-ms in this run (5 is its default); None for the naive relay.
+            "busy_poll_ms": None if relay == "naive" else (self.a.batched_busy_poll_ms if relay == "batched" else 5),
             "rate_target": rate, "seconds": seconds, "rows": total,
             "rate_achieved": round(total / (ins_done - t0), 1),
             "send_seconds": round(send_done - t0, 3),
@@ -1136,6 +1142,19 @@ def ver_s(v):
             + (f", keys on >1 partition {v['keys_on_several_partitions']}" if v.get("keys_on_several_partitions") else ""))
 
 
+def relay_label(s):
+    """A steady run's relay as the tables name it: outbox-relay, with a --busy-poll-ms other than
+    its default, or the naive relay."""
+    if s["relay"] != "outbox-relay":
+        return "naive SKIP LOCKED"
+    bp = s.get("busy_poll_ms")
+    return "outbox-relay" if bp in (None, 5) else f"outbox-relay bp{bp}"
+
+
+def relay_order(s):
+    return (s["relay"] != "outbox-relay", s.get("busy_poll_ms") or 0)
+
+
 def per_row_table(out, runs):
     """Steady-state costs per row, outbox-relay beside the naive relay (and steady_scale)."""
     lines = ["2b. Steady state per row (window: first INSERT → table empty; CPU ms per row; PostgreSQL = whole cluster,"
@@ -1144,16 +1163,16 @@ def per_row_table(out, runs):
              " pg_stat_database commits + rollbacks less the INSERTs and the bench's own;",
              "    latency ms: INSERT → DELETE (p50/p99/max, as in 2.), COMMIT returned → Kafka CreateTime (c→k p50/p99/max)"
              " and COMMIT returned → DELETE (c→d p50/p99/max))"]
-    head = (f"   {'rate':>6} {'relay':<16}{'n':>3}{'achieved':>9}{'relay ms':>9}{'pg ms':>8}{'(relay bk/ins/rest)':>21}"
+    head = (f"   {'rate':>6} {'relay':<22}{'n':>3}{'achieved':>9}{'relay ms':>9}{'pg ms':>8}{'(relay bk/ins/rest)':>21}"
             f"{'relay+pg':>9}{'stmt tbl':>9}{'stmt all':>9}{'xact':>7}{'p50':>7}{'p99':>7}{'max':>7}"
             f"{'c→k p50':>8}{'p99':>7}{'max':>7}{'c→d p50':>8}{'p99':>7}{'max':>7}{'machine':>8}{'others s':>9}  verification")
     def row(s):
         P, L, C = s["per_row"], s["latency_ms"], s.get("commit_to_delete_ms") or {}
         K = s.get("commit_to_kafka_ms") or {}
-        name = "outbox-relay" if s["relay"] == "outbox-relay" else "naive SKIP LOCKED"
+        name = relay_label(s) + (f" r{s['round'] + 1}" if out["config"].get("steady_rounds", 1) > 1 and "round" in s else "")
         split = (f"{fmt(P['postgres_relay_backends_cpu_ms'], 3)}/{fmt(P['postgres_inserter_backend_cpu_ms'], 3)}/"
                  f"{fmt(P['postgres_rest_cpu_ms'], 3)}")
-        return (f"   {s['rate_target']:>6} {name:<16}{s['replicas']:>3}{fmt(s['rate_achieved'], 0):>9}"
+        return (f"   {s['rate_target']:>6} {name:<22}{s['replicas']:>3}{fmt(s['rate_achieved'], 0):>9}"
                 f"{fmt(P['relay_cpu_ms'], 3):>9}{fmt(P['postgres_cpu_ms'], 3):>8}{split:>21}"
                 f"{fmt(P['relay_plus_postgres_cpu_ms'], 3):>9}{fmt(P['statements_on_table'], 3):>9}"
                 f"{fmt(P['statements_all'], 3):>9}{fmt(P['transactions'], 3):>7}"
@@ -1169,9 +1188,9 @@ def per_row_table(out, runs):
         lines.append(f"   replicas at {out['config'].get('steady_scale_rate')} rows/s (several naive instances"
                      " break per-key order: a comparison only)")
         lines.append(head)
-        lines += [row(s) for s in sorted(sc, key=lambda s: (s["relay"] != "outbox-relay", s["replicas"]))]
-        for relay in ("outbox-relay", "naive"):
-            mine = {s["replicas"]: s["per_row"]["relay_plus_postgres_cpu_ms"] for s in sc if s["relay"] == relay}
+        lines += [row(s) for s in sorted(sc, key=lambda s: (relay_order(s), s["replicas"]))]
+        for relay in sorted({relay_label(s) for s in sc}):
+            mine = {s["replicas"]: s["per_row"]["relay_plus_postgres_cpu_ms"] for s in sc if relay_label(s) == relay}
             if 1 in mine and mine[1]:
                 lines.append(f"   {relay}: relay + PostgreSQL CPU per row, k replicas ÷ 1 replica: "
                              + ", ".join(f"{k}: {fmt(mine[k] / mine[1], 2)}" for k in sorted(mine) if k != 1 and mine[k]))
@@ -1188,6 +1207,71 @@ def per_row_table(out, runs):
             lines.append(f"     {gname:<17} {fmt(g['cpu_ms_per_row'], 3)} ms/row: {top}")
     lines.append("")
     return lines
+
+
+def targets_table(out):
+    """Issue 13's targets, each against the naive relay at the same rate in the same round (see
+    --steady-rounds): the median over the rounds, its range, and in how many rounds it was met."""
+    def summary(values, ok, unit=" ×", nd=2):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        med = statistics.median(values)
+        met = sum(1 for v in values if ok(v))
+        spread = f" ({fmt(min(values), nd)}–{fmt(max(values), nd)})" if len(values) > 1 else ""
+        return f"{fmt(med, nd)}{unit}{spread} {'met' if ok(med) else 'MISSED'}" + (f" {met}/{len(values)}" if len(values) > 1 else "")
+    def ratio(a, b):
+        return None if a is None or not b else a / b
+    lines = ["6. Issue 13's targets (outbox-relay ÷ the naive relay at the same rate and round; median over rounds"
+             " (range), verdict of the median, rounds met)"]
+    naive = {(s["rate_target"], s.get("round", 0)): s for s in out.get("steady_naive", []) if s["replicas"] == 1}
+    ours = out.get("steady", []) + out.get("steady_batched", [])
+    groups = {}
+    for s in ours:
+        groups.setdefault((relay_order(s), relay_label(s), s["rate_target"]), []).append(s)
+    for (_, label, rate), runs in sorted(groups.items()):
+        rc, pg, p99, np99 = [], [], [], []
+        for s in runs:
+            n = naive.get((rate, s.get("round", 0)))
+            if not n:
+                continue
+            rc.append(ratio(s["per_row"]["relay_cpu_ms"], n["per_row"]["relay_cpu_ms"]))
+            pg.append(ratio(s["per_row"]["postgres_cpu_ms"], n["per_row"]["postgres_cpu_ms"]))
+            p99.append((s.get("commit_to_kafka_ms") or {}).get("p99"))
+            np99.append((n.get("commit_to_kafka_ms") or {}).get("p99"))
+        if not rc:
+            continue
+        nv = [v for v in np99 if v is not None]
+        lines.append(f"   {label:<22}{rate:>5} rows/s: relay CPU {summary(rc, lambda v: v <= 0.5)} (≤ 0.5); "
+                     f"PostgreSQL CPU {summary(pg, lambda v: v <= 1.0)} (≤ 1); "
+                     f"COMMIT → Kafka p99 {summary(p99, lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "
+                     f"{fmt(statistics.median(nv), 1) if nv else '-'} ms)")
+    sc = out.get("steady_scale") or []
+    for label in sorted({relay_label(s) for s in sc if s["relay"] == "outbox-relay"}):
+        by_round = {}
+        for s in sc:
+            if relay_label(s) == label:
+                by_round.setdefault(s.get("round", 0), {})[s["replicas"]] = s["per_row"]["relay_plus_postgres_cpu_ms"]
+        ks = sorted({k for m in by_round.values() for k in m if k != 1})
+        for k in ks:
+            rs = [ratio(m.get(k), m.get(1)) for m in by_round.values()]
+            lines.append(f"   {label:<22}{k} replicas ÷ 1 (relay + PostgreSQL CPU per row): {summary(rs, lambda v: v <= 1.3)} (≤ 1.3)")
+    if out.get("drain_over_ceiling") is not None:
+        pairs = out.get("drain_over_ceiling_pairs") or [out["drain_over_ceiling"]]
+        lines.append(f"   {'drain ÷ ceiling':<22}{summary(pairs, lambda v: v >= 0.8, '')} (≥ 0.8; over the drain + ceiling pairs)")
+    conc = [c for c in out.get("concurrent", []) if not c.get("error")]
+    ours_c = [c for c in conc if c["relay"] == "outbox-relay"]
+    naive_c = [c for c in conc if c["relay"] != "outbox-relay"]
+    if ours_c:
+        p99 = ours_c[0]["latency_ms"]["p99"]
+        lines.append(f"   {'concurrent writers':<22}COMMIT → Kafka p99 {summary([p99], lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "
+                     f"{fmt(naive_c[0]['latency_ms']['p99'] if naive_c else None, 1)} ms)")
+    rss = [r.get("relay_peak_rss_mib") for r in [out.get("drain")] + ours + sc + out.get("scale", [])
+           if r and r.get("relay") != "naive" and r.get("relay_peak_rss_mib") is not None]
+    if rss:
+        lines.append(f"   {'peak RSS':<22}{fmt(max(rss), 1)} MiB ({'met' if max(rss) <= 64 else 'MISSED'}, ≤ 64 in every scenario)")
+    lines.append("")
+    return lines if len(lines) > 2 else []
 
 
 def report(out):
@@ -1253,8 +1337,8 @@ def report(out):
             lines.append("   (a rate below its target: the INSERTs were answered more slowly than sent — the database"
                          " and machine did not keep up; see max_send_lag_ms)")
         lines.append("")
-    per_row_runs = sorted(out.get("steady", []) + out.get("steady_naive", []),
-                          key=lambda s: (s["rate_target"], s["relay"] != "outbox-relay"))
+    per_row_runs = sorted(out.get("steady", []) + out.get("steady_batched", []) + out.get("steady_naive", []),
+                          key=lambda s: (s["rate_target"], relay_order(s)))
     if per_row_runs or out.get("steady_scale"):
         lines += per_row_table(out, per_row_runs)
     io = out.get("insert_only")
@@ -1293,6 +1377,7 @@ def report(out):
                          f"{fmt(c['intra_txn_inversions']):>7}  {c['missing']} / {c['rolled_back_delivered']} / "
                          f"{c['duplicates']} / {c['left_in_outbox']}")
         lines.append("")
+    lines += targets_table(out)
     return "\n".join(lines)
 
 
@@ -1312,9 +1397,12 @@ def main():
     ap.add_argument("--replicas", default="1,2,4", help="scale-out relay counts (default 1,2,4)")
     ap.add_argument("--steady-seconds", type=float, default=30)
     ap.add_argument("--rates", default="500,5000", help="steady-state insert rates, rows/s (default 500,5000)")
-    ap.add_argument("--steady-relays", default="outbox,naive",
-                    help="relays run at each steady rate, in this order: outbox (outbox-relay) and/or naive "
-                         "(scripts/lib/naive_relay.py) (default outbox,naive)")
+    ap.add_argument("--steady-relays", default="outbox,batched,naive",
+                    help="relays run at each steady rate, in this order: outbox (outbox-relay), batched "
+                         "(outbox-relay with --busy-poll-ms of --batched-busy-poll-ms) and/or naive "
+                         "(scripts/lib/naive_relay.py) (default outbox,batched,naive)")
+    ap.add_argument("--batched-busy-poll-ms", type=int, default=20,
+                    help="--busy-poll-ms of the \"batched\" steady relay (default 20: the naive relay's poll)")
     ap.add_argument("--naive-keep-notify-trigger", action="store_true",
                     help="steady: leave outbox-relay's NOTIFY insert trigger on the naive relay's table (by default "
                          "it is dropped there: the naive relay does not LISTEN)")
@@ -1331,6 +1419,9 @@ def main():
     ap.add_argument("--scenarios", default="drain,ceiling,steady,insert_only,scale,concurrent",
                     help="any of drain,ceiling,steady,insert_only,scale,concurrent,steady_scale "
                          "(default drain,ceiling,steady,insert_only,scale,concurrent)")
+    ap.add_argument("--steady-rounds", type=int, default=1,
+                    help="steady and steady_scale: run every rate (and replica count) this many times, alternating "
+                         "the relays; the targets table shows each ratio's median and range over the rounds (default 1)")
     ap.add_argument("--pairs", type=int, default=3,
                     help="drain + ceiling pairs when both run (default 3; the pair with the median ratio is reported)")
     ap.add_argument("--no-latency-trigger", dest="latency_trigger", action="store_false",
@@ -1366,8 +1457,12 @@ def main():
         a.pairs = 1
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     steady_relays = [x.strip() for x in a.steady_relays.split(",") if x.strip()]
-    if not steady_relays or any(x not in ("outbox", "naive") for x in steady_relays):
-        ap.error("--steady-relays takes outbox and/or naive")
+    if not steady_relays or any(x not in ("outbox", "batched", "naive") for x in steady_relays):
+        ap.error("--steady-relays takes outbox, batched and/or naive")
+    if a.steady_rounds < 1:
+        ap.error("--steady-rounds must be at least 1")
+    if a.batched_busy_poll_ms <= 0:
+        ap.error("--batched-busy-poll-ms must be positive")
 
     bench = Bench(a)
     stop = {"sig": None}
@@ -1379,6 +1474,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     out = {"config": {
         "cpus": os.cpu_count(), "rows": a.rows, "scale_rows": a.scale_rows, "steady_seconds": a.steady_seconds,
+        "steady_rounds": a.steady_rounds, "batched_busy_poll_ms": a.batched_busy_poll_ms,
         "rates": [int(x) for x in a.rates.split(",")], "keys": a.keys, "value_bytes": a.value_bytes,
         "partitions": 8, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
         "postgres": bench.admin.scalar("SHOW server_version"),
@@ -1422,18 +1518,28 @@ def main():
             # The relays alternate per rate, so a change in the machine's speed hits both alike.
             # "steady" keeps outbox-relay's runs (checked: loss, duplicates, order); the naive
             # relay's are a comparison only ("steady_naive").
-            for r in out["config"]["rates"]:
-                for relay in steady_relays:
-                    log(f"steady: {relay}, {r} rows/s for {a.steady_seconds} s")
-                    out.setdefault("steady" if relay == "outbox" else "steady_naive", []).append(bench.steady(r, relay))
+            # With --steady-rounds, every rate runs again per round (fresh tables), so each ratio
+            # to the naive relay can be taken within a round and its spread shown.
+            for rnd in range(a.steady_rounds):
+                for r in out["config"]["rates"]:
+                    for relay in steady_relays:
+                        log(f"steady: {relay}, {r} rows/s for {a.steady_seconds} s" + (f" (round {rnd + 1} of {a.steady_rounds})" if a.steady_rounds > 1 else ""))
+                        key = {"outbox": "steady", "batched": "steady_batched"}.get(relay, "steady_naive")
+                        run = bench.steady(r, relay)
+                        run["round"] = rnd
+                        out.setdefault(key, []).append(run)
         if "steady_scale" in scenarios:
             out["config"].update({"steady_scale_rate": a.steady_scale_rate,
                                   "steady_scale_replicas": [int(k) for k in a.steady_scale_replicas.split(",")]})
             out["steady_scale"] = []
-            for k in out["config"]["steady_scale_replicas"]:
-                for relay in steady_relays:
-                    log(f"steady_scale: {k} x {relay}, {a.steady_scale_rate} rows/s for {a.steady_seconds} s")
-                    out["steady_scale"].append(bench.steady(a.steady_scale_rate, relay, k))
+            for rnd in range(a.steady_rounds):
+                for k in out["config"]["steady_scale_replicas"]:
+                    for relay in steady_relays:
+                        log(f"steady_scale: {k} x {relay}, {a.steady_scale_rate} rows/s for {a.steady_seconds} s"
+                            + (f" (round {rnd + 1} of {a.steady_rounds})" if a.steady_rounds > 1 else ""))
+                        run = bench.steady(a.steady_scale_rate, relay, k)
+                        run["round"] = rnd
+                        out["steady_scale"].append(run)
         if "insert_only" in scenarios:
             r = max(out["config"]["rates"])
             log(f"insert-only: {r} rows/s for {a.steady_seconds} s, no relay")
@@ -1457,7 +1563,7 @@ def main():
     ok = True
     # The naive relay's runs are a comparison only (several instances break per-key order).
     steady_scale_own = [s for s in out.get("steady_scale", []) if s["relay"] == "outbox-relay"]
-    for r in [out.get("drain")] + out.get("steady", []) + out.get("scale", []) + steady_scale_own:
+    for r in [out.get("drain")] + out.get("steady", []) + out.get("steady_batched", []) + out.get("scale", []) + steady_scale_own:
         if r and (r["verify"]["lost"] or r["verify"]["duplicates"] or r["verify"]["key_order_violations"]):
             ok = False
     for c in out.get("concurrent", [])[:1]:  # the relay's run; the naive relay's is a comparison only
