@@ -106,6 +106,34 @@ import Testing
         #expect(v.lost.isEmpty && v.duplicates == 0, "\(v)")
     }
 
+    /// `--busy-poll-ms 50`: rows at about 100 a second (one every 10 ms, a trickle for the
+    /// default 5 ms busy poll, which claims each on its NOTIFY) are polled every 50 ms with the
+    /// gate shut, several rows a claim — and none lost, duplicated or reordered.
+    @Test func aLongerBusyPollGathersATrickleIntoFewerClaims() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topic = try TestEnvironment.topics(1)[0]
+        var config = TestEnvironment.notifiedConfiguration(table: table, pollMillis: 30_000)
+        config.busyPollMillis = 50
+        let relay = try await RunningRelay.startWaitingForNotifications(config)
+        let before = await relay.relay.statistics()
+        let conn = try TestEnvironment.connect()
+        let rows = 300
+        // The workload's shape, not synchronisation: single-row transactions 10 ms apart.
+        for i in 0..<rows {
+            try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, convert_to($2, 'UTF8'), 'v')", [.text(topic), .text("k\(i % 20)")])
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        try await TestEnvironment.eventually("the rows relayed") { try TestEnvironment.count(table) == 0 }
+        let stats = await relay.relay.statistics()
+        try await relay.stop()
+        let claims = stats.claims - before.claims
+        print("busy poll 50 ms: \(rows) rows in \(claims) claims, \(stats.busyPolls - before.busyPolls) busy polls")
+        #expect(stats.busyPolls > before.busyPolls, "the relay polled")
+        #expect(claims * 2 < rows, "\(claims) claims for \(rows) rows: at least two rows a claim")
+        let v = try Verification.verify(topics: [topic], expectedIds: Set(try idsRelayed(table: table, topic: topic)))
+        #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
+    }
+
     private func idsRelayed(table: OutboxTable, topic: String) throws -> [Int64] {
         let last = try TestEnvironment.connect().query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
         return Array(1...last)
