@@ -14,9 +14,11 @@ Scenarios (each on a fresh table and a fresh topic):
   steady   single-row autocommit INSERTs at fixed rates while the relay runs; per-row latency
            from the row's created_at (clock_timestamp() at INSERT) to the relay's DELETE of it,
            recorded by a bench-only AFTER DELETE row trigger. Each rate runs once per relay in
-           --steady-relays (default: outbox-relay, then the naive SKIP LOCKED relay of
+           --steady-relays (default: outbox-relay, outbox-relay with --busy-poll-ms of
+           --batched-busy-poll-ms, then the naive SKIP LOCKED relay of
            scripts/lib/naive_relay.py), with per-row costs: relay and PostgreSQL CPU, statements
-           and transactions per row
+           and transactions per row; --steady-rounds repeats it all, and the report's section 6
+           gives issue 13's targets against the naive relay per round (median, range, rounds met)
   steady_scale  the same at --steady-scale-rate rows/s with --steady-scale-replicas relay
            processes (default 1 and 3) of each relay in --steady-relays: what replicas cost
   insert_only  the same paced INSERTs at the highest rate without any relay: can the machine
