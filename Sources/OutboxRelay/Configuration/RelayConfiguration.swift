@@ -23,8 +23,11 @@ public struct RelayConfiguration: Sendable {
     /// milliseconds instead of waking on each commit's NOTIFY (see ``WakeMode``). Default 5:
     /// latency first. Larger values batch more rows per claim (cheaper per row for the relay and
     /// the database, and the gate stays shut, so inserts send no NOTIFY, down to lower rates) at
-    /// up to this much more latency.
-    public var busyPollMillis: Int = 5
+    /// up to this much more latency. nil: 5, or the poll interval if that is shorter; a value set
+    /// must not exceed the poll interval.
+    public var busyPollMillis: Int?
+    /// The busy poll in effect (see ``busyPollMillis``).
+    public var effectiveBusyPollMillis: Int { busyPollMillis ?? min(5, pollIntervalMillis) }
     /// Lease duration in milliseconds. Default 30000.
     public var leaseDurationMillis: Int = 30_000
     /// Heartbeat (lease renewal) interval in milliseconds. Default: lease duration / 6.
@@ -107,9 +110,11 @@ public struct RelayConfiguration: Sendable {
         try positive(maxInFlightRows, "--max-in-flight-rows")
         try positive(maxInFlightBytes, "--max-in-flight-bytes")
         try positive(pollIntervalMillis, "--poll-interval-ms")
-        try positive(busyPollMillis, "--busy-poll-ms")
-        if busyPollMillis > pollIntervalMillis {
-            throw RelayError(.configuration, "invalid --busy-poll-ms \(busyPollMillis): must not exceed --poll-interval-ms \(pollIntervalMillis)")
+        if let b = busyPollMillis {
+            try positive(b, "--busy-poll-ms")
+            if b > pollIntervalMillis {
+                throw RelayError(.configuration, "invalid --busy-poll-ms \(b): must not exceed --poll-interval-ms \(pollIntervalMillis)")
+            }
         }
         try positive(leaseDurationMillis, "--lease-duration-ms")
         try positive(messageTimeoutMillis, "--message-timeout-ms")

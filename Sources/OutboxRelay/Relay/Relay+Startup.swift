@@ -74,7 +74,7 @@ extension Relay {
         shardCount = info.shardCount
         notificationGate = info.notificationGate
         let poll = Double(configuration.pollIntervalMillis) / 1000
-        wakeMode = WakeMode(busyPoll: min(Double(configuration.busyPollMillis) / 1000, poll), declaration: max(2 * poll, 0.2))
+        wakeMode = WakeMode(busyPoll: Double(configuration.effectiveBusyPollMillis) / 1000, declaration: max(2 * poll, 0.2))
         if !info.notificationGate {
             logger.notice("table \(table) has no notification gate: every insert sends a NOTIFY (run `outbox-relay migrate` of this version)")
         }

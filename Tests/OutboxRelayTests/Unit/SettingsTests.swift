@@ -112,10 +112,15 @@ import Testing
 
     @Test func theBusyPollIsFiveMillisecondsByDefaultAndAtMostThePollInterval() throws {
         let d = try Settings.resolve(flags: [:], environment: ["OUTBOX_DATABASE_URL": "postgresql://x", "OUTBOX_BROKERS": "a:1"])
-        #expect(d.busyPollMillis == 5)
+        #expect(d.busyPollMillis == nil && d.effectiveBusyPollMillis == 5)
         let e = try Settings.resolve(flags: [:], environment: ["OUTBOX_DATABASE_URL": "postgresql://x", "OUTBOX_BROKERS": "a:1",
                                                                "OUTBOX_BUSY_POLL_MS": "20"])
-        #expect(e.busyPollMillis == 20)
+        #expect(e.effectiveBusyPollMillis == 20)
+        // A poll interval under 5 ms, as before the setting existed: the default follows it.
+        var short = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        short.pollIntervalMillis = 2
+        #expect(throws: Never.self) { try short.validate() }
+        #expect(short.effectiveBusyPollMillis == 2)
         var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
         c.busyPollMillis = 0
         #expect { try c.validate() } throws: { "\($0)".contains("--busy-poll-ms 0") }
