@@ -870,7 +870,8 @@ def main():
         lat = o.get("latency_ms") or {}
         case = {
             "name": f"concurrent writers: {a.writers} sessions, {a.seconds:g} s, random transaction shapes, {a.relays} relay(s){kind}"
-                    + (", Debezium-layout table" if a.layout == "debezium" else ""),
+                    + (", Debezium-layout table" if a.layout == "debezium" else "")
+                    + (f", relay arguments {' '.join(a.relay_arg)}" if a.relay_arg else ""),
             "bound": "missing 0, rolled back delivered 0, causal same-key inversions 0" + (", duplicates 0" if a.restart == "none" else ", duplicates reported"),
             "inserted": o.get("committed_rows", 0), "lost": o.get("missing", 0), "duplicates": o.get("duplicates", 0),
             "orderInversions": o.get("causal_inversions", 0), "pending": o.get("left_in_outbox", 0), "deadLettered": o.get("dead_letters", 0),
