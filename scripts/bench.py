@@ -1022,7 +1022,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         res.update({
             "table": table, "relay": "naive" if relay == "naive" else "outbox-relay", "replicas": replicas,
             # outbox-relay's --busy-poll-ms in this run (5 is its default); None for the naive relay.
-            "busy_poll_ms": None if relay == "naive" else (self.a.batched_busy_poll_ms if relay == "batched" else 5),
+            "busy_poll_ms": None if relay == "naive" else (self.a.batched_busy_poll_ms if relay == "batched" else RELAY_BUSY_POLL_MS),
             "rate_target": rate, "seconds": seconds, "rows": total,
             "rate_achieved": round(total / (ins_done - t0), 1),
             "send_seconds": round(send_done - t0, 3),
@@ -1144,13 +1144,29 @@ def ver_s(v):
             + (f", keys on >1 partition {v['keys_on_several_partitions']}" if v.get("keys_on_several_partitions") else ""))
 
 
+# outbox-relay's --busy-poll-ms when not given (RelayConfiguration.effectiveBusyPollMillis with
+# the default poll interval).
+RELAY_BUSY_POLL_MS = 5
+
+
 def relay_label(s):
     """A steady run's relay as the tables name it: outbox-relay, with a --busy-poll-ms other than
     its default, or the naive relay."""
     if s["relay"] != "outbox-relay":
         return "naive SKIP LOCKED"
     bp = s.get("busy_poll_ms")
-    return "outbox-relay" if bp in (None, 5) else f"outbox-relay bp{bp}"
+    return "outbox-relay" if bp in (None, RELAY_BUSY_POLL_MS) else f"outbox-relay bp{bp}"
+
+
+def replica_ratios(sc, label):
+    """steady_scale runs of one relay label: relay + PostgreSQL CPU per row of k replicas ÷ 1
+    replica, each taken within its round ({k: [ratio per round]}; None where a round lacks one)."""
+    by_round = {}
+    for s in sc:
+        if relay_label(s) == label:
+            by_round.setdefault(s.get("round", 0), {})[s["replicas"]] = s["per_row"]["relay_plus_postgres_cpu_ms"]
+    ks = sorted({k for m in by_round.values() for k in m if k != 1})
+    return {k: [m[k] / m[1] if m.get(k) and m.get(1) else None for _, m in sorted(by_round.items())] for k in ks}
 
 
 def relay_order(s):
@@ -1192,10 +1208,10 @@ def per_row_table(out, runs):
         lines.append(head)
         lines += [row(s) for s in sorted(sc, key=lambda s: (relay_order(s), s["replicas"]))]
         for relay in sorted({relay_label(s) for s in sc}):
-            mine = {s["replicas"]: s["per_row"]["relay_plus_postgres_cpu_ms"] for s in sc if relay_label(s) == relay}
-            if 1 in mine and mine[1]:
-                lines.append(f"   {relay}: relay + PostgreSQL CPU per row, k replicas ÷ 1 replica: "
-                             + ", ".join(f"{k}: {fmt(mine[k] / mine[1], 2)}" for k in sorted(mine) if k != 1 and mine[k]))
+            ratios = replica_ratios(sc, relay)
+            if any(r is not None for rs in ratios.values() for r in rs):
+                lines.append(f"   {relay}: relay + PostgreSQL CPU per row, k replicas ÷ 1 replica (each round): "
+                             + "; ".join(f"{k}: " + ", ".join(fmt(r, 2) for r in rs) for k, rs in ratios.items()))
     for s in runs + (sc or []):
         pf = s.get("perf")
         if not pf or pf.get("error"):
@@ -1250,13 +1266,7 @@ def targets_table(out):
                      f"{fmt(statistics.median(nv), 1) if nv else '-'} ms)")
     sc = out.get("steady_scale") or []
     for label in sorted({relay_label(s) for s in sc if s["relay"] == "outbox-relay"}):
-        by_round = {}
-        for s in sc:
-            if relay_label(s) == label:
-                by_round.setdefault(s.get("round", 0), {})[s["replicas"]] = s["per_row"]["relay_plus_postgres_cpu_ms"]
-        ks = sorted({k for m in by_round.values() for k in m if k != 1})
-        for k in ks:
-            rs = [ratio(m.get(k), m.get(1)) for m in by_round.values()]
+        for k, rs in replica_ratios(sc, label).items():
             lines.append(f"   {label:<22}{k} replicas ÷ 1 (relay + PostgreSQL CPU per row): {summary(rs, lambda v: v <= 1.3)} (≤ 1.3)")
     if out.get("drain_over_ceiling") is not None:
         pairs = out.get("drain_over_ceiling_pairs") or [out["drain_over_ceiling"]]
