@@ -2,15 +2,17 @@ import Synchronization
 
 /// Which notifications should wake this replica's claim loop: those naming a shard it holds.
 ///
-/// The insert trigger's notification carries the inserted rows' shards (`shards:3,17`, or `*`
-/// when a statement touched more than ``maxListed``). Every replica receives every notification
+/// The insert trigger's notification carries the inserted row's shard (`shards:17`; the
+/// statement-level trigger of an older migration sends a statement's shards, `shards:3,17`, or
+/// `*` when it touched more than ``maxListed``). Every replica receives every notification
 /// (one channel), but only the owner of one of those shards claims: without this, each row woke —
 /// and cost a claim statement on — every replica (a thundering herd that grew with replicas).
 /// An empty payload (a trigger of an older version) or anything unreadable wakes everyone.
 ///
 /// Read on the listener's thread, updated by the lease loop: a lock around a bitmap.
 public final class WakeFilter: Sendable {
-    /// A statement touching more shards than this notifies `*` (wake every replica).
+    /// A statement touching more shards than this notified `*` (wake every replica), with the
+    /// statement-level trigger of an older migration.
     public static let maxListed = 64
     public static let payloadPrefix = "shards:"
 

@@ -35,9 +35,19 @@ public enum Migration {
         "ELSE ((('x' || substr(md5(\(key)), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
     }
 
-    /// One notification per INSERT statement, naming the shards it wrote (`shards:3,17`; `*` past
-    /// WakeFilter.maxListed), so that only their owners claim. PostgreSQL folds identical
-    /// notifications of one transaction into one.
+    /// One notification per inserted row, naming its shard (`shards:17`), so that only its owner
+    /// claims. PostgreSQL folds identical notifications of one transaction into one: a
+    /// transaction's rows notify once per shard they wrote.
+    ///
+    /// The row-level form (since issue 13) costs a single-row INSERT about 70-90 us of the
+    /// inserting backend's CPU less than the statement-level one with a transition table, whose
+    /// query over the new rows (two DISTINCT aggregates) ran for every INSERT while the gate was
+    /// open (pgbench, 100 rows/s over 16 sessions, durable commits, four interleaved rounds;
+    /// docs/BENCHMARKS.md). A bulk INSERT while the gate is open pays a few microseconds per row
+    /// more than it did (10 000 rows: +20 % over the statement-level trigger). The function
+    /// still serves a statement-level trigger of an older migration (`TG_LEVEL`), with that
+    /// trigger's payload (`shards:3,17`, `*` past WakeFilter.maxListed) and its own gate test
+    /// (the oldest triggers have no `WHEN`), until `migrate` replaces the trigger.
     static func notifyFunctionSQL(_ t: OutboxTable) -> String {
         """
         CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS \(dollarQuote("""
@@ -45,8 +55,10 @@ public enum Migration {
         BEGIN
             -- Notify only while a replica waits for notifications (it keeps this sequence at a
             -- future time while it does): NOTIFY serializes committing transactions, so a busy
-            -- relay polls instead.
-            IF (SELECT last_value FROM \(t.notifyUntilSQL)) > (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN
+            -- relay polls instead. The row-level trigger's WHEN has tested that already.
+            IF TG_LEVEL = 'ROW' THEN
+                PERFORM pg_notify(\(quoteLiteral(t.channel)), '\(WakeFilter.payloadPrefix)' || NEW.shard);
+            ELSIF (SELECT last_value FROM \(t.notifyUntilSQL)) > (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN
                 PERFORM pg_notify(\(quoteLiteral(t.channel)),
                     CASE WHEN count(DISTINCT shard) > \(WakeFilter.maxListed) THEN '*'
                          ELSE '\(WakeFilter.payloadPrefix)' || string_agg(DISTINCT shard::text, ',') END)
@@ -67,15 +79,14 @@ public enum Migration {
         """
     }
 
-    /// The trigger's `WHEN` tests the gate as the function does, so that while the gate is closed
-    /// (a busy relay polls) an INSERT does not run the PL/pgSQL function at all: single-row
-    /// INSERTs at 1000 rows/s cost the inserting backend about 15-35 us less each (four
-    /// interleaved pairs, durable commits; docs/BENCHMARKS.md). A never-set gate reads NULL:
-    /// closed. The function keeps its own test (a trigger created by an older version has no
-    /// `WHEN`).
+    /// The trigger's `WHEN` tests the gate, so that while the gate is closed (a busy relay polls)
+    /// an INSERT does not run the PL/pgSQL function at all: single-row INSERTs at 1000 rows/s cost
+    /// the inserting backend about 15-35 us less each (four interleaved pairs, durable commits;
+    /// docs/BENCHMARKS.md). A never-set gate reads NULL: closed. Row-level: see
+    /// ``notifyFunctionSQL(_:)``. `CREATE OR REPLACE` turns an older migration's statement-level
+    /// trigger into this one in place.
     static func notifyTriggerSQL(_ t: OutboxTable) -> String {
-        "CREATE OR REPLACE TRIGGER \(quoteIdentifier(t.notifyTriggerName)) AFTER INSERT ON \(t.sql) " +
-        "REFERENCING NEW TABLE AS outbox_relay_new_rows FOR EACH STATEMENT " +
+        "CREATE OR REPLACE TRIGGER \(quoteIdentifier(t.notifyTriggerName)) AFTER INSERT ON \(t.sql) FOR EACH ROW " +
         "WHEN (pg_sequence_last_value(\(quoteLiteral(t.notifyUntilSQL))::regclass) > (extract(epoch FROM clock_timestamp()) * 1000)::bigint) " +
         "EXECUTE FUNCTION \(t.notifyFunctionSQL)();"
     }

@@ -66,11 +66,16 @@ public enum SchemaValidation {
         if !function {
             out.append(Difference(problem: "function \(t.notifyFunctionSQL)() is missing (no NOTIFY on insert)", fix: Migration.notifyFunctionSQL(t)))
         }
-        let trigger = try conn.query("""
-            SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = $2 AND NOT tgisinternal AND tgenabled <> 'D'
-            """, [.text(t.sql), .text(t.notifyTriggerName)]).int64(0, 0)
-        if trigger == 0 {
+        let triggers = try conn.query("""
+            SELECT count(*), count(*) FILTER (WHERE tgtype::integer & 1 = 1) FROM pg_trigger
+            WHERE tgrelid = $1::text::regclass AND tgname = $2 AND NOT tgisinternal AND tgenabled <> 'D'
+            """, [.text(t.sql), .text(t.notifyTriggerName)])
+        if try triggers.int64(0, 0) == 0 {
             out.append(Difference(problem: "trigger \(t.notifyTriggerName) on \(t.sql) is missing or disabled (an idle relay waits for its poll)",
+                                  fix: Migration.notifyTriggerSQL(t)))
+        } else if try triggers.int64(0, 1) == 0 {
+            // An older migration's statement-level trigger: it works, at a cost (Migration.notifyFunctionSQL).
+            out.append(Difference(problem: "trigger \(t.notifyTriggerName) on \(t.sql) is statement-level (an older migration): while a relay waits for notifications every INSERT runs a query over its transition table, about 70-90 us of the inserting backend's CPU more than the row-level trigger",
                                   fix: Migration.notifyTriggerSQL(t)))
         }
         // The notification gate (NOTIFY only while a replica waits for it).

@@ -134,6 +134,63 @@ import Testing
         #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
     }
 
+    /// The insert trigger is row-level: each row notifies its own shard (PostgreSQL folds a
+    /// transaction's identical notifications), so a multi-row transaction wakes exactly the owners
+    /// of the shards it wrote. A table migrated by an older version has the statement-level
+    /// trigger: it keeps working (one notification naming the statement's shards), `validate`
+    /// names it with its fix, and `migrate` replaces it in place.
+    @Test func theTriggerNotifiesEachRowsShardAndMigrateReplacesTheStatementLevelOne() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let conn = try TestEnvironment.connect()
+        let listener = try TestEnvironment.connect()
+        try listener.executeScript("LISTEN \(quoteIdentifier(table.channel))")
+        // Open the gate for ten minutes, as a waiting replica would.
+        try conn.query("SELECT setval($1::regclass, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 600000)", [.text(table.notifyUntilSQL)])
+        let rowLevel = "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = $2 AND tgtype::integer & 1 = 1"
+        #expect(try conn.query(rowLevel, [.text(table.sql), .text(table.notifyTriggerName)]).int64(0, 0) == 1)
+
+        /// Inserts `keys` (twice each) in one transaction; the payloads notified, and the rows' shards.
+        func insertAndListen(_ keys: [String]) async throws -> (payloads: [String], shards: Set<Int32>) {
+            let values = keys.flatMap { [$0, $0] }.map { "('t', convert_to('\($0)', 'UTF8'), 'v')" }.joined(separator: ", ")
+            try conn.executeScript("DELETE FROM \(table.sql); INSERT INTO \(table.sql) (topic, key, value) VALUES \(values)")
+            let r = try conn.query("SELECT DISTINCT shard FROM \(table.sql)")
+            let shards = Set(try (0..<r.rowCount).map { i throws(PGError) in try r.int32(i, 0) })
+            var payloads: [String] = []
+            try await TestEnvironment.eventually("the transaction's notifications", timeout: 5) {
+                payloads += try listener.drainNotifications().map(\.payload)
+                return !payloads.isEmpty
+            }
+            // Anything else of this transaction's arrived with the first (one queue read).
+            payloads += try listener.drainNotifications().map(\.payload)
+            return (payloads, shards)
+        }
+
+        let keys = (0..<6).map { "key-\($0)" }
+        let fresh = try await insertAndListen(keys)
+        #expect(fresh.shards.count > 1, "the keys fall in several shards: \(fresh.shards)")
+        #expect(fresh.payloads.sorted() == fresh.shards.map { "shards:\($0)" }.sorted(), "one notification per shard, none per duplicate row: \(fresh.payloads)")
+        #expect(try SchemaValidation.differences(conn, table: table).isEmpty)
+
+        // An older migration's statement-level trigger, with the function of this version.
+        try conn.executeScript("""
+            CREATE OR REPLACE TRIGGER \(quoteIdentifier(table.notifyTriggerName)) AFTER INSERT ON \(table.sql)
+            REFERENCING NEW TABLE AS outbox_relay_new_rows FOR EACH STATEMENT EXECUTE FUNCTION \(table.notifyFunctionSQL)();
+            """)
+        let old = try await insertAndListen(keys)
+        #expect(old.payloads.count == 1, "one notification for the statement: \(old.payloads)")
+        let listed = old.payloads.first.map { Set($0.dropFirst("shards:".count).split(separator: ",").compactMap { Int32($0) }) }
+        #expect(listed == old.shards, "it names the statement's shards: \(old.payloads)")
+        let diffs = try SchemaValidation.differences(conn, table: table)
+        #expect(diffs.count == 1 && diffs[0].problem.contains("statement-level") && diffs[0].fix.contains("FOR EACH ROW"), "\(diffs)")
+
+        // migrate replaces it in place.
+        try Migration.run(on: conn, table: table)
+        #expect(try conn.query(rowLevel, [.text(table.sql), .text(table.notifyTriggerName)]).int64(0, 0) == 1)
+        #expect(try SchemaValidation.differences(conn, table: table).isEmpty)
+        let again = try await insertAndListen(keys)
+        #expect(again.payloads.sorted() == again.shards.map { "shards:\($0)" }.sorted(), "\(again.payloads)")
+    }
+
     private func idsRelayed(table: OutboxTable, topic: String) throws -> [Int64] {
         let last = try TestEnvironment.connect().query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
         return Array(1...last)
