@@ -39,12 +39,12 @@ public enum Migration {
     /// claims. PostgreSQL folds identical notifications of one transaction into one: a
     /// transaction's rows notify once per shard they wrote.
     ///
-    /// The row-level form (since issue 13) costs a single-row INSERT about 70-90 us of the
-    /// inserting backend's CPU less than the statement-level one with a transition table, whose
-    /// query over the new rows (two DISTINCT aggregates) ran for every INSERT while the gate was
-    /// open (pgbench, 100 rows/s over 16 sessions, durable commits, four interleaved rounds;
-    /// docs/BENCHMARKS.md). A bulk INSERT while the gate is open pays a few microseconds per row
-    /// more than it did (10 000 rows: +20 % over the statement-level trigger). The function
+    /// The row-level form (since issue 13) costs a single-row INSERT about 0.1 ms of PostgreSQL
+    /// CPU less than the statement-level one with a transition table, whose query over the new
+    /// rows (two DISTINCT aggregates) ran for every INSERT while the gate was open (pgbench at
+    /// 100 rows/s over 16 sessions and the bench's steady state, durable commits;
+    /// docs/BENCHMARKS.md, *The row-level trigger*). A bulk INSERT pays about 1-3 us per row more
+    /// than it did (the `WHEN` and, with the gate open, the call run per row). The function
     /// still serves a statement-level trigger of an older migration (`TG_LEVEL`), with that
     /// trigger's payload (`shards:3,17`, `*` past WakeFilter.maxListed) and its own gate test
     /// (the oldest triggers have no `WHEN`), until `migrate` replaces the trigger.
