@@ -149,8 +149,9 @@ import Testing
         let rowLevel = "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = $2 AND tgtype::integer & 1 = 1"
         #expect(try conn.query(rowLevel, [.text(table.sql), .text(table.notifyTriggerName)]).int64(0, 0) == 1)
 
-        /// Inserts `keys` (twice each) in one transaction; the payloads notified, and the rows' shards.
-        func insertAndListen(_ keys: [String]) async throws -> (payloads: [String], shards: Set<Int32>) {
+        /// Inserts `keys` (twice each) in one transaction; the payloads notified, and the rows'
+        /// shards. Waits for `expected(shards)` notifications, then takes what else is there.
+        func insertAndListen(_ keys: [String], expected: (Set<Int32>) -> Int) async throws -> (payloads: [String], shards: Set<Int32>) {
             let values = keys.flatMap { [$0, $0] }.map { "('t', convert_to('\($0)', 'UTF8'), 'v')" }.joined(separator: ", ")
             try conn.executeScript("DELETE FROM \(table.sql); INSERT INTO \(table.sql) (topic, key, value) VALUES \(values)")
             let r = try conn.query("SELECT DISTINCT shard FROM \(table.sql)")
@@ -158,17 +159,18 @@ import Testing
             var payloads: [String] = []
             try await TestEnvironment.eventually("the transaction's notifications", timeout: 5) {
                 payloads += try listener.drainNotifications().map(\.payload)
-                return !payloads.isEmpty
+                return payloads.count >= expected(shards)
             }
-            // Anything else of this transaction's arrived with the first (one queue read).
+            // One more than expected would have come with them (one queue read, one commit).
             payloads += try listener.drainNotifications().map(\.payload)
             return (payloads, shards)
         }
 
         let keys = (0..<6).map { "key-\($0)" }
-        let fresh = try await insertAndListen(keys)
+        let prefix = WakeFilter.payloadPrefix
+        let fresh = try await insertAndListen(keys) { $0.count }
         #expect(fresh.shards.count > 1, "the keys fall in several shards: \(fresh.shards)")
-        #expect(fresh.payloads.sorted() == fresh.shards.map { "shards:\($0)" }.sorted(), "one notification per shard, none per duplicate row: \(fresh.payloads)")
+        #expect(fresh.payloads.sorted() == fresh.shards.map { "\(prefix)\($0)" }.sorted(), "one notification per shard, none per duplicate row: \(fresh.payloads)")
         #expect(try SchemaValidation.differences(conn, table: table).isEmpty)
 
         // An older migration's statement-level trigger, with the function of this version.
@@ -176,9 +178,9 @@ import Testing
             CREATE OR REPLACE TRIGGER \(quoteIdentifier(table.notifyTriggerName)) AFTER INSERT ON \(table.sql)
             REFERENCING NEW TABLE AS outbox_relay_new_rows FOR EACH STATEMENT EXECUTE FUNCTION \(table.notifyFunctionSQL)();
             """)
-        let old = try await insertAndListen(keys)
+        let old = try await insertAndListen(keys) { _ in 1 }
         #expect(old.payloads.count == 1, "one notification for the statement: \(old.payloads)")
-        let listed = old.payloads.first.map { Set($0.dropFirst("shards:".count).split(separator: ",").compactMap { Int32($0) }) }
+        let listed = old.payloads.first.map { Set($0.dropFirst(prefix.count).split(separator: ",").compactMap { Int32($0) }) }
         #expect(listed == old.shards, "it names the statement's shards: \(old.payloads)")
         let diffs = try SchemaValidation.differences(conn, table: table)
         #expect(diffs.count == 1 && diffs[0].problem.contains("statement-level") && diffs[0].fix.contains("FOR EACH ROW"), "\(diffs)")
@@ -187,8 +189,8 @@ import Testing
         try Migration.run(on: conn, table: table)
         #expect(try conn.query(rowLevel, [.text(table.sql), .text(table.notifyTriggerName)]).int64(0, 0) == 1)
         #expect(try SchemaValidation.differences(conn, table: table).isEmpty)
-        let again = try await insertAndListen(keys)
-        #expect(again.payloads.sorted() == again.shards.map { "shards:\($0)" }.sorted(), "\(again.payloads)")
+        let again = try await insertAndListen(keys) { $0.count }
+        #expect(again.payloads.sorted() == again.shards.map { "\(prefix)\($0)" }.sorted(), "\(again.payloads)")
     }
 
     private func idsRelayed(table: OutboxTable, topic: String) throws -> [Int64] {
