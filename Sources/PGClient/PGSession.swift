@@ -8,6 +8,8 @@ import Foundation
 public actor PGSession {
     private let executor: ThreadExecutor
     public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+    /// The session's thread as a task executor (see `withTaskExecutorPreference`).
+    public nonisolated var taskExecutor: any TaskExecutor { executor }
 
     private let url: String
     private let applicationName: String

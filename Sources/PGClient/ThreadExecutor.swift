@@ -5,7 +5,11 @@ import Foundation
 /// Blocking C calls (libpq) run here instead of on Swift's cooperative pool. An actor that uses
 /// this as its `unownedExecutor` and keeps its methods synchronous runs every call on this one
 /// thread, one at a time — which is exactly what a `PGconn` requires.
-public final class ThreadExecutor: SerialExecutor, @unchecked Sendable {
+///
+/// It is also a task executor: a task that prefers it (`withTaskExecutorPreference`) runs its
+/// nonisolated code, and the code of default actors it enters, on this thread between the
+/// session's own calls — no hand-over to another thread and back around each call.
+public final class ThreadExecutor: SerialExecutor, TaskExecutor, @unchecked Sendable {
     private let condition = NSCondition()
     private var jobs: [UnownedJob] = []
     private var stopping = false
@@ -28,6 +32,10 @@ public final class ThreadExecutor: SerialExecutor, @unchecked Sendable {
         UnownedSerialExecutor(ordinary: self)
     }
 
+    public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
+        UnownedTaskExecutor(ordinary: self)
+    }
+
     /// Lets the thread exit once the queued jobs have run.
     public func shutdown() {
         condition.lock()
@@ -44,7 +52,8 @@ public final class ThreadExecutor: SerialExecutor, @unchecked Sendable {
             if jobs.isEmpty && stopping { condition.unlock(); return }
             swap(&batch, &jobs)
             condition.unlock()
-            for job in batch { job.runSynchronously(on: asUnownedSerialExecutor()) }
+            let serial = asUnownedSerialExecutor(), task = asUnownedTaskExecutor()
+            for job in batch { job.runSynchronously(isolatedTo: serial, taskExecutor: task) }
             batch.removeAll(keepingCapacity: true)
         }
     }

@@ -11,149 +11,168 @@ extension Relay {
     func claimLoop() async {
         let poll = Double(configuration.pollIntervalMillis) / 1000
         while !stopFlag.isSet {
-            // Reports wake the report loop again for every wait but a busy poll's (below).
-            reportDeferral.resume()
-            let now = monotonicSeconds()
-            claimLoopBeat = now
-            if now < pausedUntil {
-                await claimWake.wait(timeout: pausedUntil - now)
-                continue
-            }
-            if !suspects.isEmpty {
-                // Probe phase: one suspect at a time, alone in the producer.
-                if probeSeq == nil, window.awaitingReport == 0, !recreating, let producer { probeNext(producer, now: now) }
-                await claimWake.wait(timeout: poll)
-                continue
-            }
-            if !retries.isEmpty, retries.anyDue(now: now) {
-                // Keys with rows still awaiting their report stay held (see releaseDue).
-                let busy = Set(window.unreported.compactMap { $0.row?.holdKey })
-                if retries.releaseDue(now: now, busy: { busy.contains($0) }) != nil { cursor.rewind() }
-            }
-            let shards = leases.claimable(now: now)
-            if shards != lastClaimable {
-                if !Set(shards).isSubset(of: Set(lastClaimable)) { cursor.reset() }
-                lastClaimable = shards
-            }
-            let room = window.rowRoom
-            // Claim full batches: with rows still in flight, wait until half a batch fits rather
-            // than issuing many small claims (statements per row matter to the database).
-            let minimumRoom = window.isEmpty ? 1 : max(1, min(configuration.batchSize, window.maxRows) / 2)
-            claimWaitsForRoom = room < minimumRoom
-            // A busy poll's pause, or the wait for a notification, spent on the claim session's
-            // thread just before the claim (see waitWhenCaughtUp).
-            let pause = pollPause
-            let notified = notifiedWait
-            pollPause = 0
-            notifiedWait = 0
-            let batch: ClaimBatch
-            let request: ClaimCursor.Request
-            let fused: FusableDeletes?
-            let began: Double
-            if let prefetched = prefetchedClaim {
-                // A backlog's next page, read while the previous one was produced (see
-                // prefetchClaim): as a claim that started earlier, it is settled here.
-                prefetchedClaim = nil
-                stats.prefetchedClaims += 1
-                (request, fused, began) = (prefetched.request, prefetched.fused, prefetched.began)
-                switch await prefetched.task.value {
-                case .success(let read): batch = read
-                case .failure(let error):
-                    claimFailed(error, fused: fused?.seqs)
-                    continue
+            if claimCaughtUp, prefetchedClaim == nil, let executor = claimSession?.taskExecutor {
+                // Caught up (a trickle, or busy polls): while it stays so, this task prefers the
+                // claim session's thread, and the actor's part of a claim (producing its rows,
+                // preparing the next wait) runs there too, instead of each claim handing its
+                // rows to a pool thread and that thread handing the next wait back: two thread
+                // wake-ups fewer per claim. Not while reading a backlog: its next page is then
+                // read on that thread while this one's rows are produced (prefetchClaim).
+                await withTaskExecutorPreference(executor) {
+                    repeat {
+                        await claimStep(poll: poll)
+                    } while !stopFlag.isSet && claimCaughtUp && prefetchedClaim == nil
                 }
             } else {
-                guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
-                    let wait = waitUntilRetry(poll, now: now)
-                    if shards.isEmpty, !recreating, let session = claimSession {
-                        // Holding nothing: no claim reads the session's notifications, and a
-                        // rebalance among them is what this replica waits for.
-                        await waitOnClaimSession(session, timeout: wait)
-                    } else {
-                        await claimWake.wait(timeout: wait)
-                    }
-                    continue
-                }
-                let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes)
-                request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
-                fused = takeFusableDeletes()
-                let router = notificationRouter
-                let claim = claimStatement(shards: shards, request: request, deleting: fused?.delete)
-                do {
-                    if notified > 0 {
-                        // Sleep until notified on the claim session's own thread, which then claims at
-                        // once: no listener thread and no pool thread woken between the NOTIFY and
-                        // the claim. A wake-up for another reason (room, a lease, a retry, shutdown)
-                        // interrupts the wait; the loop then starts over.
-                        // Deletes carried by this claim wait for it no longer than they would for
-                        // the delete loop: with none, the claim runs after that moment anyway.
-                        let wait = fused == nil ? notified : min(notified, Self.fusedDeleteWaitSeconds)
-                        if claimWake.armInterrupt() {
-                            batch = try await session.withConnection(claim)
-                        } else {
-                            let (outcome, armed) = try await session.waitThenRun(
-                                timeout: wait, interrupt: claimWake.interrupt!, accept: { router.accept($0) }, claim)
-                            guard outcome != .interrupted, let armed else {
-                                if let fused { restoreFusableDeletes(fused.seqs) }
-                                continue
-                            }
-                            batch = armed
-                        }
-                    } else {
-                        // A busy poll: the reports that come meanwhile wake nobody (ReportDeferral).
-                        if pause > 0 { reportDeferral.deferWakes() }
-                        batch = try await session.withConnection(after: pause, claim)
-                    }
-                } catch {
-                    claimFailed(error, fused: fused?.seqs)
-                    continue
-                }
-                began = notified > 0 ? monotonicSeconds() : now + pause  // about when the claim ran
-            }
-            // Reports a busy poll deferred go to the report loop, which runs on this actor's thread
-            // once the claim loop hands its next claim over. Not taken here: the claim loop's turn
-            // between two claims is the poll's critical path (taking them here, before or after
-            // producing, stalled it at times: cycles of 8 became 13-16 ms at 2000 rows/s).
-            if reportDeferral.resume() { stats.deferredReportHandOvers += 1 }
-            stats.claims += 1
-            if notificationGate { wakeMode.observe(snapshot: batch.snapshot) }
-            if let fused, let deleted = batch.deleted {
-                stats.fusedDeletes += 1
-                settleDeleted(fused.seqs, requested: fused.delete.ids.count, deleted: deleted, seconds: monotonicSeconds() - began)
-            }
-            if let dbNow = batch.databaseNowMicros {
-                // Database clock − this host's clock, for latencies measured from created_at (a
-                // database timestamp): a relay host whose clock is off must not report the offset.
-                databaseClockOffsetMicros = dbNow - wallClockMicros()
-            }
-            let batchBytes = batch.rows.reduce(0) { $0 + $1.message.byteCount }
-            if !batch.rows.isEmpty {
-                // Average message size of recent claims (bytes of key, value and headers): what
-                // the next claim's row limit is sized by.
-                let claimed = Double(batchBytes) / Double(batch.rows.count)
-                averageRowBytes = averageRowBytes.map { 0.7 * $0 + 0.3 * claimed } ?? claimed
-            }
-            failureStreak = 0  // the back-off grows with consecutive failures only
-            if request.mode == .sweep { stats.sweeps += 1 }
-            metrics.claimDuration.recordSeconds(monotonicSeconds() - began)
-            metrics.batchRows.record(batch.rows.count)
-            cursor.observe(request, snapshot: batch.snapshot, lastRowId: batch.rows.last?.id, rowCount: batch.rows.count)
-            if request.generation != cursor.generation {
-                // Rewound while this read was in flight (a producer re-created, a connection lost,
-                // a probe settled): rows not in flight are to be read again, in order, by the new
-                // generation's sweep — these too.
-                stats.staleClaims += 1
-                continue
-            }
-            if cursor.hasMore { prefetchClaim(afterRows: batch.rows.count, bytes: batchBytes, shards: shards) }
-            produce(batch.rows)
-            claimCaughtUp = !cursor.hasMore
-            if !cursor.hasMore, let session = claimSession {
-                await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
+                await claimStep(poll: poll)
             }
         }
         reportDeferral.resume()
         await settlePrefetchedClaim()
+    }
+
+    /// One turn of the claim loop: a claim (or a wait), its rows handed to the producer.
+    func claimStep(poll: Double) async {
+        // Reports wake the report loop again for every wait but a busy poll's (below).
+        reportDeferral.resume()
+        let now = monotonicSeconds()
+        claimLoopBeat = now
+        if now < pausedUntil {
+            await claimWake.wait(timeout: pausedUntil - now)
+            return
+        }
+        if !suspects.isEmpty {
+            // Probe phase: one suspect at a time, alone in the producer.
+            if probeSeq == nil, window.awaitingReport == 0, !recreating, let producer { probeNext(producer, now: now) }
+            await claimWake.wait(timeout: poll)
+            return
+        }
+        if !retries.isEmpty, retries.anyDue(now: now) {
+            // Keys with rows still awaiting their report stay held (see releaseDue).
+            let busy = Set(window.unreported.compactMap { $0.row?.holdKey })
+            if retries.releaseDue(now: now, busy: { busy.contains($0) }) != nil { cursor.rewind() }
+        }
+        let shards = leases.claimable(now: now)
+        if shards != lastClaimable {
+            if !Set(shards).isSubset(of: Set(lastClaimable)) { cursor.reset() }
+            lastClaimable = shards
+        }
+        let room = window.rowRoom
+        // Claim full batches: with rows still in flight, wait until half a batch fits rather
+        // than issuing many small claims (statements per row matter to the database).
+        let minimumRoom = window.isEmpty ? 1 : max(1, min(configuration.batchSize, window.maxRows) / 2)
+        claimWaitsForRoom = room < minimumRoom
+        // A busy poll's pause, or the wait for a notification, spent on the claim session's
+        // thread just before the claim (see waitWhenCaughtUp).
+        let pause = pollPause
+        let notified = notifiedWait
+        pollPause = 0
+        notifiedWait = 0
+        let batch: ClaimBatch
+        let request: ClaimCursor.Request
+        let fused: FusableDeletes?
+        let began: Double
+        if let prefetched = prefetchedClaim {
+            // A backlog's next page, read while the previous one was produced (see
+            // prefetchClaim): as a claim that started earlier, it is settled here.
+            prefetchedClaim = nil
+            stats.prefetchedClaims += 1
+            (request, fused, began) = (prefetched.request, prefetched.fused, prefetched.began)
+            switch await prefetched.task.value {
+            case .success(let read): batch = read
+            case .failure(let error):
+                claimFailed(error, fused: fused?.seqs)
+                return
+            }
+        } else {
+            guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
+                let wait = waitUntilRetry(poll, now: now)
+                if shards.isEmpty, !recreating, let session = claimSession {
+                    // Holding nothing: no claim reads the session's notifications, and a
+                    // rebalance among them is what this replica waits for.
+                    await waitOnClaimSession(session, timeout: wait)
+                } else {
+                    await claimWake.wait(timeout: wait)
+                }
+                return
+            }
+            let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes)
+            request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
+            fused = takeFusableDeletes()
+            let router = notificationRouter
+            let claim = claimStatement(shards: shards, request: request, deleting: fused?.delete)
+            do {
+                if notified > 0 {
+                    // Sleep until notified on the claim session's own thread, which then claims at
+                    // once: no listener thread and no pool thread woken between the NOTIFY and
+                    // the claim. A wake-up for another reason (room, a lease, a retry, shutdown)
+                    // interrupts the wait; the loop then starts over.
+                    // Deletes carried by this claim wait for it no longer than they would for
+                    // the delete loop: with none, the claim runs after that moment anyway.
+                    let wait = fused == nil ? notified : min(notified, Self.fusedDeleteWaitSeconds)
+                    if claimWake.armInterrupt() {
+                        batch = try await session.withConnection(claim)
+                    } else {
+                        let (outcome, armed) = try await session.waitThenRun(
+                            timeout: wait, interrupt: claimWake.interrupt!, accept: { router.accept($0) }, claim)
+                        guard outcome != .interrupted, let armed else {
+                            if let fused { restoreFusableDeletes(fused.seqs) }
+                            return
+                        }
+                        batch = armed
+                    }
+                } else {
+                    // A busy poll: the reports that come meanwhile wake nobody (ReportDeferral).
+                    if pause > 0 { reportDeferral.deferWakes() }
+                    batch = try await session.withConnection(after: pause, claim)
+                }
+            } catch {
+                claimFailed(error, fused: fused?.seqs)
+                return
+            }
+            began = notified > 0 ? monotonicSeconds() : now + pause  // about when the claim ran
+        }
+        // Reports a busy poll deferred go to the report loop, which runs on this actor's thread
+        // once the claim loop hands its next claim over. Not taken here: the claim loop's turn
+        // between two claims is the poll's critical path (taking them here, before or after
+        // producing, stalled it at times: cycles of 8 became 13-16 ms at 2000 rows/s).
+        if reportDeferral.resume() { stats.deferredReportHandOvers += 1 }
+        stats.claims += 1
+        if notificationGate { wakeMode.observe(snapshot: batch.snapshot) }
+        if let fused, let deleted = batch.deleted {
+            stats.fusedDeletes += 1
+            settleDeleted(fused.seqs, requested: fused.delete.ids.count, deleted: deleted, seconds: monotonicSeconds() - began)
+        }
+        if let dbNow = batch.databaseNowMicros {
+            // Database clock − this host's clock, for latencies measured from created_at (a
+            // database timestamp): a relay host whose clock is off must not report the offset.
+            databaseClockOffsetMicros = dbNow - wallClockMicros()
+        }
+        let batchBytes = batch.rows.reduce(0) { $0 + $1.message.byteCount }
+        if !batch.rows.isEmpty {
+            // Average message size of recent claims (bytes of key, value and headers): what
+            // the next claim's row limit is sized by.
+            let claimed = Double(batchBytes) / Double(batch.rows.count)
+            averageRowBytes = averageRowBytes.map { 0.7 * $0 + 0.3 * claimed } ?? claimed
+        }
+        failureStreak = 0  // the back-off grows with consecutive failures only
+        if request.mode == .sweep { stats.sweeps += 1 }
+        metrics.claimDuration.recordSeconds(monotonicSeconds() - began)
+        metrics.batchRows.record(batch.rows.count)
+        cursor.observe(request, snapshot: batch.snapshot, lastRowId: batch.rows.last?.id, rowCount: batch.rows.count)
+        if request.generation != cursor.generation {
+            // Rewound while this read was in flight (a producer re-created, a connection lost,
+            // a probe settled): rows not in flight are to be read again, in order, by the new
+            // generation's sweep — these too.
+            stats.staleClaims += 1
+            return
+        }
+        if cursor.hasMore { prefetchClaim(afterRows: batch.rows.count, bytes: batchBytes, shards: shards) }
+        produce(batch.rows)
+        claimCaughtUp = !cursor.hasMore
+        if !cursor.hasMore, let session = claimSession {
+            await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
+        }
     }
 
     /// The claim statement for `request`, carrying `deleting`'s DELETE if any. Notifications that
