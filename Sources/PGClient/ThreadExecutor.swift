@@ -46,13 +46,13 @@ public final class ThreadExecutor: SerialExecutor, TaskExecutor, @unchecked Send
 
     private func run() {
         var batch: [UnownedJob] = []
+        let serial = asUnownedSerialExecutor(), task = asUnownedTaskExecutor()
         while true {
             condition.lock()
             while jobs.isEmpty && !stopping { condition.wait() }
             if jobs.isEmpty && stopping { condition.unlock(); return }
             swap(&batch, &jobs)
             condition.unlock()
-            let serial = asUnownedSerialExecutor(), task = asUnownedTaskExecutor()
             for job in batch { job.runSynchronously(isolatedTo: serial, taskExecutor: task) }
             batch.removeAll(keepingCapacity: true)
         }

@@ -11,17 +11,18 @@ extension Relay {
     func claimLoop() async {
         let poll = Double(configuration.pollIntervalMillis) / 1000
         while !stopFlag.isSet {
-            if claimCaughtUp, prefetchedClaim == nil, let executor = claimSession?.taskExecutor {
+            if claimCaughtUp, let executor = claimSession?.taskExecutor {
                 // Caught up (a trickle, or busy polls): while it stays so, this task prefers the
                 // claim session's thread, and the actor's part of a claim (producing its rows,
                 // preparing the next wait) runs there too, instead of each claim handing its
                 // rows to a pool thread and that thread handing the next wait back: two thread
                 // wake-ups fewer per claim. Not while reading a backlog: its next page is then
-                // read on that thread while this one's rows are produced (prefetchClaim).
+                // read on that thread while this one's rows are produced (prefetchClaim); a claim
+                // that starts such a read leaves claimCaughtUp false, which ends the preference.
                 await withTaskExecutorPreference(executor) {
                     repeat {
                         await claimStep(poll: poll)
-                    } while !stopFlag.isSet && claimCaughtUp && prefetchedClaim == nil
+                    } while !stopFlag.isSet && claimCaughtUp
                 }
             } else {
                 await claimStep(poll: poll)
