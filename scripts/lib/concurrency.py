@@ -356,44 +356,62 @@ def create_topics(brokers, topics, partitions):
 
 def read_topics(brokers, topics, timeout=180):
     """Every message of the topics, from offset 0 of every partition up to its high watermark
-    (read after the relays stopped; offset 0 explicitly, as Tansu can answer 'earliest' wrongly)."""
+    (read after the relays stopped; offset 0 explicitly, as Tansu can answer 'earliest' wrongly).
+    The watermarks are asked again once they are reached, and reading goes on while they moved: a
+    stale watermark must not end the read early and count delivered rows as missing (once, a run
+    read exactly 8000 of 8046 messages, in 0.2 s instead of the usual 1.2)."""
     c = Consumer({"bootstrap.servers": brokers, "group.id": f"concurrency-verify-{uuid.uuid4()}",
                   "enable.auto.commit": False, "enable.partition.eof": False, "fetch.wait.max.ms": 100})
-    assign, high = [], {}
-    try:
+
+    def watermarks():
+        found = {}
         for t in topics:
             md = c.list_topics(t, timeout=10).topics[t]
             for p in sorted(md.partitions):
                 _lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)
                 if hi > 0:
-                    assign.append(TopicPartition(t, p, 0))
-                    high[(t, p)] = hi
-        if not assign:
+                    found[(t, p)] = hi
+        return found
+
+    try:
+        high = watermarks()
+        if not high:
             return [], high
-        c.assign(assign)
+        c.assign([TopicPartition(t, p, 0) for t, p in high])
         pos = {k: 0 for k in high}
         msgs = []
         deadline = time.monotonic() + timeout
-        while any(pos[k] < high[k] for k in high):
-            if time.monotonic() > deadline:
-                short = {f"{t}[{p}]": f"{pos[(t, p)]}/{high[(t, p)]}" for t, p in high if pos[(t, p)] < high[(t, p)]}
-                raise HarnessError(f"reading the topics timed out after {timeout} s: {short}")
-            for m in c.consume(1000, timeout=1.0):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise HarnessError(f"consume error: {m.error()}")
-                k = (m.topic(), m.partition())
-                pos[k] = max(pos[k], m.offset() + 1)
-                hdrs = dict((hk, hv) for hk, hv in (m.headers() or []))
-                oid = hdrs.get("outbox-id")
-                ts_type, ts = m.timestamp()
-                msgs.append({"topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
-                             "key": m.key(), "value": m.value(), "ts_ms": ts if ts_type != 0 else None,
-                             "id": int(oid) if oid is not None else None,
-                             "txn": hdrs["txn"].decode() if hdrs.get("txn") is not None else None,
-                             "headers": hdrs})
-        return msgs, high
+        while True:
+            while any(pos[k] < high[k] for k in high):
+                if time.monotonic() > deadline:
+                    short = {f"{t}[{p}]": f"{pos[(t, p)]}/{high[(t, p)]}" for t, p in high if pos[(t, p)] < high[(t, p)]}
+                    raise HarnessError(f"reading the topics timed out after {timeout} s: {short}")
+                for m in c.consume(1000, timeout=1.0):
+                    if m.error():
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise HarnessError(f"consume error: {m.error()}")
+                    k = (m.topic(), m.partition())
+                    pos[k] = max(pos.get(k, 0), m.offset() + 1)
+                    hdrs = dict((hk, hv) for hk, hv in (m.headers() or []))
+                    oid = hdrs.get("outbox-id")
+                    ts_type, ts = m.timestamp()
+                    msgs.append({"topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
+                                 "key": m.key(), "value": m.value(), "ts_ms": ts if ts_type != 0 else None,
+                                 "id": int(oid) if oid is not None else None,
+                                 "txn": hdrs["txn"].decode() if hdrs.get("txn") is not None else None,
+                                 "headers": hdrs})
+            again = watermarks()
+            grew = {k: hi for k, hi in again.items() if hi > high.get(k, 0)}
+            if not grew:
+                return msgs, high
+            log(f"high watermarks moved after they were read to ({len(grew)} partitions): reading on")
+            new = [k for k in grew if k not in high]
+            high.update(grew)
+            for k in new:
+                pos[k] = 0
+            if new:
+                c.assign([TopicPartition(t, p, pos[(t, p)]) for t, p in high])
     finally:
         c.close()
 
