@@ -11,7 +11,7 @@ Scenarios (each on a fresh table and a fresh topic):
            empty table; verified by consuming the topic (lost, duplicates, per-key order)
   ceiling  the relay's own claim SELECT and lease-checked DELETE, 1000 rows a round, run by
            pgbench on the same backlog without Kafka: the database's serial upper bound
-  steady   single-row autocommit INSERTs at fixed rates while the relay runs; per-row latency
+  steady   single-row autocommit INSERTs at fixed rates (random arrivals; --arrivals) while the relay runs; per-row latency
            from the row's created_at (clock_timestamp() at INSERT) to the relay's DELETE of it,
            recorded by a bench-only AFTER DELETE row trigger. Each rate runs once per relay in
            --steady-relays (default: outbox-relay, outbox-relay with --busy-poll-ms of
@@ -34,6 +34,7 @@ It prints a human-readable table and one line `BENCH_JSON {...}`. The method, an
 figure does and does not measure, is in docs/BENCHMARKS.md.
 """
 import argparse
+import bisect
 import json
 import statistics
 import math
@@ -727,12 +728,23 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         readers = [threading.Thread(target=reader, args=(c, k, o), daemon=True) for c, k, o in zip(conns, per_conn, committed)]
         for rt in readers:
             rt.start()
+        # When row j is due, seconds after t0: evenly spaced, or (--arrivals poisson, the default)
+        # exponential gaps of the same mean, seeded by the rate — what independent application
+        # requests look like, and what pgbench -R sends.
+        if self.a.arrivals == "poisson":
+            rng = random.Random(f"arrivals-{rate}")
+            due_at, at = [], 0.0
+            for _ in range(total):
+                due_at.append(at)
+                at += rng.expovariate(rate)
+        else:
+            due_at = [j / rate for j in range(total)]
         max_lag = 0.0
         t0 = time.monotonic()
         i = 0
         while i < total:
             now = time.monotonic()
-            due = min(total, int((now - t0) * rate) + 1)
+            due = bisect.bisect_right(due_at, now - t0, lo=i)
             if due > i:
                 bufs = [[] for _ in range(n)]
                 for j in range(i, due):
@@ -741,13 +753,13 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                         f"convert_to('key-{j % self.a.keys}', 'UTF8'), "
                         f"substring(decode(repeat(md5('{j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
                         f"'{{\"type\": \"BenchEvent\"}}') RETURNING id"))
-                max_lag = max(max_lag, now - (t0 + i / rate))
+                max_lag = max(max_lag, now - (t0 + due_at[i]))
                 for c, b in zip(conns, bufs):
                     if b:
                         c.sock.sendall(b"".join(b))
                         c.queries += len(b)
                 i = due
-            delay = t0 + i / rate - time.monotonic()
+            delay = (t0 + due_at[i] - time.monotonic()) if i < total else 0
             if delay > 0:
                 time.sleep(delay)
         send_done = time.monotonic()
@@ -1293,7 +1305,8 @@ def report(out):
     lines.append(f"outbox-relay benchmark — {cfg['cpus']} CPUs, relay args: {' '.join(cfg['relay_args'])}")
     ps = cfg.get("postgres_settings") or {}
     lines.append(f"PostgreSQL {cfg.get('postgres')}, {ps.get('durability', '?').upper()}: fsync={ps.get('fsync')}, "
-                 f"synchronous_commit={ps.get('synchronous_commit')}, full_page_writes={ps.get('full_page_writes')}")
+                 f"synchronous_commit={ps.get('synchronous_commit')}, full_page_writes={ps.get('full_page_writes')}; "
+                 f"paced INSERTs: {cfg.get('arrivals', 'uniform')} arrivals")
     lines.append("")
     d = out.get("drain")
     c = out.get("ceiling")
@@ -1448,6 +1461,10 @@ def main():
     ap.add_argument("--insert-connections", type=int, default=16,
                     help="steady and insert_only: connections the paced INSERTs are spread over, by key (default 16: "
                          "with synchronous_commit=on one connection commits at most one row per WAL flush)")
+    ap.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson",
+                    help="steady and insert_only: when the paced INSERTs are sent — at random (exponential gaps, "
+                         "seeded by the rate; the default, what independent requests look like) or evenly spaced "
+                         "(every result before the switch from uniform to poisson in docs/BENCHMARKS.md)")
     ap.add_argument("--idle-seconds", type=float, default=3, help="relay idle-CPU probe before each steady run")
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--shards", type=int, default=SHARDS, help=f"shards of each table (migrate --shards; default {SHARDS})")
@@ -1491,7 +1508,7 @@ def main():
         "partitions": 8, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
         "postgres": bench.admin.scalar("SHOW server_version"),
         "postgres_settings": bench.postgres_settings(),
-        "insert_connections": a.insert_connections,
+        "insert_connections": a.insert_connections, "arrivals": a.arrivals,
         "steady_relays": steady_relays,
         "quick": a.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }}
