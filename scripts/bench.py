@@ -737,6 +737,10 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             for _ in range(total):
                 due_at.append(at)
                 at += rng.expovariate(rate)
+        elif self.a.arrivals == "bursts":
+            # --burst-rows rows at once, bursts evenly spaced at the same mean rate.
+            k = max(1, self.a.burst_rows)
+            due_at = [(j // k) * k / rate for j in range(total)]
         else:
             due_at = [j / rate for j in range(total)]
         max_lag = 0.0
@@ -1461,10 +1465,12 @@ def main():
     ap.add_argument("--insert-connections", type=int, default=16,
                     help="steady and insert_only: connections the paced INSERTs are spread over, by key (default 16: "
                          "with synchronous_commit=on one connection commits at most one row per WAL flush)")
-    ap.add_argument("--arrivals", choices=["poisson", "uniform"], default="poisson",
+    ap.add_argument("--arrivals", choices=["poisson", "uniform", "bursts"], default="poisson",
                     help="steady and insert_only: when the paced INSERTs are sent — at random (exponential gaps, "
-                         "seeded by the rate; the default, what independent requests look like) or evenly spaced "
-                         "(every result before the switch from uniform to poisson in docs/BENCHMARKS.md)")
+                         "seeded by the rate; the default, what independent requests look like), evenly spaced "
+                         "(every result before the switch from uniform to poisson in docs/BENCHMARKS.md), or in "
+                         "bursts of --burst-rows rows sent at once, evenly spaced at the same mean rate")
+    ap.add_argument("--burst-rows", type=int, default=20, help="--arrivals bursts: rows per burst (default 20)")
     ap.add_argument("--idle-seconds", type=float, default=3, help="relay idle-CPU probe before each steady run")
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--shards", type=int, default=SHARDS, help=f"shards of each table (migrate --shards; default {SHARDS})")
@@ -1509,6 +1515,7 @@ def main():
         "postgres": bench.admin.scalar("SHOW server_version"),
         "postgres_settings": bench.postgres_settings(),
         "insert_connections": a.insert_connections, "arrivals": a.arrivals,
+        "burst_rows": a.burst_rows if a.arrivals == "bursts" else None,
         "steady_relays": steady_relays,
         "quick": a.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }}
