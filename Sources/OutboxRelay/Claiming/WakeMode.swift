@@ -21,13 +21,6 @@ import Foundation
 /// polls in a row as make a stop at the current rate all but certain (a chance under 1 in 100 000,
 /// at least `emptyPollsBeforeIdle`: 4 at 2000 rows/s, 8 at 300, 18 at 133).
 ///
-/// Notified → polling also needs the notified claims to come often: at least `1 / (3 ×
-/// busyPoll)` a second (67 at 5 ms) that found rows. Bursts — 20 rows within 2 ms every 100 ms,
-/// 200 rows/s on average — are claimed in a few claims each while notified; polling them meant 5
-/// ms polls finding nothing between the bursts and a switch back after each (0.4–1.0 claims per
-/// row against 0.1, in a model of the loop). Rows at a steady high rate, one per transaction, keep
-/// notified claims coming back to back, and switch as before.
-///
 /// Why the long average: rows of real applications arrive at random (Poisson), not evenly. An
 /// average of the last few gaps (it was 0.7 / 0.3 over gaps, then 0.9 / 0.1 over polls) drops
 /// under 7.5 ms several times a second at a steady 100 rows/s — a few short gaps in a row are
@@ -52,9 +45,6 @@ public struct WakeMode: Sendable, Equatable {
     var emptyPolls = 0
     /// Claimed rows per second, exponentially decayed over `rateWindow`.
     public private(set) var rate = 0.0
-    /// Claims that found rows, per second, averaged the same way (notified: the claims the
-    /// notifications cost; reset when polling ends).
-    public private(set) var claimRate = 0.0
     var rateAt: Double?
     /// Local (monotonic) time until which the gate is known open; 0 = not declared.
     public private(set) var declaredUntil: Double = 0
@@ -86,23 +76,17 @@ public struct WakeMode: Sendable, Equatable {
     public var pollingRate: Double { 1 / (1.5 * busyPoll) }
     /// Polling → notified under this rate.
     public var notifiedRate: Double { 1 / (1.8 * busyPoll) }
-    /// Notified → polling also needs this many claims a second (notified claims that found
-    /// rows): half as many as the rows' switching rate.
-    public var pollingClaimRate: Double { 1 / (3 * busyPoll) }
 
     /// A claim that found everything read returned `rows` rows at `now`.
     public mutating func observe(rows: Int, now: Double) {
         if let at = rateAt {
-            let decay = exp(-max(0, now - at) / rateWindow)
-            rate *= decay
-            claimRate *= decay
+            rate *= exp(-max(0, now - at) / rateWindow)
         }
         rate += Double(rows) / rateWindow
-        if rows > 0 { claimRate += 1 / rateWindow }
         rateAt = now
         switch mode {
         case .notified:
-            guard rate >= pollingRate, claimRate >= pollingClaimRate else { return }
+            guard rate >= pollingRate else { return }
             mode = .polling
             declaredUntil = 0
             followUpUntil = nil
@@ -116,7 +100,6 @@ public struct WakeMode: Sendable, Equatable {
                 // Rows that stopped left the average high for a while: the next row must not
                 // switch back to polling at once.
                 rate = min(rate, notifiedRate)
-                claimRate = 0
             }
         }
     }

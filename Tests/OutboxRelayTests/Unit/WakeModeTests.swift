@@ -80,34 +80,6 @@ import Testing
         #expect(switches <= 2, "\(switches) switches in 60 s of random arrivals at 300 rows/s")
     }
 
-    /// Bursts: 20 rows within 2 ms every 100 ms (200 rows/s on average), claimed in two claims
-    /// each while notified. Polling them meant 5 ms polls that find nothing between the bursts and
-    /// a switch back after each (the row rate alone switched 96 times in these 10 s).
-    @Test func shortBurstsStayNotified() {
-        var m = WakeMode(busyPoll: 0.005, emptyPollsBeforeIdle: 4, declaration: 2)
-        var switches = 0, last = m.mode
-        for burst in 0..<100 {
-            let start = Double(burst) * 0.1
-            if m.mode == .notified {
-                m.observe(rows: 12, now: start + 0.001)
-                m.observe(rows: 8, now: start + 0.003)
-            } else {
-                m.observe(rows: 20, now: start + 0.003)
-                var t = start + 0.008
-                while t < start + 0.1, m.mode == .polling {
-                    m.observe(rows: 0, now: t)
-                    t += 0.005
-                }
-            }
-            if m.mode != last { switches += 1; last = m.mode }
-        }
-        #expect(switches == 0, "\(switches) switches in 10 s of bursts")
-        #expect(m.mode == .notified)
-        // The same 200 rows/s one at a time: notified claims back to back, so it polls.
-        feed(&m, every: 0.005, from: 10, until: 11)
-        #expect(m.mode == .polling)
-    }
-
     /// `--busy-poll-ms 20`: the same rules, scaled. 100 rows/s (a row every 10 ms), which keeps
     /// the default (5 ms) notified, is polled every 20 ms, two rows a claim, with the gate shut;
     /// 17 rows/s (a row every third poll) goes back to notifications.
@@ -197,7 +169,7 @@ import Testing
         #expect(m.notifiedWait(poll: 600, now: WakeMode.followUpLimit + 1) > 1, "an endless transaction is not followed for ever")
         #expect(m.followUpUntil == nil)
         m.declared(now: 100, reopeningXid: 7)
-        feed(&m, every: 0.002, rows: 2, from: 100.001, until: 100.2)
+        m.observe(rows: 100, now: 100.001)
         #expect(m.mode == .polling && m.followUpUntil == nil, "polling reads everything anyway")
     }
 
