@@ -166,6 +166,14 @@ class PG:
         self.sock.close()
 
 
+def quantiles_ms(sorted_ms):
+    """p50 / p99 / max of sorted millisecond figures, rounded; None when there are none."""
+    if not sorted_ms:
+        return None
+    at = lambda q: round(sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))], 2)  # noqa: E731
+    return {"p50": at(0.5), "p99": at(0.99), "max": round(sorted_ms[-1], 2)}
+
+
 class Inserters:
     """The paced INSERTs' connections."""
 
@@ -173,6 +181,7 @@ class Inserters:
         self.conns = conns
         self.backend_pids = [c.backend_pid for c in conns]
         self.committed = committed  # {row id: wall-clock time its autocommit INSERT returned}
+        self.commit_ms = []  # sorted: each INSERT's send → its response (the application's commit latency)
 
     def close(self):
         for c in self.conns:
@@ -716,16 +725,23 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         # (id, wall-clock time the INSERT's autocommit returned), per connection: for commit →
         # DELETE latency (the reader's clock read can lag the response by a GIL switch).
         committed = [[] for _ in range(n)]
+        # Per connection, when each INSERT was sent (monotonic), in send order: its response is the
+        # same-numbered one, so each commit's latency as the application sees it (with the
+        # pipelining's queueing behind earlier INSERTs of the connection) is response − send.
+        sent_at = [[] for _ in range(n)]
+        commit_ms = [[] for _ in range(n)]
 
-        def reader(conn, count, out):
+        def reader(conn, count, out, sent, lat):
             try:
-                for _ in range(count):
+                for k in range(count):
                     rows = conn.result()
                     out.append((int(rows[0][0]), time.time()))
+                    lat.append((time.monotonic() - sent[k]) * 1000)
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
 
-        readers = [threading.Thread(target=reader, args=(c, k, o), daemon=True) for c, k, o in zip(conns, per_conn, committed)]
+        readers = [threading.Thread(target=reader, args=(c, k, o, sa, cl), daemon=True)
+                   for c, k, o, sa, cl in zip(conns, per_conn, committed, sent_at, commit_ms)]
         for rt in readers:
             rt.start()
         # When row j is due, seconds after t0: evenly spaced, or (--arrivals poisson, the default)
@@ -758,8 +774,9 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                         f"substring(decode(repeat(md5('{j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
                         f"'{{\"type\": \"BenchEvent\"}}') RETURNING id"))
                 max_lag = max(max_lag, now - (t0 + due_at[i]))
-                for c, b in zip(conns, bufs):
+                for ci, (c, b) in enumerate(zip(conns, bufs)):
                     if b:
+                        sent_at[ci].extend([time.monotonic()] * len(b))
                         c.sock.sendall(b"".join(b))
                         c.queries += len(b)
                 i = due
@@ -775,6 +792,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         if any(rt.is_alive() for rt in readers):
             raise RuntimeError("inserts not answered within 300 s")
         ins = Inserters(conns, {i: t for out in committed for i, t in out})
+        ins.commit_ms = sorted(x for lat in commit_ms for x in lat)
         return ins, total, t0, send_done, time.monotonic(), max_lag
 
     def insert_only(self, rate):
@@ -794,6 +812,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             "table": table, "rate_target": rate, "seconds": seconds, "rows": n,
             "rate_achieved": round(total / (ins_done - t0), 1),
             "max_send_lag_ms": round(max_lag * 1000, 2),
+            "insert_commit_ms": quantiles_ms(ins.commit_ms),
             "postgres_cpu_s": res["postgres_cpu_s"], "bench_cpu_s": res["bench_cpu_s"], "others_cpu_s": res["others_cpu_s"],
             "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
         }
@@ -1043,6 +1062,9 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             "rate_achieved": round(total / (ins_done - t0), 1),
             "send_seconds": round(send_done - t0, 3),
             "max_send_lag_ms": round(max_lag * 1000, 2),
+            # The application's side: each INSERT's send → its autocommit's response (a NOTIFY
+            # serializes concurrent commits through their WAL flushes while the gate is open).
+            "insert_commit_ms": quantiles_ms(ins.commit_ms),
             "tail_drain_seconds_after_last_insert": round(drained - ins_done, 3),
             "window_seconds": round(drained - t0, 3),
             "latency_ms": {"p50": pct[0], "p90": pct[1], "p99": pct[2], "p999": pct[3],
