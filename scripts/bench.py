@@ -167,11 +167,11 @@ class PG:
 
 
 def quantiles_ms(sorted_ms):
-    """p50 / p99 / max of sorted millisecond figures, rounded; None when there are none."""
+    """p50 / p90 / p99 / p99.9 / max of sorted millisecond figures, to the µs; None when there are none."""
     if not sorted_ms:
         return None
-    at = lambda q: round(sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))], 2)  # noqa: E731
-    return {"p50": at(0.5), "p99": at(0.99), "max": round(sorted_ms[-1], 2)}
+    at = lambda q: round(sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))], 3)  # noqa: E731
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "p999": at(0.999), "max": round(sorted_ms[-1], 3)}
 
 
 class Inserters:
@@ -1028,11 +1028,9 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             # looking at when the slow rows came (bursts, periodic stalls), not only how many.
             with open(os.path.join(self.run_dir, f"{table}-latency.json"), "w") as f:
                 json.dump([[i, ins.committed[i], created[i]] for i in created if i in ins.committed], f)
-        commit_to_kafka = None
-        if ck:
-            qk = lambda p: round(ck[min(len(ck) - 1, int(p * len(ck)))], 3)  # noqa: E731
-            commit_to_kafka = {"p50": qk(0.5), "p90": qk(0.9), "p99": qk(0.99), "p999": qk(0.999), "max": round(ck[-1], 3),
-                               "rows": len(ck)}
+        commit_to_kafka = quantiles_ms(ck)
+        if commit_to_kafka:
+            commit_to_kafka["rows"] = len(ck)
         commit_lat = None
         if self.a.latency_trigger:
             recs = self.admin.query(f"SELECT id, deleted_at FROM {lat}")
@@ -1041,10 +1039,9 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             # Unlike INSERT → DELETE it leaves out the inserting transaction's own commit: its WAL
             # flush and, on outbox-relay's table, its wait for the NOTIFY lock (below).
             cl = sorted((float(d) - ins.committed[int(i)]) * 1000 for i, d in recs if int(i) in ins.committed)
-            if cl:
-                q = lambda p: round(cl[min(len(cl) - 1, int(p * len(cl)))], 3)  # noqa: E731
-                commit_lat = {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": round(cl[-1], 3),
-                              "below_zero": sum(1 for x in cl if x < 0)}
+            commit_lat = quantiles_ms(cl)
+            if commit_lat:
+                commit_lat["below_zero"] = sum(1 for x in cl if x < 0)
         else:  # no record of the deleted ids: every id consumed is expected, lost = inserted - distinct
             ids = {m[3] for m in msgs if m[3] is not None}
         ver = self.verify(msgs, ids)
