@@ -295,6 +295,10 @@ class Workload:
 # Relays
 # --------------------------------------------------------------------------------------------
 
+LEASE_MS = 6000          # the relays' --lease-duration-ms
+FREEZE_SECONDS = 8.0     # --restart freeze: past the lease, so the shards are taken over
+
+
 class Replica:
     def __init__(self, cmd, name, log_dir):
         self.cmd, self.name, self.log_dir = cmd, name, log_dir
@@ -612,7 +616,7 @@ def run(a, seed):
                 "--brokers", a.brokers, "--table", table]
     else:
         base = [a.relay, "run", "--database-url", a.database_url, "--brokers", a.brokers, "--table", table,
-                "--http-port", "0", "--lease-duration-ms", "6000", "--heartbeat-interval-ms", "300",
+                "--http-port", "0", "--lease-duration-ms", str(LEASE_MS), "--heartbeat-interval-ms", "300",
                 "--message-timeout-ms", "2000", "--statement-timeout-ms", "1000", "--poll-interval-ms", "200"] + layout_args(a)
     replicas = []
     for i in range(a.relays):
@@ -676,6 +680,32 @@ def run(a, seed):
                 restart_info = {"signal": "SIGTERM", "rolling": rolled}
 
             restart_thread = threading.Thread(target=roll, daemon=True)
+            restart_thread.start()
+        elif a.restart == "freeze":
+            # A replica frozen (SIGSTOP: a stalled VM, a long GC or swap storm, a debugger) for
+            # longer than its lease, then resumed with its claimed rows, open producer and stale
+            # idea of its shards: the others take its shards over meanwhile. What it then sends and
+            # deletes must not reorder a key or lose a row (its DELETEs are lease-checked).
+            # Frozen early enough to resume with writes still going on (so it takes shards back
+            # under load, a second hand-over): from max(1 s, the write phase − freeze − 1.5 s).
+            victim = replicas[rng.randrange(len(replicas))]
+
+            def freeze():
+                nonlocal restart_info
+                if wl.stop.wait(max(1.0, a.seconds - FREEZE_SECONDS - 1.5)):
+                    return
+                if victim.proc.poll() is not None:
+                    relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({victim.proc.returncode}) before the freeze")
+                    return
+                victim.proc.send_signal(signal.SIGSTOP)
+                log(f"freeze: {victim.name} SIGSTOP for {FREEZE_SECONDS:g} s (lease {LEASE_MS / 1000:g} s)")
+                time.sleep(FREEZE_SECONDS)
+                victim.proc.send_signal(signal.SIGCONT)
+                restart_info = {"replica": victim.name, "signal": "SIGSTOP", "frozen_seconds": FREEZE_SECONDS,
+                                "lease_seconds": LEASE_MS / 1000}
+                log(f"freeze: {victim.name} SIGCONT")
+
+            restart_thread = threading.Thread(target=freeze, daemon=True)
             restart_thread.start()
         elif a.restart != "none":
             victim = replicas[rng.randrange(len(replicas))]
@@ -743,6 +773,7 @@ def run(a, seed):
     finally:
         for r in replicas:
             if r.proc is not None and r.proc.poll() is None:
+                r.proc.send_signal(signal.SIGCONT)  # a replica left frozen by an error
                 r.proc.kill()
                 r.proc.wait()
         admin.close()
@@ -855,9 +886,11 @@ def main():
                     help="unpaced: mean pause between a writer's transactions (uniform 0..2x; default 10, "
                          "about 1000 committed rows/s with 8 writers on a 2-core machine)")
     ap.add_argument("--relays", type=int, default=1)
-    ap.add_argument("--restart", choices=["none", "sigterm", "sigkill", "rolling"], default="none",
+    ap.add_argument("--restart", choices=["none", "sigterm", "sigkill", "rolling", "freeze"], default="none",
                     help="restart one replica at the write phase's midpoint (sigterm, sigkill), or every replica in turn "
-                         "with SIGTERM (rolling: a rolling deploy)")
+                         "with SIGTERM (rolling: a rolling deploy), or freeze one (SIGSTOP) for "
+                         f"{FREEZE_SECONDS:g} s, past its {LEASE_MS / 1000:g} s lease, then resume it (SIGCONT) while "
+                         "the writes go on")
     ap.add_argument("--reliability-out", help="append the run's figures as a fault-case line (docs/RELIABILITY.md)")
     ap.add_argument("--topics", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=4)
@@ -885,7 +918,8 @@ def main():
             f.write(line + "\n")
     if a.reliability_out:
         kind = {"none": "", "sigterm": ", one replica restarted with SIGTERM midway",
-                "sigkill": ", one replica killed (SIGKILL) midway and restarted", "rolling": ", every replica replaced in turn with SIGTERM (rolling deploy)"}[a.restart]
+                "sigkill": ", one replica killed (SIGKILL) midway and restarted", "rolling": ", every replica replaced in turn with SIGTERM (rolling deploy)",
+                "freeze": f", one replica frozen (SIGSTOP) {FREEZE_SECONDS:g} s, past its {LEASE_MS / 1000:g} s lease, then resumed under writes"}[a.restart]
         lat = o.get("latency_ms") or {}
         case = {
             "name": f"concurrent writers: {a.writers} sessions, {a.seconds:g} s, random transaction shapes, {a.relays} relay(s){kind}"
