@@ -32,6 +32,10 @@ Checks (violations make --check exit 1):
                          the partition (first occurrences). causal_inversion_pairs counts the pairs,
                          causal_overtaken_rows their distinct rows a (the late ones; reported only)
   intra_txn_inversions   pairs of rows of one transaction and key delivered out of id order
+  stale_redeliveries     copies of a row a delivered after the last copy of a row b of its key that
+                         a causally precedes: a consumer keeping the latest value per key would end
+                         at a's. (A take-over's re-sends, a b a b, are not: b's last copy follows.)
+                         A relay without the ownership rule makes them in the freeze run.
   unexpected_ids, payload_mismatches (key/value/headers differ from what was written),
   keys_on_several_partitions, relay_failures (a relay that crashed or did not exit 0 on SIGTERM),
   drain_timeout, no_committed_rows, writer_crashes
@@ -523,6 +527,29 @@ def analyze(txns, msgs, left_ids, restarted):
                 id_inv += 1
             else:
                 top = rid
+    # Stale re-deliveries: a copy of row a that arrives after the *last* copy of a row b of its key
+    # which a causally precedes (a's COMMIT returned before b's transaction began inserting). A
+    # consumer that keeps the latest value per key (a compacted topic, an upsert) then ends at a's
+    # value although b came later. Re-sending after a take-over (a, b, a, b) is not one: b's last
+    # copy still follows. A replica that sends a shard's rows after losing it would make them.
+    stale = 0
+    stale_examples = []
+    for (k, topic, part), rows in groups.items():
+        last = sorted((max(m["offset"] for m in occ[rid] if (m["topic"], m["partition"]) == (topic, part)), t.first_insert_began, rid)
+                      for _off, rid, t in rows)
+        for _off, rid, t in rows:
+            for m in occ[rid][1:]:
+                if (m["topic"], m["partition"]) != (topic, part):
+                    continue
+                n = bisect.bisect_left(last, (m["offset"],))
+                later = [(lo, b) for lo, began, b in last[:n] if began > t.commit_returned]
+                if later:
+                    stale += 1
+                    if len(stale_examples) < 3:
+                        b_last, b_id = later[-1]
+                        stale_examples.append({"key": f"k{k}", "topic": topic, "partition": part, "a_id": rid,
+                                               "a_copy_offset": m["offset"], "b_id": b_id, "b_last_offset": b_last})
+    res["stale_redeliveries"] = stale
     res["causal_inversions"] = inv_rows
     res["causal_inversion_pairs"] = inv_pairs
     res["causal_overtaken_rows"] = overtaken
@@ -560,7 +587,7 @@ def analyze(txns, msgs, left_ids, restarted):
                          "over_1s": sum(1 for x in lat if x > 1000)}
     res["slowest"] = [{"id": rid, "txn": lbl, "ms": r3(ms)} for ms, rid, lbl in worst[:3]]
     res["examples"] = {
-        "causal_inversions": examples,
+        "causal_inversions": examples, "stale_redeliveries": stale_examples,
         "missing": missing[:10], "rolled_back_delivered": rb[:10], "unexpected_ids": unexpected[:10],
         "left_in_outbox": sorted(left_ids)[:10], "payload_mismatches": mism[:10],
     }
@@ -576,7 +603,7 @@ def r3(x):
     return None if x is None else round(x, 3)
 
 
-VIOLATIONS = ["missing", "rolled_back_delivered", "left_in_outbox", "causal_inversions", "intra_txn_inversions",
+VIOLATIONS = ["missing", "rolled_back_delivered", "left_in_outbox", "causal_inversions", "intra_txn_inversions", "stale_redeliveries",
               "unexpected_ids", "payload_mismatches", "keys_on_several_partitions"]
 
 
@@ -828,7 +855,8 @@ def report(o):
         f"unexpected {o['unexpected_ids']}, payload mismatches {o['payload_mismatches']}",
         f"  causal inversions {o['causal_inversions']} rows ({o['causal_inversion_pairs']} pairs, "
         f"{o['causal_overtaken_rows']} rows overtaken), "
-        f"intra-transaction inversions {o['intra_txn_inversions']}, keys on >1 partition {o['keys_on_several_partitions']}; "
+        f"intra-transaction inversions {o['intra_txn_inversions']}, stale re-deliveries {o['stale_redeliveries']}, "
+        f"keys on >1 partition {o['keys_on_several_partitions']}; "
         f"id-order inversions {o['id_order_inversions']} (informational)",
         f"  latency COMMIT returned → Kafka CreateTime: p50 {L['p50']} ms, p90 {L['p90']} ms, p99 {L['p99']} ms, "
         f"max {L['max']} ms, min {L['min']} ms, over 1 s: {L['over_1s']} rows",
@@ -925,7 +953,7 @@ def main():
             "name": f"concurrent writers: {a.writers} sessions, {a.seconds:g} s, random transaction shapes, {a.relays} relay(s){kind}"
                     + (", Debezium-layout table" if a.layout == "debezium" else "")
                     + (f", relay arguments {' '.join(a.relay_arg)}" if a.relay_arg else ""),
-            "bound": "missing 0, rolled back delivered 0, causal same-key inversions 0" + (", duplicates 0" if a.restart == "none" else ", duplicates reported"),
+            "bound": "missing 0, rolled back delivered 0, causal same-key inversions 0, stale re-deliveries 0" + (", duplicates 0" if a.restart == "none" else ", duplicates reported"),
             "inserted": o.get("committed_rows", 0), "lost": o.get("missing", 0), "duplicates": o.get("duplicates", 0),
             "orderInversions": o.get("causal_inversions", 0), "pending": o.get("left_in_outbox", 0), "deadLettered": o.get("dead_letters", 0),
             "recoverySeconds": o.get("drain_seconds_after_writes"),

@@ -648,6 +648,10 @@ def run_case(env, a, case, seed, log_root):
     in_kafka = {m["id"] for m in msgs if m["id"] is not None}
     lost_ids = sorted(committed - in_kafka - set(left_ids) - set(dead_ids))
     inversions = res["causal_inversions"] + res["intra_txn_inversions"]
+    # Reported, not yet a violation here: broker-long makes some (a row sent during the cut is sent
+    # again after a later row of its key was delivered once; 3 of 6 runs, 2-4 copies, 2026-12-02).
+    # A known defect under investigation; the concurrency runs fail on any.
+    stale = res["stale_redeliveries"]
     recovery = None if monitor.recovered_at is None else round(max(0.0, monitor.recovered_at - t_heal), 2)
 
     # Per replica: what it sent, and when the isolated one last produced during the fault.
@@ -697,6 +701,12 @@ def run_case(env, a, case, seed, log_root):
     if burst_note:
         notes.append(burst_note)
     notes.append(latency_note(wl.txns, msgs, t_fault, t_heal))
+    if stale:
+        ex = res["examples"].get("stale_redeliveries") or []
+        notes.append(f"STALE RE-DELIVERIES {stale} (known defect, reported only): copies of a row delivered after the last "
+                     f"copy of a causally later row of its key, e.g. " + "; ".join(
+                         f"{e['key']}: id {e['a_id']} again at offset {e['a_copy_offset']} after id {e['b_id']} at {e['b_last_offset']}"
+                         for e in ex[:2]))
     dup_note = duplicate_provenance(msgs)
     if dup_note:
         notes.append(dup_note)
@@ -760,7 +770,7 @@ def run_case(env, a, case, seed, log_root):
               "peak_backlog": monitor.peak_backlog,
               "messages_by_replica": by_replica, "relay_events": events, "writes_s": round(t1 - t0, 2),
               "rows_per_s": round(n_committed / (t1 - t0), 1), "drain_s_after_writes": round(drain_s, 2),
-              "lost_ids": lost_ids[:10], "late_produces": late[:5], "takeover": {str(k): v for k, v in monitor.takeover.items()},
+              "lost_ids": lost_ids[:10], "order_examples": {k: res["examples"].get(k) for k in ("causal_inversions", "stale_redeliveries")}, "late_produces": late[:5], "takeover": {str(k): v for k, v in monitor.takeover.items()},
               "log_dir": log_dir}
     return detail
 
