@@ -547,8 +547,11 @@ def analyze(txns, msgs, left_ids, restarted):
                     stale += 1
                     if len(stale_examples) < 3:
                         b_last, b_id = later[-1]
+                        # Every copy of both, with its CreateTime (set at the producer's produce call):
+                        # the later copy of a created before b's means the broker put it after b.
                         stale_examples.append({"key": f"k{k}", "topic": topic, "partition": part, "a_id": rid,
-                                               "a_copy_offset": m["offset"], "b_id": b_id, "b_last_offset": b_last})
+                                               "a_copy_offset": m["offset"], "b_id": b_id, "b_last_offset": b_last,
+                                               "copies": {str(i): [(c["offset"], c["ts_ms"]) for c in occ[i]] for i in (rid, b_id)}})
     res["stale_redeliveries"] = stale
     res["causal_inversions"] = inv_rows
     res["causal_inversion_pairs"] = inv_pairs
