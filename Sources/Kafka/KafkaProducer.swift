@@ -28,6 +28,10 @@ public final class KafkaProducer: @unchecked Sendable {
 
     fileprivate let handle: OpaquePointer
     private let queue: OpaquePointer
+    /// This instance's broker connections (CKafka's socket callbacks): each socket closes with a
+    /// reset, and ``abortConnections()`` resets them all at once. Freed after `rd_kafka_destroy`,
+    /// which closes sockets through it.
+    private let sockets: UnsafeMutablePointer<outbox_socket_ledger>
     private let topics = Mutex<TopicHandles>(TopicHandles())
 
     /// librdkafka topic handles by name, with the last one looked up kept aside: consecutive
@@ -72,12 +76,19 @@ public final class KafkaProducer: @unchecked Sendable {
         configuration.set("log.queue", "true")
         let conf = try configuration.makeConf()
         rd_kafka_conf_set_events(conf, Int32(RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG))
+        guard let ledger = outbox_socket_ledger_new() else {
+            rd_kafka_conf_destroy(conf)
+            throw KafkaError(.configuration, message: "cannot create producer: out of memory")
+        }
+        outbox_conf_set_socket_ledger(conf, ledger)
         var errstr = [CChar](repeating: 0, count: 512)
         // rd_kafka_new takes ownership of conf on success only.
         guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count) else {
             rd_kafka_conf_destroy(conf)
+            outbox_socket_ledger_free(ledger)
             throw KafkaError(.configuration, message: "cannot create producer: \(errorText(errstr))")
         }
+        sockets = ledger
         handle = rk
         queue = rd_kafka_queue_get_main(rk)
         _ = rd_kafka_set_log_queue(rk, queue)
@@ -212,6 +223,8 @@ public final class KafkaProducer: @unchecked Sendable {
         }
         rd_kafka_queue_destroy(queue)
         rd_kafka_destroy(handle)
+        // Every socket is closed now (librdkafka's threads have ended).
+        outbox_socket_ledger_free(sockets)
     }
 
     // MARK: Events
@@ -327,6 +340,27 @@ extension KafkaProducer {
                 c.resume(returning: result)
             }
         }
+    }
+}
+
+extension KafkaProducer {
+    /// Resets every broker connection this instance has open, at once: bytes the kernel still
+    /// holds for them (requests not yet sent or not yet acknowledged) are discarded, so nothing
+    /// this instance wrote before can reach a broker later. librdkafka sees the connections fail
+    /// and would reconnect; call it on an instance being abandoned, after ``purgeAll()``, so it
+    /// has nothing left to send. Returns how many connections were reset.
+    @discardableResult
+    public func abortConnections() -> Int {
+        var n = 0
+        _ = withHandle { _ in n = Int(outbox_socket_ledger_abort(sockets)) }
+        return n
+    }
+
+    /// Broker connections (sockets) this instance has open now.
+    public var openConnections: Int {
+        var n = 0
+        _ = withHandle { _ in n = Int(outbox_socket_ledger_open(sockets)) }
+        return n
     }
 }
 

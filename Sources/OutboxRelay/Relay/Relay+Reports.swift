@@ -119,6 +119,11 @@ extension Relay {
         // The old instance must not send anything more (a zombie within the process): purge
         // what it holds and take the reports that brings, for a bounded moment.
         await purgeAndTakeReports(old)
+        // Requests it already wrote may still sit in the kernel (unsent, or sent and not yet
+        // acknowledged across a partition): reset its connections so none of them reaches the
+        // broker after the new instance re-sends those rows and later rows of their keys.
+        let reset = old.abortConnections()
+        logger.info("reset the replaced producer's broker connections", metadata: ["outbox.connections": .stringConvertible(reset)])
         // Then let it shut down on a thread of its own: rd_kafka_destroy can block for a socket
         // timeout when a broker is wedged, and nothing needs to wait for it.
         producer = nil
