@@ -139,6 +139,9 @@ public struct RelayConfiguration: Sendable {
         if let idem = kafka["enable.idempotence"], idem != "true" {
             throw RelayError(.configuration, "librdkafka property enable.idempotence=\(idem) is not allowed: per-key order and duplicate-free retries depend on it")
         }
+        if let fails = kafka["socket.max.fails"], fails != "1" {
+            throw RelayError(.configuration, "librdkafka property socket.max.fails=\(fails) is not allowed: a request that timed out must close its connection (with a reset, discarding what the kernel still holds), or its bytes can reach the broker after the row was re-sent or its lease moved to another replica")
+        }
         if let id = kafka["transactional.id"] {
             throw RelayError(.configuration, "librdkafka property transactional.id=\(id) is not allowed: the relay never uses Kafka transactions (each row is acknowledged and deleted on its own), and a transactional producer refuses plain produce calls")
         }

@@ -141,6 +141,11 @@ import Testing
         var i = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
         i.kafkaProperties = [("enable.idempotence", "false")]
         #expect { try i.validate() } throws: { "\($0)".contains("enable.idempotence") }
+        var f = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        f.kafkaProperties = [("socket.max.fails", "3")]
+        #expect { try f.validate() } throws: { "\($0)".contains("socket.max.fails=3") }
+        f.kafkaProperties = [("socket.max.fails", "1")]
+        #expect(throws: Never.self) { try f.validate() }
     }
 
     @Test func tracingIsOffByDefaultAndOnlyOffOrOTLP() throws {
