@@ -170,6 +170,7 @@ extension Relay {
         }
         if cursor.hasMore { prefetchClaim(afterRows: batch.rows.count, bytes: batchBytes, shards: shards) }
         produce(batch.rows)
+        if alreadyDelivered != nil, case .window = cursor.phase { endRedeliveryCheck() }
         claimCaughtUp = !cursor.hasMore
         if !cursor.hasMore, let session = claimSession {
             await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
@@ -247,10 +248,31 @@ extension Relay {
     /// and when such a DELETE leaves some, the cursor is rewound: a new row with one of those ids
     /// was kept out of the reads while the old one was in flight. (Before, a retried DELETE by id
     /// could delete such a row undelivered: the failover-immediate fault case lost 3 rows once.)
+    ///
+    /// And the connection may come back to a database that forgot DELETEs it had reported
+    /// committed (an asynchronous failover, a crash with `synchronous_commit = off`): until the
+    /// sweep that follows has read everything, a row read again that this process saw
+    /// acknowledged is deleted again rather than sent again (``DeliveredMemory``).
     func resyncAfterConnectionLoss() {
         stats.connectionResyncs += 1
         staleBelowSeq = window.nextSequenceNumber
         cursor.reset()
+        if deliveredMemory.count > 0 {
+            if alreadyDelivered == nil { redeliveriesAvoidedAtResync = stats.redeliveriesAvoided }
+            alreadyDelivered = deliveredMemory.rows()
+        }
+    }
+
+    /// The first sweep after a lost connection has read everything: rows read from now on are
+    /// sent as usual.
+    func endRedeliveryCheck() {
+        alreadyDelivered = nil
+        let avoided = stats.redeliveriesAvoided - redeliveriesAvoidedAtResync
+        if avoided > 0 {
+            logger.warning("rows read again after a lost connection had been acknowledged by the broker already (the database forgot their DELETE, e.g. an asynchronous failover): deleted again, not sent again", metadata: [
+                "outbox.rows": .stringConvertible(avoided),
+            ])
+        }
     }
 
     func backOff() {

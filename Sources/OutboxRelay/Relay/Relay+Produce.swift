@@ -25,6 +25,12 @@ extension Relay {
                 cursor.rewind()
                 continue
             }
+            if let delivered = alreadyDelivered,
+               delivered.contains(DeliveredMemory.Row(id: row.id, createdAtMicros: row.createdAtMicros)) {
+                // Acknowledged before a lost connection, and back: the database forgot its DELETE.
+                deleteWithoutSending(row)
+                continue
+            }
             if row.notBeforeDelayMillis > 0 {
                 // Delayed delivery: the row (and later rows of its key) wait until its not_before.
                 retries.hold(row.holdKey, rowId: row.id, until: now + Double(row.notBeforeDelayMillis) / 1000)
@@ -56,6 +62,18 @@ extension Relay {
                 failed(entry, error: error, persistence: .notPersisted, now: now)
             }
         }
+    }
+
+    /// A row the broker acknowledged before (see DeliveredMemory): into the window as acknowledged,
+    /// so the lease-checked DELETE takes it like any other.
+    func deleteWithoutSending(_ row: ClaimedRow) {
+        let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
+                               createdAtMicros: row.createdAtMicros, row: row)
+        _ = window.acknowledge(seq)
+        stats.redeliveriesAvoided += 1
+        if pendingDeletes.isEmpty { pendingDeletesSince = monotonicSeconds() }
+        pendingDeletes.append(seq)
+        deleteWake.signal()
     }
 
     /// Carries out the failure policy's decision for a row whose delivery failed.

@@ -69,6 +69,7 @@ extension Relay {
                 consecutiveFencing = 0
                 watchdog.restart(now: now)
                 pendingDeletes.append(report.opaque)
+                deliveredMemory.record(id: entry.rowId, createdAtMicros: entry.createdAtMicros)
                 if let row = entry.row {
                     producedByTopic[row.message.topic, default: 0] += 1
                     if configuration.recordsDeliveries {

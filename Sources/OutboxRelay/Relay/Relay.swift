@@ -56,6 +56,11 @@ public actor Relay: Service {
     /// Rows admitted with a window sequence below this were in the window when a connection was
     /// lost: their ids may name other rows now (see `resyncAfterConnectionLoss`). 0: none.
     var staleBelowSeq: UInt64 = 0
+    /// Rows lately acknowledged (see DeliveredMemory), and, during the first sweep after a lost
+    /// connection, those of them not to be sent again when read again.
+    var deliveredMemory = DeliveredMemory(capacity: 65_536)
+    var alreadyDelivered: Set<DeliveredMemory.Row>?
+    var redeliveriesAvoidedAtResync = 0
     /// When `pendingDeletes` last became non-empty.
     var pendingDeletesSince: Double?
     /// The WakeTimer entry that wakes the delete loop when no claim carried the pending deletes

@@ -31,6 +31,9 @@ public struct RelayStatistics: Sendable, Equatable {
     public var deferredReportHandOvers = 0
     /// Lost connections after which the relay read everything again (Relay.resyncAfterConnectionLoss).
     public var connectionResyncs = 0
+    /// Rows read again after a lost connection that this process had seen acknowledged (the
+    /// database forgot their DELETE): deleted again, not sent again (see DeliveredMemory).
+    public var redeliveriesAvoided = 0
     /// Whether rows that were in the window at the last lost connection are still there (their
     /// DELETEs check `created_at` too); false again once they have all left.
     public var checksStaleRows = false

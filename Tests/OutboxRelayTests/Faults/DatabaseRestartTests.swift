@@ -39,11 +39,15 @@ import Testing
         #expect(relay.terminate() == 0, "\(relay.output.suffix(1500))")
         // (A crash loses the sequence's cached values, so ids jump: verify the ids actually inserted.)
         let v = try Verification.verify(topics: [topic], expectedIds: ids)
-        FaultReport("PostgreSQL restarted (pg_ctl -m \(mode)) mid-drain", bound: "lost 0, duplicates <= in-flight window (2000)",
+        FaultReport("PostgreSQL restarted (pg_ctl -m \(mode)) mid-drain", bound: "lost 0, duplicates 0",
                     inserted: ids.count, verification: v, pending: 0, deadLettered: 0, recoverySeconds: recovery,
-                    note: "recovery = restart done to backlog 0; the test cluster runs synchronous_commit=off, so a crash can bring back rows whose DELETE was acknowledged: they are re-sent").write()
+                    note: "recovery = restart done to backlog 0; the test cluster runs synchronous_commit=off, so a crash can bring back rows whose DELETE was acknowledged: they are deleted again, not re-sent (DeliveredMemory)").write()
         #expect(v.lost.count == 0, "\(v)")
-        #expect(v.duplicates <= 2_000, "\(v)")
+        // Rows acknowledged before the restart stay acknowledged: in the window (their DELETE
+        // retried), or — when the crash undid a DELETE reported committed (synchronous_commit=off
+        // here) — recognised when read again and deleted without being sent again. (690 such
+        // duplicates in the immediate case before DeliveredMemory.)
+        #expect(v.duplicates == 0, "\(v)")
         #expect(v.orderInversions == 0, "\(v)")
     }
 }
