@@ -32,8 +32,6 @@ typedef struct outbox_socket_ledger {
     int fds[OUTBOX_LEDGER_MAX_FDS];
     int tracked;      /* entries used in fds */
     int open;         /* sockets open now (tracked or not) */
-    long opened;      /* sockets opened in all */
-    long aborted;     /* connections aborted by outbox_socket_ledger_abort */
 } outbox_socket_ledger;
 
 static inline outbox_socket_ledger *outbox_socket_ledger_new(void) {
@@ -58,7 +56,6 @@ static inline int outbox_socket_cb(int domain, int type, int protocol, void *opa
         pthread_mutex_lock(&l->lock);
         if (l->tracked < OUTBOX_LEDGER_MAX_FDS) l->fds[l->tracked++] = fd;
         l->open++;
-        l->opened++;
         pthread_mutex_unlock(&l->lock);
     }
     return fd;
@@ -99,7 +96,6 @@ static inline int outbox_socket_ledger_abort(outbox_socket_ledger *l) {
     for (int i = 0; i < l->tracked; i++) {
         if (connect(l->fds[i], &sa, sizeof sa) == 0) n++;
     }
-    l->aborted += n;
     pthread_mutex_unlock(&l->lock);
     return n;
 }

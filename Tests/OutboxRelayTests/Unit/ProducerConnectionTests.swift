@@ -3,14 +3,6 @@ import Glibc
 import Kafka
 import Testing
 
-/// The producer's broker connections end with a reset, never a graceful close: a graceful close
-/// leaves the kernel retransmitting the last requests as an orphan connection, and across a
-/// network partition they reached the broker seconds after the heal, behind rows the relay had
-/// re-sent and later rows of their keys (faults_network broker-long: 4 of 4 runs with an 8 s
-/// cut made stale re-deliveries before, 0 of 4 after).
-///
-/// A plain TCP listener stands in for the broker: it accepts librdkafka's connection, reads its
-/// first request and never answers; what it sees at the end of the connection is the assertion.
 /// How the peer's side of a connection ended.
 private enum Ending: Equatable { case reset, closed, stillOpen }
 
@@ -68,6 +60,14 @@ private final class Listener {
     }
 }
 
+/// The producer's broker connections end with a reset, never a graceful close: a graceful close
+/// leaves the kernel retransmitting the last requests as an orphan connection, and across a
+/// network partition they reached the broker seconds after the heal, behind rows the relay had
+/// re-sent and later rows of their keys (faults_network broker-long: 4 of 4 runs with an 8 s
+/// cut made stale re-deliveries before, none in 12 after).
+///
+/// A plain TCP listener stands in for the broker: it accepts librdkafka's connection, reads its
+/// first request and never answers; what it sees at the end of the connection is the assertion.
 @Suite(.serialized) struct ProducerConnectionTests {
     func producer(port: UInt16) throws -> KafkaProducer {
         try KafkaProducer(configuration: KafkaConfiguration([
