@@ -911,6 +911,13 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             out[name] = g
         return out
 
+    def batched_extra(self):
+        """The "batched" steady relay's own arguments: --batched-args if given (an A/B of any
+        setting), else --busy-poll-ms of --batched-busy-poll-ms."""
+        if self.a.batched_args is not None:
+            return self.a.batched_args.split()
+        return ["--busy-poll-ms", str(self.a.batched_busy_poll_ms)]
+
     def steady(self, rate, relay="outbox", replicas=1):
         """Paced single-row INSERTs at `rate` rows/s with `replicas` processes of outbox-relay
         ("outbox"; "batched": with --busy-poll-ms of --batched-busy-poll-ms) or of the naive SKIP
@@ -955,7 +962,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         if relay == "naive":
             procs = [self.start_naive(table, f"{table}-n{i}") for i in range(replicas)]
         else:
-            extra = ["--busy-poll-ms", str(self.a.batched_busy_poll_ms)] if relay == "batched" else []
+            extra = (self.batched_extra() if relay == "batched" else [])
             procs = [self.start_relay(table, f"{table}-r{i}", extra) for i in range(replicas)]
         pids = [p.pid for p in procs]
         self.wait_relays_ready(table, relay, procs)
@@ -1055,6 +1062,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             "table": table, "relay": "naive" if relay == "naive" else "outbox-relay", "replicas": replicas,
             # outbox-relay's --busy-poll-ms in this run (5 is its default); None for the naive relay.
             "busy_poll_ms": None if relay == "naive" else (self.a.batched_busy_poll_ms if relay == "batched" else RELAY_BUSY_POLL_MS),
+            "relay_args": self.batched_extra() if relay == "batched" else [],
             "rate_target": rate, "seconds": seconds, "rows": total,
             "rate_achieved": round(total / (ins_done - t0), 1),
             "send_seconds": round(send_done - t0, 3),
@@ -1189,6 +1197,8 @@ def relay_label(s):
     its default, or the naive relay."""
     if s["relay"] != "outbox-relay":
         return "naive SKIP LOCKED"
+    if s.get("relay_args") and s["relay_args"][:1] != ["--busy-poll-ms"]:
+        return "outbox-relay " + " ".join(a.lstrip("-") for a in s["relay_args"])
     bp = s.get("busy_poll_ms")
     return "outbox-relay" if bp in (None, RELAY_BUSY_POLL_MS) else f"outbox-relay bp{bp}"
 
@@ -1449,6 +1459,9 @@ def main():
                     help="relays run at each steady rate, in this order: outbox (outbox-relay), batched "
                          "(outbox-relay with --busy-poll-ms of --batched-busy-poll-ms) and/or naive "
                          "(scripts/lib/naive_relay.py) (default outbox,batched,naive)")
+    ap.add_argument("--batched-args", default=None,
+                    help="arguments of the \"batched\" steady relay instead of --busy-poll-ms (an A/B of any "
+                         "outbox-relay setting, e.g. \"--latency-target-ms 0\")")
     ap.add_argument("--batched-busy-poll-ms", type=int, default=20,
                     help="--busy-poll-ms of the \"batched\" steady relay (default 20: the naive relay's poll)")
     ap.add_argument("--naive-keep-notify-trigger", action="store_true",
