@@ -73,12 +73,41 @@ public actor PGSession {
     /// one; here it is this thread alone. `accept` runs on this thread for every notification
     /// (for its side effects too) and says whether it ends the wait. Nothing else can run on the
     /// session meanwhile.
-    public func waitThenRun<T: Sendable>(timeout: Double, interrupt: WaitInterrupt,
+    ///
+    /// `linger`: once notified, wait this much longer before running `body`, so that what
+    /// commits meanwhile is read by the same statement. Notifications that arrive during it are
+    /// not woken for; they are offered to `accept` (for their side effects) just before `body`
+    /// runs, whose statement sees what they announced. `interrupt` ends the linger early and is
+    /// left signalled: `body` runs, and the caller's next wait ends at once.
+    public func waitThenRun<T: Sendable>(timeout: Double, linger: Double = 0, interrupt: WaitInterrupt,
                                          accept: @Sendable (PGConnection.Notification) -> Bool,
                                          _ body: @Sendable (PGConnection) throws(PGError) -> T) throws(PGError) -> (WaitOutcome, T?) {
         try run { conn throws(PGError) -> (WaitOutcome, T?) in
             let outcome = try Self.wait(conn, timeout: timeout, interrupt: interrupt, accept: accept)
-            return outcome == .interrupted ? (outcome, nil) : (outcome, try body(conn))
+            if outcome == .interrupted { return (outcome, nil) }
+            if outcome == .notified, linger > 0 {
+                Self.linger(linger, interrupt: interrupt)
+                _ = try Self.anyAccepted(conn, accept)
+            }
+            return (outcome, try body(conn))
+        }
+    }
+
+    /// Sleeps `seconds`, or until `interrupt` is signalled (left signalled), whichever is first.
+    private static func linger(_ seconds: Double, interrupt: WaitInterrupt) {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(min(seconds, 60) * 1_000_000_000)
+        while true {
+            let now = DispatchTime.now().uptimeNanoseconds
+            if now >= deadline { return }
+            let left = deadline - now
+            if left < 1_000_000 {
+                // poll(2) counts whole milliseconds: the last fraction is slept.
+                var ts = timespec(tv_sec: 0, tv_nsec: Int(left))
+                _ = nanosleep(&ts, nil)
+                return
+            }
+            var fd = pollfd(fd: interrupt.readEnd, events: Int16(POLLIN), revents: 0)
+            if poll(&fd, 1, Int32(left / 1_000_000)) > 0 { return }  // the signal stays for the caller's next wait
         }
     }
 

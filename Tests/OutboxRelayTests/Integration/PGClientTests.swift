@@ -137,6 +137,59 @@ import Testing
         #expect(outcome == .notified)
     }
 
+    /// The claim loop's linger (ClaimPacer): once notified, the body waits; what is announced
+    /// meanwhile is offered to the filter before the body runs (whose statement sees it), and
+    /// does not end the next wait.
+    @Test func aLingerRunsTheBodyLaterAndSwallowsWhatWasAnnouncedMeanwhile() async throws {
+        let channel = "wait_test_\(Int.random(in: 0..<1_000_000))"
+        let session = Self.session(channel)
+        defer { Task { await session.close() } }
+        _ = try await session.withConnection { conn throws(PGError) in try conn.query("SELECT 1") }
+        let notifier = try TestEnvironment.connect()
+        let seen = CallCounter()
+        Task.detached {
+            try await Task.sleep(nanoseconds: 100_000_000)
+            try notifier.query("SELECT pg_notify($1, 'first')", [.text(channel)])
+            try await Task.sleep(nanoseconds: 300_000_000)
+            try notifier.query("SELECT pg_notify($1, 'second')", [.text(channel)])
+        }
+        let started = ContinuousClock.now
+        let (outcome, seenByBody) = try await session.waitThenRun(timeout: 30, linger: 1.0, interrupt: WaitInterrupt(), accept: { _ in
+            seen.add()
+            return true
+        }) { _ throws(PGError) in seen.value }
+        let elapsed = ContinuousClock.now - started
+        #expect(outcome == .notified)
+        #expect(elapsed >= .milliseconds(1_050), "the body ran a linger after the first notification (\(elapsed))")
+        #expect(elapsed < .seconds(10))
+        #expect(seenByBody == 2, "the notification that came during the linger was taken before the body ran")
+        let (next, _) = try await session.waitThenRun(timeout: 0.3, interrupt: WaitInterrupt(), accept: { _ in true }) { _ throws(PGError) in }
+        #expect(next == .timedOut, "nothing announced before the body ran ends the next wait")
+    }
+
+    @Test func anInterruptEndsALingerRunsTheBodyAndStaysForTheNextWait() async throws {
+        let channel = "wait_test_\(Int.random(in: 0..<1_000_000))"
+        let session = Self.session(channel)
+        defer { Task { await session.close() } }
+        _ = try await session.withConnection { conn throws(PGError) in try conn.query("SELECT 1") }
+        let notifier = try TestEnvironment.connect()
+        let interrupt = WaitInterrupt()
+        Task.detached {
+            try await Task.sleep(nanoseconds: 100_000_000)
+            try notifier.query("SELECT pg_notify($1, 'wake')", [.text(channel)])
+            try await Task.sleep(nanoseconds: 200_000_000)
+            interrupt.signal()
+        }
+        let started = ContinuousClock.now
+        let (outcome, value) = try await session.waitThenRun(timeout: 30, linger: 60, interrupt: interrupt, accept: { _ in true }) { conn throws(PGError) in
+            try conn.query("SELECT 7::int4").int32(0, 0)
+        }
+        #expect(outcome == .notified && value == 7, "the notification's body runs")
+        #expect(ContinuousClock.now - started < .seconds(20), "the interrupt cut the 60 s linger short")
+        let (next, _) = try await session.waitThenRun(timeout: 30, interrupt: interrupt, accept: { _ in true }) { _ throws(PGError) in }
+        #expect(next == .interrupted, "the signal is left for the caller's next wait")
+    }
+
     @Test func aConnectionKilledDuringTheWaitIsAConnectionLossAndTheNextCallReconnects() async throws {
         let session = Self.session("wait_test_\(Int.random(in: 0..<1_000_000))")
         defer { Task { await session.close() } }
