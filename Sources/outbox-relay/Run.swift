@@ -20,6 +20,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("max-in-flight-bytes"), help: settingHelp("max-in-flight-bytes")) var maxInFlightBytes: String?
     @Option(name: .customLong("poll-interval-ms"), help: settingHelp("poll-interval-ms")) var pollIntervalMs: String?
     @Option(name: .customLong("busy-poll-ms"), help: settingHelp("busy-poll-ms")) var busyPollMs: String?
+    @Option(name: .customLong("latency-target-ms"), help: settingHelp("latency-target-ms")) var latencyTargetMs: String?
     @Option(name: .customLong("lease-duration-ms"), help: settingHelp("lease-duration-ms")) var leaseDurationMs: String?
     @Option(name: .customLong("heartbeat-interval-ms"), help: settingHelp("heartbeat-interval-ms")) var heartbeatIntervalMs: String?
     @Option(name: .customLong("message-timeout-ms"), help: settingHelp("message-timeout-ms")) var messageTimeoutMs: String?
@@ -49,7 +50,7 @@ struct Run: AsyncParsableCommand {
         let pairs: [(String, String?)] = [
             ("brokers", brokers), ("batch-size", batchSize),
             ("max-in-flight-rows", maxInFlightRows), ("max-in-flight-bytes", maxInFlightBytes),
-            ("poll-interval-ms", pollIntervalMs), ("busy-poll-ms", busyPollMs), ("lease-duration-ms", leaseDurationMs),
+            ("poll-interval-ms", pollIntervalMs), ("busy-poll-ms", busyPollMs), ("latency-target-ms", latencyTargetMs), ("lease-duration-ms", leaseDurationMs),
             ("heartbeat-interval-ms", heartbeatIntervalMs), ("message-timeout-ms", messageTimeoutMs),
             ("statement-timeout-ms", statementTimeoutMs), ("shutdown-timeout-ms", shutdownTimeoutMs),
             ("retry-backoff-ms", retryBackoffMs), ("replica-name", replicaName),

@@ -38,4 +38,6 @@ public struct ClaimBatch: Sendable {
     public var databaseNowMicros: Int64? = nil
     /// Rows deleted by the claim's fused DELETE (nil: the claim carried none).
     public var deleted: Int? = nil
+    /// How long the statement took on this host, sent to decoded (seconds; 0 if not timed).
+    public var seconds: Double = 0
 }

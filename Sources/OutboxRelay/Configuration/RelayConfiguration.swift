@@ -28,6 +28,15 @@ public struct RelayConfiguration: Sendable {
     public var busyPollMillis: Int?
     /// The busy poll in effect (see ``busyPollMillis``).
     public var effectiveBusyPollMillis: Int { busyPollMillis ?? min(5, pollIntervalMillis) }
+    /// How old, at most, a caught-up replica lets a row get (INSERT → claim) while it waits for
+    /// more rows to claim with it, in milliseconds (see ``ClaimPacer``): after a notification it
+    /// lingers, and it lengthens the busy poll, by what of this the path's measured delay leaves.
+    /// 0: claim at once on every notification and poll every busy poll (the lowest latency, at a
+    /// claim cycle per row at a trickle). nil: 8, or the poll interval if that is shorter; a
+    /// value set must not exceed the poll interval.
+    public var latencyTargetMillis: Int?
+    /// The latency target in effect (see ``latencyTargetMillis``).
+    public var effectiveLatencyTargetMillis: Int { latencyTargetMillis ?? min(8, pollIntervalMillis) }
     /// Lease duration in milliseconds. Default 30000.
     public var leaseDurationMillis: Int = 30_000
     /// Heartbeat (lease renewal) interval in milliseconds. Default: lease duration / 6.
@@ -115,6 +124,9 @@ public struct RelayConfiguration: Sendable {
             if b > pollIntervalMillis {
                 throw RelayError(.configuration, "invalid --busy-poll-ms \(b): must not exceed --poll-interval-ms \(pollIntervalMillis)")
             }
+        }
+        if let t = latencyTargetMillis, t < 0 || t > pollIntervalMillis {
+            throw RelayError(.configuration, "invalid --latency-target-ms \(t): must be 0 (claim at once) to --poll-interval-ms \(pollIntervalMillis)")
         }
         try positive(leaseDurationMillis, "--lease-duration-ms")
         try positive(messageTimeoutMillis, "--message-timeout-ms")

@@ -18,6 +18,7 @@ public final class RelayMetrics: Sendable {
     let liveReplicas: Gauge
     let backlogRows: Gauge
     let oldestRowAge: Gauge
+    let claimLinger: Gauge
     let commitToAck: Timer
     let claimDuration: Timer
     let deleteDuration: Timer
@@ -41,6 +42,7 @@ public final class RelayMetrics: Sendable {
         liveReplicas = Gauge(label: Self.prefix + "live_replicas", dimensions: t)
         backlogRows = Gauge(label: Self.prefix + "backlog_rows", dimensions: t)
         oldestRowAge = Gauge(label: Self.prefix + "oldest_row_age_seconds", dimensions: t)
+        claimLinger = Gauge(label: Self.prefix + "claim_linger_seconds", dimensions: t)
         commitToAck = Timer(label: Self.prefix + "commit_to_ack_seconds", dimensions: t, preferredDisplayUnit: .seconds)
         claimDuration = Timer(label: Self.prefix + "db_statement_duration_seconds", dimensions: t + [("statement", "claim")], preferredDisplayUnit: .seconds)
         deleteDuration = Timer(label: Self.prefix + "db_statement_duration_seconds", dimensions: t + [("statement", "delete")], preferredDisplayUnit: .seconds)

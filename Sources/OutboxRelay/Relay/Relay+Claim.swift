@@ -73,6 +73,9 @@ extension Relay {
         let request: ClaimCursor.Request
         let fused: FusableDeletes?
         let began: Double
+        // How long the claim waited for company before it ran (ClaimPacer): a busy poll's pause,
+        // or the linger after a notification.
+        var waited = 0.0
         if let prefetched = prefetchedClaim {
             // A backlog's next page, read while the previous one was produced (see
             // prefetchClaim): as a claim that started earlier, it is settled here.
@@ -110,22 +113,26 @@ extension Relay {
                     // interrupts the wait; the loop then starts over.
                     // Deletes carried by this claim wait for it no longer than they would for
                     // the delete loop: with none, the claim runs after that moment anyway.
+                    // Once notified, it lingers for the rows that commit next (ClaimPacer).
                     let wait = fused == nil ? notified : min(notified, Self.fusedDeleteWaitSeconds)
                     if claimWake.armInterrupt() {
                         batch = try await session.withConnection(claim)
                     } else {
+                        let linger = pacer.notifiedLinger
                         let (outcome, armed) = try await session.waitThenRun(
-                            timeout: wait, interrupt: claimWake.interrupt!, accept: { router.accept($0) }, claim)
+                            timeout: wait, linger: linger, interrupt: claimWake.interrupt!, accept: { router.accept($0) }, claim)
                         guard outcome != .interrupted, let armed else {
                             if let fused { restoreFusableDeletes(fused.seqs) }
                             return
                         }
+                        if outcome == .notified { waited = linger }
                         batch = armed
                     }
                 } else {
                     // A busy poll: the reports that come meanwhile wake nobody (ReportDeferral).
                     if pause > 0 { reportDeferral.deferWakes() }
                     batch = try await session.withConnection(after: pause, claim)
+                    waited = pause
                 }
             } catch {
                 claimFailed(error, fused: fused?.seqs)
@@ -148,6 +155,14 @@ extension Relay {
             // Database clock − this host's clock, for latencies measured from created_at (a
             // database timestamp): a relay host whose clock is off must not report the offset.
             databaseClockOffsetMicros = dbNow - wallClockMicros()
+            // The path's delay, for how long the next claims wait for company: the oldest row's
+            // age when the claim ran, plus the whole statement's time (its reply and decoding are
+            // before the produce, and a busy machine lengthens them). Only the read window's first
+            // page: rows re-read by a sweep are as old as the rewind made them.
+            if request.mode == .window, let oldest = batch.rows.lazy.map(\.createdAtMicros).min() {
+                pacer.observe(oldestAge: Double(dbNow - oldest) / 1_000_000 + batch.seconds, waited: waited)
+                if stats.claims % 32 == 0 { metrics.claimLinger.record(pacer.notifiedLinger) }
+            }
         }
         let batchBytes = batch.rows.reduce(0) { $0 + $1.message.byteCount }
         if !batch.rows.isEmpty {
@@ -186,7 +201,9 @@ extension Relay {
         let allShards = shards.count == leases.shardCount
         let router = notificationRouter
         return { conn throws(PGError) in
-            let batch = try queries.claim(conn, shards: shards, allShards: allShards, request: request, deleting: deleting)
+            let start = monotonicSeconds()
+            var batch = try queries.claim(conn, shards: shards, allShards: allShards, request: request, deleting: deleting)
+            batch.seconds = monotonicSeconds() - start
             if try router.take(conn.drainNotifications()) { router.claimWake.signal() }
             return batch
         }

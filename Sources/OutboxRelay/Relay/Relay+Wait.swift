@@ -39,7 +39,7 @@ extension Relay {
             // longer: rows leaving the window or a lease lost meanwhile are handled as they are
             // for a claim in flight (the produce call checks ownership, a rewind discards it).
             stats.busyPolls += 1
-            pollPause = wakeMode.busyPoll
+            pollPause = pacer.busyPause
             return
         }
         if gateClosedElsewhere.take() {

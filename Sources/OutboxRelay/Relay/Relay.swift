@@ -92,6 +92,8 @@ public actor Relay: Service {
     var lastClaimable: [Int32] = []
     /// How the claim loop waits when caught up (only with the notification gate).
     var wakeMode = WakeMode()
+    /// How long a caught-up claim waits for company (``ClaimPacer``).
+    var pacer = ClaimPacer(target: 0, busyPoll: 0.005)
     var notificationGate = false
     /// The database's clock minus this host's (µs), from the last claim: latencies from a row's
     /// created_at are measured on the database's clock.

@@ -1,0 +1,66 @@
+/// How long a caught-up replica lets rows wait for company before it claims them: the relay's
+/// `linger.ms`. Every claim cycle — a statement and its reply, a ProduceRequest per partition and
+/// its response, a delivery report — costs the relay and the database about the same whether it
+/// carries one row or five, so rows gathered per claim are what makes a steady stream cheap. The
+/// wait is bounded by a **latency target** for the rows themselves, and spends on gathering only
+/// what the rest of the path leaves of it:
+///
+/// - notified (a trickle): after the notification that wakes it, the replica lingers
+///   ``notifiedLinger`` before claiming; notifications meanwhile wake nobody, and their rows come
+///   in the same claim;
+/// - polling (rows faster than the busy poll): it pauses ``busyPause`` between polls, never less
+///   than `--busy-poll-ms`.
+///
+/// Both are `target − overhead`, where `overhead` is measured: for each claim of the read window,
+/// the age of its oldest row when claimed (database clock: the claim's `clock_timestamp()` less
+/// the row's `created_at`), plus the claim statement's time on this host (its reply and decoding
+/// come before the produce), less the linger or pause it waited — the time the row spent
+/// committing, being announced, in the claim cycle before this one and in this one's statement. The overhead taken is the 9-in-10
+/// quantile of the last 32 claims, so a machine that gets slower (or transactions that commit
+/// long after their INSERT) shorten the wait by themselves, down to claiming at once; a row older
+/// than the target counts as the whole target. Rows re-read by a sweep (after a rewind, a retry,
+/// a lost connection) are not samples: their age says nothing about the path.
+///
+/// `target` 0 turns it off: claim at once on a notification, poll every busy poll.
+public struct ClaimPacer: Sendable, Equatable {
+    /// The latency target, seconds (`--latency-target-ms`); 0: off.
+    public let target: Double
+    /// The shortest pause between busy polls, seconds (`--busy-poll-ms`).
+    public let busyPoll: Double
+    /// Claims the overhead is taken over.
+    public static let samples = 32
+    var recent: [Double] = []
+    var next = 0
+    /// The path's overhead in use (9-in-10 quantile of ``samples`` claims), seconds.
+    public private(set) var overhead: Double
+
+    public init(target: Double, busyPoll: Double) {
+        self.target = max(0, target)
+        self.busyPoll = busyPoll
+        // Until a few claims have measured it: half the target (a trickle's first rows wait half
+        // of it, a first busy poll is the busy poll).
+        overhead = self.target / 2
+    }
+
+    /// After a notification, how much longer to wait before claiming.
+    public var notifiedLinger: Double { target > 0 ? max(0, target - overhead) : 0 }
+
+    /// Between busy polls: the busy poll, lengthened up to the target.
+    public var busyPause: Double { target > 0 ? max(busyPoll, target - overhead) : busyPoll }
+
+    /// A claim of the read window found rows, the oldest `oldestAge` seconds after its INSERT
+    /// (database clock), having waited `waited` seconds (linger or pause) before it ran.
+    public mutating func observe(oldestAge: Double, waited: Double) {
+        guard target > 0 else { return }
+        let sample = min(target, max(0, oldestAge - waited))
+        if recent.count < Self.samples {
+            recent.append(sample)
+        } else {
+            recent[next] = sample
+        }
+        next = (next + 1) % Self.samples
+        guard recent.count >= 4 else { return }
+        let sorted = recent.sorted()
+        overhead = sorted[min(sorted.count - 1, sorted.count * 9 / 10)]
+    }
+}

@@ -1,0 +1,115 @@
+import Foundation
+import OutboxRelay
+import Testing
+
+@Suite struct ClaimPacerTests {
+    @Test func offClaimsAtOnceAndPollsEveryBusyPoll() {
+        var p = ClaimPacer(target: 0, busyPoll: 0.005)
+        #expect(p.notifiedLinger == 0 && p.busyPause == 0.005)
+        for _ in 0..<40 { p.observe(oldestAge: 0.001, waited: 0) }
+        #expect(p.notifiedLinger == 0 && p.busyPause == 0.005, "nothing measured moves it")
+    }
+
+    @Test func theWaitIsTheTargetLessTheMeasuredOverhead() {
+        var p = ClaimPacer(target: 0.008, busyPoll: 0.005)
+        #expect(abs(p.notifiedLinger - 0.004) < 1e-9, "half the target until measured")
+        // A quiet machine: the oldest row is 1 ms older than the wait before its claim.
+        for _ in 0..<32 { p.observe(oldestAge: 0.007 + 0.001, waited: 0.007) }
+        #expect(abs(p.notifiedLinger - 0.007) < 1e-9)
+        #expect(abs(p.busyPause - 0.007) < 1e-9)
+        // A slow one: 6 ms of overhead. The linger shrinks to what is left; the busy poll never
+        // goes under --busy-poll-ms.
+        for _ in 0..<32 { p.observe(oldestAge: 0.002 + 0.006, waited: 0.002) }
+        #expect(abs(p.notifiedLinger - 0.002) < 1e-9)
+        #expect(p.busyPause == 0.005)
+        // Rows older than the target on arrival (a transaction that committed long after its
+        // INSERT, a row held back): the whole target is overhead, claim at once.
+        for _ in 0..<32 { p.observe(oldestAge: 0.500, waited: 0) }
+        #expect(p.notifiedLinger == 0)
+        #expect(p.busyPause == 0.005)
+    }
+
+    @Test func theOverheadIsTheNineInTenQuantileOfTheLastClaims() {
+        var p = ClaimPacer(target: 0.008, busyPoll: 0.005)
+        for _ in 0..<32 { p.observe(oldestAge: 0.001, waited: 0) }
+        // Three slow claims in 32 are the tail the quantile leaves out…
+        for _ in 0..<3 { p.observe(oldestAge: 0.006, waited: 0) }
+        #expect(abs(p.overhead - 0.001) < 1e-9)
+        // … a fourth is not.
+        p.observe(oldestAge: 0.006, waited: 0)
+        #expect(abs(p.overhead - 0.006) < 1e-9)
+        // Older claims leave the window: 32 quick ones later it is back.
+        for _ in 0..<32 { p.observe(oldestAge: 0.001, waited: 0) }
+        #expect(abs(p.overhead - 0.001) < 1e-9)
+        // A row that committed during the wait is younger than the wait: no negative overhead.
+        for _ in 0..<32 { p.observe(oldestAge: 0.002, waited: 0.007) }
+        #expect(p.overhead == 0 && p.notifiedLinger == 0.008)
+    }
+
+    /// A model of a notified replica at a trickle: random (Poisson) INSERTs, each visible and
+    /// announced `commit` after its INSERT; a notification wakes the replica `announce` later; it
+    /// lingers, then claims (a statement of `statement` seconds whose snapshot is taken halfway)
+    /// and produces at the statement's end. A row that becomes visible during a statement
+    /// notified meanwhile: the next claim runs at once, as the relay's does. Returns the rows'
+    /// INSERT → produce p99 and the claims per row.
+    private func trickle(rate: Double, commit: Double, announce: Double, statement: Double,
+                         target: Double, seed: UInt64) -> (p99: Double, claimsPerRow: Double) {
+        var rng = SplitMix(seed: seed)
+        var arrivals: [Double] = []
+        var t = 0.0
+        while t < 60 {
+            t += -log(1 - Double.random(in: 0..<1, using: &rng)) / rate
+            arrivals.append(t)
+        }
+        var pacer = ClaimPacer(target: target, busyPoll: 0.005)
+        var latencies: [Double] = []
+        var claims = 0
+        var next = 0  // first row not yet claimed
+        var now = 0.0
+        var immediate = false
+        while next < arrivals.count {
+            var waited = 0.0
+            var start: Double
+            if immediate {
+                start = now
+            } else {
+                // Asleep until the first unclaimed row is announced, then the linger.
+                let woken = max(now, arrivals[next] + commit + announce)
+                waited = pacer.notifiedLinger
+                start = woken + waited
+            }
+            let snapshot = start + statement / 2
+            let end = start + statement
+            var oldest: Double?
+            while next < arrivals.count, arrivals[next] + commit <= snapshot {
+                oldest = oldest ?? arrivals[next]
+                latencies.append(end - arrivals[next])
+                next += 1
+            }
+            claims += 1
+            if let oldest { pacer.observe(oldestAge: snapshot - oldest + statement, waited: waited) }
+            now = end
+            immediate = next < arrivals.count && arrivals[next] + commit <= end
+        }
+        latencies.sort()
+        return (latencies[latencies.count * 99 / 100], Double(claims) / Double(arrivals.count))
+    }
+
+    @Test func aTrickleGathersRowsPerClaimAndKeepsItsRowsWithinTheTarget() {
+        // Quiet (a durable commit 0.5 ms, 0.2 ms to be woken, a 0.4 ms statement) and slow
+        // (2, 1 and 3 ms): the rows' p99 stays within the target either way, and at 100 rows/s a
+        // claim carries more than one row where it carried one.
+        for (commit, announce, statement) in [(0.0005, 0.0002, 0.0004), (0.002, 0.001, 0.003)] {
+            for rate in [20.0, 100.0, 130.0] {
+                let on = trickle(rate: rate, commit: commit, announce: announce, statement: statement, target: 0.008, seed: 7)
+                let off = trickle(rate: rate, commit: commit, announce: announce, statement: statement, target: 0, seed: 7)
+                #expect(on.p99 <= 0.0085, "\(rate) rows/s, statement \(statement): p99 \(on.p99)")
+                #expect(on.claimsPerRow < off.claimsPerRow, "\(rate) rows/s: \(on.claimsPerRow) against \(off.claimsPerRow) claims per row")
+                if rate == 100, commit < 0.001 {
+                    #expect(on.claimsPerRow < 0.7, "claims per row \(on.claimsPerRow)")
+                    #expect(off.claimsPerRow > 0.95, "without lingering a claim per row: \(off.claimsPerRow)")
+                }
+            }
+        }
+    }
+}
