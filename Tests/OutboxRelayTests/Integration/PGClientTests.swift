@@ -140,18 +140,31 @@ import Testing
     /// The claim loop's linger (ClaimPacer): once notified, the body waits; what is announced
     /// meanwhile is offered to the filter before the body runs (whose statement sees it), and
     /// does not end the next wait.
-    @Test func aLingerRunsTheBodyLaterAndSwallowsWhatWasAnnouncedMeanwhile() async throws {
+    /// A connected session that LISTENs, and a way to notify its channel from another connection.
+    static func listening() async throws -> (session: PGSession, notify: Notifier) {
         let channel = "wait_test_\(Int.random(in: 0..<1_000_000))"
         let session = Self.session(channel)
-        defer { Task { await session.close() } }
         _ = try await session.withConnection { conn throws(PGError) in try conn.query("SELECT 1") }
-        let notifier = try TestEnvironment.connect()
+        return (session, Notifier(try TestEnvironment.connect(), channel: channel))
+    }
+
+    /// Notifies one channel; used by one task at a time.
+    final class Notifier: @unchecked Sendable {
+        let conn: PGConnection
+        let channel: String
+        init(_ conn: PGConnection, channel: String) { (self.conn, self.channel) = (conn, channel) }
+        func callAsFunction(_ payload: String) throws { _ = try conn.query("SELECT pg_notify($1, $2)", [.text(channel), .text(payload)]) }
+    }
+
+    @Test func aLingerRunsTheBodyLaterAndSwallowsWhatWasAnnouncedMeanwhile() async throws {
+        let (session, notify) = try await Self.listening()
+        defer { Task { await session.close() } }
         let seen = CallCounter()
         Task.detached {
             try await Task.sleep(nanoseconds: 100_000_000)
-            try notifier.query("SELECT pg_notify($1, 'first')", [.text(channel)])
+            try notify("first")
             try await Task.sleep(nanoseconds: 300_000_000)
-            try notifier.query("SELECT pg_notify($1, 'second')", [.text(channel)])
+            try notify("second")
         }
         let started = ContinuousClock.now
         let (outcome, seenByBody) = try await session.waitThenRun(timeout: 30, linger: 1.0, interrupt: WaitInterrupt(), accept: { _ in
@@ -168,15 +181,12 @@ import Testing
     }
 
     @Test func anInterruptEndsALingerRunsTheBodyAndStaysForTheNextWait() async throws {
-        let channel = "wait_test_\(Int.random(in: 0..<1_000_000))"
-        let session = Self.session(channel)
+        let (session, notify) = try await Self.listening()
         defer { Task { await session.close() } }
-        _ = try await session.withConnection { conn throws(PGError) in try conn.query("SELECT 1") }
-        let notifier = try TestEnvironment.connect()
         let interrupt = WaitInterrupt()
         Task.detached {
             try await Task.sleep(nanoseconds: 100_000_000)
-            try notifier.query("SELECT pg_notify($1, 'wake')", [.text(channel)])
+            try notify("wake")
             try await Task.sleep(nanoseconds: 200_000_000)
             interrupt.signal()
         }
