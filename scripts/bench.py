@@ -918,6 +918,11 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             return self.a.batched_args.split()
         return ["--busy-poll-ms", str(self.a.batched_busy_poll_ms)]
 
+    def batched_busy_poll_ms(self):
+        """The --busy-poll-ms the "batched" relay runs with (its own arguments, else the default)."""
+        args = self.batched_extra()
+        return int(args[args.index("--busy-poll-ms") + 1]) if "--busy-poll-ms" in args[:-1] else RELAY_BUSY_POLL_MS
+
     def steady(self, rate, relay="outbox", replicas=1):
         """Paced single-row INSERTs at `rate` rows/s with `replicas` processes of outbox-relay
         ("outbox"; "batched": with --busy-poll-ms of --batched-busy-poll-ms) or of the naive SKIP
@@ -926,7 +931,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         role's statements (pg_stat_statements, reset at the window's start) and the database's
         transactions less the INSERTs' and the bench's own."""
         seconds = self.a.steady_seconds
-        kind = (f"steady{rate}" + {"naive": "_naive", "batched": f"_bp{self.a.batched_busy_poll_ms}"}.get(relay, "")
+        kind = (f"steady{rate}" + {"naive": "_naive", "batched": f"_bp{self.batched_busy_poll_ms()}"}.get(relay, "")
                 + (f"_x{replicas}" if replicas > 1 else ""))
         table = self.name(kind)
         topic = table.replace("_", "-")
@@ -962,7 +967,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         if relay == "naive":
             procs = [self.start_naive(table, f"{table}-n{i}") for i in range(replicas)]
         else:
-            extra = (self.batched_extra() if relay == "batched" else [])
+            extra = self.batched_extra() if relay == "batched" else []
             procs = [self.start_relay(table, f"{table}-r{i}", extra) for i in range(replicas)]
         pids = [p.pid for p in procs]
         self.wait_relays_ready(table, relay, procs)
@@ -1061,7 +1066,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         res.update({
             "table": table, "relay": "naive" if relay == "naive" else "outbox-relay", "replicas": replicas,
             # outbox-relay's --busy-poll-ms in this run (5 is its default); None for the naive relay.
-            "busy_poll_ms": None if relay == "naive" else (self.a.batched_busy_poll_ms if relay == "batched" else RELAY_BUSY_POLL_MS),
+            "busy_poll_ms": None if relay == "naive" else (self.batched_busy_poll_ms() if relay == "batched" else RELAY_BUSY_POLL_MS),
             "relay_args": self.batched_extra() if relay == "batched" else [],
             "rate_target": rate, "seconds": seconds, "rows": total,
             "rate_achieved": round(total / (ins_done - t0), 1),
@@ -1197,8 +1202,9 @@ def relay_label(s):
     its default, or the naive relay."""
     if s["relay"] != "outbox-relay":
         return "naive SKIP LOCKED"
-    if s.get("relay_args") and s["relay_args"][:1] != ["--busy-poll-ms"]:
-        return "outbox-relay " + " ".join(a.lstrip("-") for a in s["relay_args"])
+    args = s.get("relay_args") or []
+    if args and (len(args) != 2 or args[0] != "--busy-poll-ms"):
+        return "outbox-relay " + " ".join(a.lstrip("-") for a in args)
     bp = s.get("busy_poll_ms")
     return "outbox-relay" if bp in (None, RELAY_BUSY_POLL_MS) else f"outbox-relay bp{bp}"
 
