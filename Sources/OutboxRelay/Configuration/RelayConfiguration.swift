@@ -21,9 +21,10 @@ public struct RelayConfiguration: Sendable {
     public var pollIntervalMillis: Int = 1000
     /// While rows arrive faster than about one per 1.5 × this, claim every this many
     /// milliseconds instead of waking on each commit's NOTIFY (see ``WakeMode``). Default 5: the
-    /// shortest pause between polls, which the latency target lengthens (``ClaimPacer``). Larger values batch more rows per claim (cheaper per row for the relay and
-    /// the database, and the gate stays shut, so inserts send no NOTIFY, down to lower rates) at
-    /// up to this much more latency. nil: 5, or the poll interval if that is shorter; a value set
+    /// shortest pause between polls, which the latency target lengthens (``ClaimPacer``). Larger
+    /// values batch more rows per claim (cheaper per row for the relay and the database, and the
+    /// gate stays shut, so inserts send no NOTIFY, down to lower rates) at up to this much more
+    /// latency. nil: 5, or the poll interval if that is shorter; a value set
     /// must not exceed the poll interval.
     public var busyPollMillis: Int?
     /// The busy poll in effect (see ``busyPollMillis``).
