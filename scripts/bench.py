@@ -391,9 +391,9 @@ class Bench:
         log(f"loaded {n} rows into {table} in {time.monotonic() - t0:.1f}s")
         return int(lo), int(hi), int(n)
 
-    def start_relay(self, table, name, extra=()):
+    def start_relay(self, table, name, extra=(), binary=None):
         logf = open(os.path.join(self.run_dir, f"relay-{name}.log"), "wb")
-        p = subprocess.Popen([self.a.relay, "run", "--database-url", self.relay_url, "--brokers", self.a.brokers,
+        p = subprocess.Popen([binary or self.a.relay, "run", "--database-url", self.relay_url, "--brokers", self.a.brokers,
                               "--table", table, "--replica-name", name] + self.relay_args() + list(extra),
                              stdout=logf, stderr=subprocess.STDOUT)
         p.bench_log = logf.name
@@ -916,6 +916,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         setting), else --busy-poll-ms of --batched-busy-poll-ms."""
         if self.a.batched_args is not None:
             return self.a.batched_args.split()
+        if self.a.batched_binary:
+            return []
         return ["--busy-poll-ms", str(self.a.batched_busy_poll_ms)]
 
     def batched_busy_poll_ms(self):
@@ -968,7 +970,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             procs = [self.start_naive(table, f"{table}-n{i}") for i in range(replicas)]
         else:
             extra = self.batched_extra() if relay == "batched" else []
-            procs = [self.start_relay(table, f"{table}-r{i}", extra) for i in range(replicas)]
+            binary = self.a.batched_binary if relay == "batched" else None
+            procs = [self.start_relay(table, f"{table}-r{i}", extra, binary) for i in range(replicas)]
         pids = [p.pid for p in procs]
         self.wait_relays_ready(table, relay, procs)
         time.sleep(0.5)
@@ -1068,6 +1071,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             # outbox-relay's --busy-poll-ms in this run (5 is its default); None for the naive relay.
             "busy_poll_ms": None if relay == "naive" else (self.batched_busy_poll_ms() if relay == "batched" else RELAY_BUSY_POLL_MS),
             "relay_args": self.batched_extra() if relay == "batched" else [],
+            "relay_binary": self.a.batched_binary if relay == "batched" else None,
             "rate_target": rate, "seconds": seconds, "rows": total,
             "rate_achieved": round(total / (ins_done - t0), 1),
             "send_seconds": round(send_done - t0, 3),
@@ -1202,6 +1206,10 @@ def relay_label(s):
     its default, or the naive relay."""
     if s["relay"] != "outbox-relay":
         return "naive SKIP LOCKED"
+    if s.get("relay_binary"):
+        # Another build of the relay (--batched-binary): named by its file, with its arguments.
+        return " ".join(["outbox-relay", "[" + os.path.basename(s["relay_binary"]) + "]"]
+                        + [a.lstrip("-") for a in (s.get("relay_args") or [])])
     args = s.get("relay_args") or []
     if args and (len(args) != 2 or args[0] != "--busy-poll-ms"):
         return "outbox-relay " + " ".join(a.lstrip("-") for a in args)
@@ -1468,6 +1476,10 @@ def main():
     ap.add_argument("--batched-args", default=None,
                     help="arguments of the \"batched\" steady relay instead of --busy-poll-ms (an A/B of any "
                          "outbox-relay setting, e.g. \"--latency-target-ms 0\")")
+    ap.add_argument("--batched-binary", default=None,
+                    help="run the \"batched\" steady relay from this binary (another build, e.g. a copy kept "
+                         "from an earlier commit): an A/B of two builds in the same rounds; with it the batched "
+                         "relay runs with --batched-args only (default none)")
     ap.add_argument("--batched-busy-poll-ms", type=int, default=20,
                     help="--busy-poll-ms of the \"batched\" steady relay (default 20: the naive relay's poll)")
     ap.add_argument("--naive-keep-notify-trigger", action="store_true",
