@@ -1,3 +1,4 @@
+import CLibPQ
 import Foundation
 
 /// A PostgreSQL connection pinned to its own thread, reconnecting on demand.
@@ -93,28 +94,24 @@ public actor PGSession {
         }
     }
 
-    /// Sleeps `seconds`, or until `interrupt` is signalled (left signalled), whichever is first.
+    /// Sleeps `seconds`, or until `interrupt` is signalled (left signalled), whichever is first:
+    /// one wake-up, to the nanosecond (ppoll).
     private static func linger(_ seconds: Double, interrupt: WaitInterrupt) {
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(min(seconds, 60) * 1_000_000_000)
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
             if now >= deadline { return }
-            let left = deadline - now
-            if left < 1_000_000 {
-                // poll(2) counts whole milliseconds: the last fraction is slept.
-                var ts = timespec(tv_sec: 0, tv_nsec: Int(left))
-                _ = nanosleep(&ts, nil)
-                return
-            }
-            var fd = pollfd(fd: interrupt.readEnd, events: Int16(POLLIN), revents: 0)
-            if poll(&fd, 1, Int32(left / 1_000_000)) > 0 { return }  // the signal stays for the caller's next wait
+            // The signal stays for the caller's next wait. -1 is EINTR: wait out the rest.
+            if outbox_wait_readable(interrupt.readEnd, Int64(deadline - now)) > 0 { return }
         }
     }
 
-    /// ``waitThenRun(timeout:interrupt:accept:_:)`` without a body.
-    public func wait(timeout: Double, interrupt: WaitInterrupt,
+    /// ``waitThenRun(timeout:linger:interrupt:accept:_:)`` without a body: for a caller that
+    /// prepares its statement after the wait (it runs next, on this thread, before any
+    /// notification that comes meanwhile is read).
+    public func wait(timeout: Double, linger: Double = 0, interrupt: WaitInterrupt,
                      accept: @Sendable (PGConnection.Notification) -> Bool) throws(PGError) -> WaitOutcome {
-        try run { conn throws(PGError) in try Self.wait(conn, timeout: timeout, interrupt: interrupt, accept: accept) }
+        try waitThenRun(timeout: timeout, linger: linger, interrupt: interrupt, accept: accept) { _ throws(PGError) in () }.0
     }
 
     private static func wait(_ conn: PGConnection, timeout: Double, interrupt: WaitInterrupt,
@@ -145,18 +142,15 @@ public actor PGSession {
         try conn.drainNotifications().reduce(false) { accept($1) || $0 }
     }
 
-    /// Sleeps `seconds` on the session's thread, then runs `body` as ``withConnection(_:)`` does.
-    ///
-    /// For a caller that would otherwise sleep on a timer and then call ``withConnection(_:)``:
-    /// that is a timer thread woken, then a thread of the caller's executor, then this one; here
-    /// it is this thread alone. Nothing else can run on the session meanwhile.
-    public func withConnection<T: Sendable>(after seconds: Double, _ body: @Sendable (PGConnection) throws(PGError) -> T) throws(PGError) -> T {
-        if seconds > 0 {
-            var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1_000_000_000))
-            var left = timespec()
-            while nanosleep(&ts, &left) != 0 && errno == EINTR { ts = left }
-        }
-        return try withConnection(body)
+    /// Sleeps `seconds` on the session's thread (uninterrupted), for a caller that is about to
+    /// run a statement on it: instead of a timer thread woken, then a thread of the caller's
+    /// executor, then this one, it is this thread alone. Nothing else can run on the session
+    /// meanwhile.
+    public func pause(seconds: Double) {
+        guard seconds > 0 else { return }
+        var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1_000_000_000))
+        var left = timespec()
+        while nanosleep(&ts, &left) != 0 && errno == EINTR { ts = left }
     }
 
     /// Closes the connection and lets the session's thread end.

@@ -34,16 +34,35 @@ extension Relay {
 
     /// One turn of the claim loop: a claim (or a wait), its rows handed to the producer.
     func claimStep(poll: Double) async {
-        // Reports wake the report loop again for every wait but a busy poll's (below).
-        reportDeferral.resume()
+        // A busy poll's pause (see waitWhenCaughtUp), spent on the claim session's thread. The
+        // delivery reports that come meanwhile wake nobody (ReportDeferral): at the pause's end
+        // the claim loop takes them on that same thread, and the deletes they allow ride the
+        // claim that follows. Every other wait has the report loop woken as reports come.
+        let pause = pollPause
+        pollPause = 0
+        var deferring = false
+        if pause > 0, let session = claimSession {
+            deferring = true
+            reportDeferral.deferWakes()
+            await session.pause(seconds: pause)
+            takeDeferredEvents()
+        } else if notifiedWait > 0, prefetchedClaim == nil {
+            deferring = true  // the notified wait below defers them too
+        } else {
+            reportDeferral.resume()
+        }
+        // Whichever way this turn ends, deletes the claim did not carry get their timer.
+        defer { if deferring { armFusedDeleteTimerIfPending() } }
         let now = monotonicSeconds()
         claimLoopBeat = now
         if now < pausedUntil {
+            reportDeferral.resume()
             await claimWake.wait(timeout: pausedUntil - now)
             return
         }
         if !suspects.isEmpty {
             // Probe phase: one suspect at a time, alone in the producer.
+            reportDeferral.resume()
             if probeSeq == nil, window.awaitingReport == 0, !recreating, let producer { probeNext(producer, now: now) }
             await claimWake.wait(timeout: poll)
             return
@@ -63,11 +82,9 @@ extension Relay {
         // than issuing many small claims (statements per row matter to the database).
         let minimumRoom = window.isEmpty ? 1 : max(1, min(configuration.batchSize, window.maxRows) / 2)
         claimWaitsForRoom = room < minimumRoom
-        // A busy poll's pause, or the wait for a notification, spent on the claim session's
-        // thread just before the claim (see waitWhenCaughtUp).
-        let pause = pollPause
+        // The wait for a notification, spent on the claim session's thread just before the
+        // claim (see waitWhenCaughtUp).
         let notified = notifiedWait
-        pollPause = 0
         notifiedWait = 0
         let batch: ClaimBatch
         let request: ClaimCursor.Request
@@ -90,6 +107,7 @@ extension Relay {
             }
         } else {
             guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
+                reportDeferral.resume()
                 let wait = waitUntilRetry(poll, now: now)
                 if shards.isEmpty, !recreating, let session = claimSession {
                     // Holding nothing: no claim reads the session's notifications, and a
@@ -100,51 +118,55 @@ extension Relay {
                 }
                 return
             }
+            if notified > 0 {
+                // Sleep until notified on the claim session's own thread, which then claims at
+                // once: no listener thread and no pool thread woken between the NOTIFY and the
+                // claim. A wake-up for another reason (room, a lease, a retry, shutdown)
+                // interrupts the wait; the loop then starts over. Once notified, it lingers for
+                // the rows that commit next (ClaimPacer).
+                // Delivery reports that come meanwhile wake nobody either (ReportDeferral): the
+                // claim loop takes them when the wait ends, and the claim carries their deletes.
+                // With reports outstanding or deletes pending, the wait is no longer than the
+                // delete loop would give a claim to carry them: at a slow trickle it ends then,
+                // and the claim that follows deletes them.
+                reportDeferral.deferWakes()
+                if !claimWake.armInterrupt() {
+                    let outstanding = !pendingDeletes.isEmpty || window.awaitingReport > 0
+                    let wait = outstanding ? min(notified, Self.fusedDeleteWaitSeconds) : notified
+                    let linger = pacer.notifiedLinger
+                    let router = notificationRouter
+                    let outcome: PGSession.WaitOutcome
+                    do {
+                        outcome = try await session.wait(timeout: wait, linger: linger, interrupt: claimWake.interrupt!,
+                                                         accept: { router.accept($0) })
+                    } catch {
+                        claimFailed(error, fused: nil)
+                        return
+                    }
+                    if outcome == .interrupted {
+                        reportDeferral.resume()
+                        return
+                    }
+                    if outcome == .notified { waited = linger }
+                }
+                takeDeferredEvents()
+            } else {
+                // Reports that come during a busy poll's claim still wake nobody: they are taken
+                // at the next pause's end, or woken for before any other wait.
+                waited = pause
+            }
             let limit = window.claimLimit(batchSize: configuration.batchSize, averageRowBytes: averageRowBytes)
             request = cursor.nextRequest(limit: limit, inFlight: window.rowIds, inFlightAtMost: window.highestRowId)
             fused = takeFusableDeletes()
-            let router = notificationRouter
             let claim = claimStatement(shards: shards, request: request, deleting: fused?.delete)
+            began = monotonicSeconds()
             do {
-                if notified > 0 {
-                    // Sleep until notified on the claim session's own thread, which then claims at
-                    // once: no listener thread and no pool thread woken between the NOTIFY and
-                    // the claim. A wake-up for another reason (room, a lease, a retry, shutdown)
-                    // interrupts the wait; the loop then starts over.
-                    // Deletes carried by this claim wait for it no longer than they would for
-                    // the delete loop: with none, the claim runs after that moment anyway.
-                    // Once notified, it lingers for the rows that commit next (ClaimPacer).
-                    let wait = fused == nil ? notified : min(notified, Self.fusedDeleteWaitSeconds)
-                    if claimWake.armInterrupt() {
-                        batch = try await session.withConnection(claim)
-                    } else {
-                        let linger = pacer.notifiedLinger
-                        let (outcome, armed) = try await session.waitThenRun(
-                            timeout: wait, linger: linger, interrupt: claimWake.interrupt!, accept: { router.accept($0) }, claim)
-                        guard outcome != .interrupted, let armed else {
-                            if let fused { restoreFusableDeletes(fused.seqs) }
-                            return
-                        }
-                        if outcome == .notified { waited = linger }
-                        batch = armed
-                    }
-                } else {
-                    // A busy poll: the reports that come meanwhile wake nobody (ReportDeferral).
-                    if pause > 0 { reportDeferral.deferWakes() }
-                    batch = try await session.withConnection(after: pause, claim)
-                    waited = pause
-                }
+                batch = try await session.withConnection(claim)
             } catch {
                 claimFailed(error, fused: fused?.seqs)
                 return
             }
-            began = notified > 0 ? monotonicSeconds() : now + pause  // about when the claim ran
         }
-        // Reports a busy poll deferred go to the report loop, which runs on this actor's thread
-        // once the claim loop hands its next claim over. Not taken here: the claim loop's turn
-        // between two claims is the poll's critical path (taking them here, before or after
-        // producing, stalled it at times: cycles of 8 became 13-16 ms at 2000 rows/s).
-        if reportDeferral.resume() { stats.deferredReportHandOvers += 1 }
         stats.claims += 1
         if notificationGate { wakeMode.observe(snapshot: batch.snapshot) }
         if let fused, let deleted = batch.deleted {
@@ -190,6 +212,18 @@ extension Relay {
         if !cursor.hasMore, let session = claimSession {
             await waitWhenCaughtUp(rows: batch.rows.count, poll: poll, session: session)
         }
+    }
+
+    /// At a busy poll's pause end: the events that came during the pause (and the claim before
+    /// it), taken on the claim loop's own turn rather than by a woken report loop. Their rows'
+    /// deletes are left for the claim about to run, without the fused-delete timer that would
+    /// otherwise be armed and cancelled at once.
+    func takeDeferredEvents() {
+        guard reportDeferral.takeMark(), let producer else { return }
+        stats.deferredReportTakes += 1
+        claimTakesDeletes = true
+        defer { claimTakesDeletes = false }
+        for event in producer.takeEvents() { handleProducerEvent(event) }
     }
 
     /// The claim statement for `request`, carrying `deleting`'s DELETE if any. Notifications that

@@ -94,6 +94,7 @@ extension Relay {
         let owner = replicaId
         let queries = outbox
         let started = monotonicSeconds()
+        stats.deleteStatements += 1
         let deleted = try await session.withConnection { conn throws(PGError) in
             checked ? try queries.deleteChecked(conn, ids: ids, createdAtMicros: created, owner: owner, epochs: epochs)
                     : try queries.delete(conn, ids: ids, owner: owner, epochs: epochs)
@@ -167,14 +168,6 @@ extension Relay {
         return (seqs, OutboxQueries.FusedDelete(ids: entries.map(\.rowId), owner: replicaId, epochs: epochs))
     }
 
-    /// Acknowledged rows taken for a claim that did not run (its wait was interrupted): they wait
-    /// for the next claim again, or for the delete loop.
-    func restoreFusableDeletes(_ seqs: [UInt64]) {
-        pendingDeletes.insert(contentsOf: seqs, at: 0)
-        if pendingDeletesSince == nil { pendingDeletesSince = monotonicSeconds() }
-        if deleteNeededNow { deleteWake.signal() } else { armFusedDeleteTimer() }
-    }
-
     /// Wakes the delete loop `fusedDeleteWaitSeconds` from now unless a claim carries the pending
     /// deletes first (``takeFusableDeletes`` cancels it). A trickle's rows are thus deleted
     /// without the delete loop waking at all: it used to be woken twice per row — to start that
@@ -184,6 +177,13 @@ extension Relay {
         cancelFusedDeleteTimer()
         let wake = deleteWake
         fusedDeleteTimer = WakeTimer.shared.schedule(after: Self.fusedDeleteWaitSeconds) { wake.signal() }
+    }
+
+    /// After a claim that followed `takeDeferredEvents`: what it did not carry waits for the
+    /// next claim no longer than `fusedDeleteWaitSeconds` either (or goes now, if needed now).
+    func armFusedDeleteTimerIfPending() {
+        guard !pendingDeletes.isEmpty, fusedDeleteTimer == nil else { return }
+        if deleteNeededNow { deleteWake.signal() } else { armFusedDeleteTimer() }
     }
 
     func cancelFusedDeleteTimer() {

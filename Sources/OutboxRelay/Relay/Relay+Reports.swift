@@ -89,7 +89,7 @@ extension Relay {
             // delete loop is woken only if none has within fusedDeleteWaitSeconds.
             if deleteNeededNow {
                 deleteWake.signal()
-            } else if !hadPendingDeletes {
+            } else if !hadPendingDeletes && !claimTakesDeletes {
                 armFusedDeleteTimer()
             }
         }

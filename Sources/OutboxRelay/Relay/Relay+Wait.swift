@@ -33,11 +33,10 @@ extension Relay {
             }
         }
         if wakeMode.mode == .polling {
-            // The next claim is prepared now and sleeps busyPoll on the claim session's thread
-            // before it runs: one thread woken per poll instead of the timer's, a pool thread's,
-            // then the claim session's. Prepared 5 ms early, it is as a claim that took 5 ms
-            // longer: rows leaving the window or a lease lost meanwhile are handled as they are
-            // for a claim in flight (the produce call checks ownership, a rewind discards it).
+            // The next turn of the claim loop sleeps the pause on the claim session's thread,
+            // then takes the reports that came meanwhile and claims, on that same thread: one
+            // thread woken per poll instead of the timer's, a pool thread's, then the claim
+            // session's (see claimStep).
             stats.busyPolls += 1
             pollPause = pacer.busyPause
             return

@@ -66,6 +66,10 @@ public actor Relay: Service {
     /// The WakeTimer entry that wakes the delete loop when no claim carried the pending deletes
     /// within `fusedDeleteWaitSeconds` (see `armFusedDeleteTimer`).
     var fusedDeleteTimer: UInt64?
+    /// The claim loop is taking reports just before its claim (`takeDeferredEvents`): the deletes
+    /// they make pending ride that claim, and the timer is armed only for what it left
+    /// (`armFusedDeleteTimerIfPending`).
+    var claimTakesDeletes = false
     /// The last claim read everything there was (a trickle, not a backlog).
     var claimCaughtUp = false
     /// Rows to move to the dead-letter table: window sequence → (reason, error code).

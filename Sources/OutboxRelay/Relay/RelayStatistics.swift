@@ -24,11 +24,14 @@ public struct RelayStatistics: Sendable, Equatable {
     public var sweeps = 0
     /// Claims that also deleted acknowledged rows (one statement for both).
     public var fusedDeletes = 0
+    /// DELETE statements of the delete loop (acknowledged rows no claim carried).
+    public var deleteStatements = 0
     /// Claims of a backlog started before the previous batch was produced (Relay.prefetchClaim).
     public var prefetchedClaims = 0
-    /// Busy polls after whose claim the claim loop handed deferred delivery reports to the report
-    /// loop (see ReportDeferral).
-    public var deferredReportHandOvers = 0
+    /// Waits (a busy poll's pause, a notified wait) at whose end the claim loop took the delivery
+    /// reports that came meanwhile, on its own thread, instead of a woken report loop (see
+    /// ReportDeferral).
+    public var deferredReportTakes = 0
     /// Lost connections after which the relay read everything again (Relay.resyncAfterConnectionLoss).
     public var connectionResyncs = 0
     /// Rows read again after a lost connection that this process had seen acknowledged (the

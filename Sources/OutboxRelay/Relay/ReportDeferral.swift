@@ -1,17 +1,22 @@
 import Synchronization
 
 /// Whether librdkafka's "events wait" callback wakes the report loop now, or only marks the
-/// events, for the report loop to be woken once the busy poll's claim has returned.
+/// events, for the claim loop to take them at its next busy poll's pause end.
 ///
 /// While the relay busy-polls (rows arrive faster than one per poll), each poll's rows go to
 /// several partitions, and librdkafka sends one ProduceRequest per partition: their replies
 /// come back one by one, and each used to wake a thread of the cooperative pool only to take a
 /// few reports (about 4 wake-ups per poll at 500 rows/s, `/proc` per thread). Nothing needs those
 /// reports before the next claim: the claim in flight was built before they came, so the
-/// deletes they allow ride a later claim either way. So during a busy poll's claim the callback
-/// only marks them; when the claim returns, the claim loop calls ``resume()``, whose signal
-/// queues the report loop on the relay's actor, which is running: it then runs on that same
-/// thread once the claim loop has handed its next claim over. No thread is woken for them.
+/// deletes they allow ride a later claim either way. So from a busy poll's pause until the next
+/// one's end the callback only marks them, and the claim loop takes them itself, on the claim
+/// session's thread, when that pause ends — just before the claim that then carries their
+/// deletes (`Relay.takeDeferredEvents`). No thread is woken for them.
+///
+/// (Before, the claim loop called ``resume()`` when the claim returned, meaning the report loop
+/// to run on the actor's thread after it; but a resumed continuation is queued on the global
+/// pool, so that woke a pool thread per poll all the same: 145 wake-ups a second at 500 rows/s,
+/// 71 after the change, with 14 % fewer voluntary switches in all and 7 % less CPU.)
 ///
 /// Every other wait (for a notification, for room in the window, a retry, shutdown) runs with
 /// the wake-ups on: ``resume()`` is called before it, and wakes the report loop if events were

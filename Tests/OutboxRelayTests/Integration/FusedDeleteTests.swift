@@ -70,14 +70,16 @@ import Testing
         #expect(Set(try (0..<left.rowCount).map { try left.int64($0, 0) }) == stale)
     }
 
-    @Test func aTrickleIsDeletedByItsNextClaimsAndALastRowByItself() async throws {
+    @Test func aTrickleIsDeletedByItsNextClaimsAndALastRowByAClaimSoonAfter() async throws {
         let table = try TestEnvironment.migratedTable()
         let topic = try TestEnvironment.topics(1)[0]
         let config = TestEnvironment.notifiedConfiguration(table: table, pollMillis: 30_000)  // woken by NOTIFY only
         let relay = try await RunningRelay.startWaitingForNotifications(config)
         let conn = try TestEnvironment.connect()
         // Rows 20 ms apart: each is claimed alone on its NOTIFY, and is acknowledged long before
-        // the next one comes, whose claim then carries its DELETE.
+        // the next one comes, whose claim then carries its DELETE. The reports come while the
+        // claim loop waits for that NOTIFY: it takes them itself when the wait ends (they wake
+        // no report loop), so its claim carries their deletes.
         let rows = 40
         for i in 0..<rows {
             try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ($1, convert_to($2, 'UTF8'), 'v')", [.text(topic), .text("k\(i % 7)")])
@@ -85,15 +87,19 @@ import Testing
             try await TestEnvironment.eventually("row \(produced) acknowledged", timeout: 10) { await relay.relay.statistics().delivered >= produced }
             try await Task.sleep(nanoseconds: 20_000_000)
         }
-        // The last row has no claim after it: it is deleted by itself (or by a claim that carries
-        // only its DELETE). The table can be empty a moment before the relay has counted the
-        // DELETE's result: wait for both.
+        // The last row has no NOTIFY after it: with its report outstanding the claim loop's wait
+        // ends after fusedDeleteWaitSeconds, and the claim that follows carries its DELETE (with
+        // a 30 s wait, the report loop's own timer would take the report, and the delete loop
+        // would delete it by itself). The table can be empty a moment before the relay has
+        // counted the DELETE's result: wait for both.
         try await TestEnvironment.eventually("every row deleted", timeout: 5) { try TestEnvironment.count(table) == 0 }
         try await TestEnvironment.eventually("every DELETE counted", timeout: 5) { await relay.relay.statistics().deleted >= rows }
         let stats = await relay.relay.statistics()
         try await relay.stop()
         #expect(stats.deleted == rows)
         #expect(stats.fusedDeletes >= rows / 2, "\(stats.fusedDeletes) of \(stats.claims) claims carried a DELETE")
+        #expect(stats.deleteStatements == 0, "\(stats.deleteStatements) DELETEs of the delete loop: every row's DELETE rides a claim")
+        #expect(stats.deferredReportTakes >= rows / 2, "the claim loop took the reports itself \(stats.deferredReportTakes) times")
         let v = try Verification.verify(topics: [topic], expectedIds: Set(1...Int64(rows)))
         #expect(v.lost.isEmpty && v.duplicates == 0 && v.orderInversions == 0, "\(v)")
     }

@@ -41,7 +41,7 @@ import Testing
         let stats = await relay.relay.statistics()
         try await relay.stop()
         #expect(stats.busyPolls > 0, "the relay polled while rows kept coming")
-        #expect(stats.deferredReportHandOvers > 0, "while polling, the claim loop handed the reports over after its claims")
+        #expect(stats.deferredReportTakes > 0, "while polling, the claim loop took the reports at its pauses' end")
         // The relay closed the gate when it switched to polling: most inserts did not notify.
         // (How many did depends on how soon the relay sees the burst: 52-196 in six local runs,
         // 313 once in a fresh-clone CI run; without the gate it is all 3 000.)
