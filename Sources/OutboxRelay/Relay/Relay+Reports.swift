@@ -22,10 +22,12 @@ extension Relay {
         }
     }
 
-    func handleProducerEvent(_ event: KafkaProducer.Event) {
+    /// `queuedAt`: when the events were queued (monotonic nanoseconds), for events taken a while
+    /// after (ReportDeferral); nil: now.
+    func handleProducerEvent(_ event: KafkaProducer.Event, queuedAt: UInt64? = nil) {
         switch event {
         case .deliveryReports(let reports):
-            handle(reports)
+            handle(reports, acknowledgedAt: queuedAt)
         case .log(let level, let facility, let message):
             // librdkafka's own lines, with its syslog level, through the relay's logger.
             let mapped: Logger.Level = level <= 2 ? .error : level <= 4 ? .warning
@@ -41,9 +43,15 @@ extension Relay {
         }
     }
 
-    func handle(_ reports: [DeliveryReport]) {
+    func handle(_ reports: [DeliveryReport], acknowledgedAt: UInt64? = nil) {
         let now = monotonicSeconds()
-        let wallMicros = wallClockMicros() + databaseClockOffsetMicros  // on the database's clock
+        // When the broker's acknowledgement came, on the database's clock (for commit → ack):
+        // reports taken at the end of a claim loop's wait are dated by when they were queued.
+        var wallMicros = wallClockMicros() + databaseClockOffsetMicros
+        if let acknowledgedAt {
+            let nowNanos = DispatchTime.now().uptimeNanoseconds
+            if nowNanos > acknowledgedAt { wallMicros -= Int64((nowNanos - acknowledgedAt) / 1_000) }
+        }
         var producedByTopic: [String: Int] = [:]
         defer { for (topic, n) in producedByTopic { metrics.produced(topic: topic, count: n) } }
         var anyFailure = false
