@@ -52,8 +52,16 @@ extension Relay {
             let nowNanos = DispatchTime.now().uptimeNanoseconds
             if nowNanos > acknowledgedAt { wallMicros -= Int64((nowNanos - acknowledgedAt) / 1_000) }
         }
-        var producedByTopic: [String: Int] = [:]
-        defer { for (topic, n) in producedByTopic { metrics.produced(topic: topic, count: n) } }
+        // Rows produced per topic, for the metric: a batch of reports nearly always names one
+        // topic, counted without hashing its name per report (perf: the dictionary was a fifth
+        // of this function's time at 500 rows/s).
+        var lastTopic: String?
+        var lastTopicRows = 0
+        var otherTopics: [String: Int] = [:]
+        defer {
+            if let lastTopic { otherTopics[lastTopic, default: 0] += lastTopicRows }
+            for (topic, n) in otherTopics { metrics.produced(topic: topic, count: n) }
+        }
         var anyFailure = false
         let hadPendingDeletes = !pendingDeletes.isEmpty
         let tracking = !retries.history.isEmpty
@@ -79,7 +87,13 @@ extension Relay {
                 pendingDeletes.append(report.opaque)
                 deliveredMemory.record(id: entry.rowId, createdAtMicros: entry.createdAtMicros)
                 if let row = entry.row {
-                    producedByTopic[row.message.topic, default: 0] += 1
+                    if row.message.topic == lastTopic {
+                        lastTopicRows += 1
+                    } else {
+                        if let lastTopic { otherTopics[lastTopic, default: 0] += lastTopicRows }
+                        lastTopic = row.message.topic
+                        lastTopicRows = 1
+                    }
                     if configuration.recordsDeliveries {
                         ledger[row.id] = DeliveryPlace(topic: row.message.topic, partition: report.partition, offset: report.offset)
                     }

@@ -41,6 +41,9 @@ import Testing
         let topic = "ep-\(UUID().uuidString.prefix(8).lowercased())"
         let kafka = KafkaConfiguration([("bootstrap.servers", broker.brokers)])
         try KafkaAdmin.createTopic(topic, partitions: 2, configuration: kafka)
+        // A second topic, its rows interleaved with the first's: the produced count is per topic.
+        let other = topic + "-b"
+        try KafkaAdmin.createTopic(other, partitions: 2, configuration: kafka)
         var config = TestEnvironment.configuration(table: table)
         config.brokers = broker.brokers
         let r = try await start(config)
@@ -50,16 +53,18 @@ import Testing
         let ready = try httpGet(port: r.port, path: "/readyz").body
         #expect(ready.contains("\"database\"") && ready.contains("\"kafka\"") && ready.contains("\"shards\""), "\(ready)")
 
-        // Rows flow: produced count equals rows inserted, backlog falls to 0.
+        // Rows flow: produced count per topic equals rows inserted, backlog falls to 0.
         try TestEnvironment.connect().query("""
-            INSERT INTO \(table.sql) (topic, key, value) SELECT $1, convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 250) i
-            """, [.text(topic)])
+            INSERT INTO \(table.sql) (topic, key, value)
+            SELECT CASE WHEN i % 5 = 0 THEN $2 ELSE $1 END, convert_to('k' || i, 'UTF8'), 'v' FROM generate_series(1, 300) i
+            """, [.text(topic), .text(other)])
         try await TestEnvironment.eventually("drained") { try TestEnvironment.count(table) == 0 }
         let labels = "table=\"\(table.description)\""
         try await TestEnvironment.eventually("metrics show the rows") {
             let m = try httpGet(port: r.port, path: "/metrics").body
-            return TestMetrics.value(m, "outbox_relay_rows_produced_total{\(labels),topic=\"\(topic)\"}") == 250
-                && TestMetrics.value(m, "outbox_relay_rows_deleted_total{\(labels)}") == 250
+            return TestMetrics.value(m, "outbox_relay_rows_produced_total{\(labels),topic=\"\(topic)\"}") == 240
+                && TestMetrics.value(m, "outbox_relay_rows_produced_total{\(labels),topic=\"\(other)\"}") == 60
+                && TestMetrics.value(m, "outbox_relay_rows_deleted_total{\(labels)}") == 300
                 && TestMetrics.value(m, "outbox_relay_backlog_rows{\(labels)}") == 0
         }
         let metrics = try httpGet(port: r.port, path: "/metrics").body
