@@ -18,8 +18,9 @@
 /// committing, being announced, in the claim cycle before this one and in this one's statement.
 /// The overhead taken is the 9-in-10 quantile of the last 32 claims, so a machine that gets slower
 /// (or transactions that commit long after their INSERT) shorten the wait by themselves, down to
-/// claiming at once; a row older than the target counts as the whole target. Rows re-read by a sweep (after a rewind, a retry,
-/// a lost connection) are not samples: their age says nothing about the path.
+/// claiming at once; a row older than the target counts as the whole target. Rows re-read by a
+/// sweep (after a rewind, a retry, a lost connection) are not samples: their age says nothing
+/// about the path.
 ///
 /// `target` 0 turns it off: claim at once on a notification, poll every busy poll.
 public struct ClaimPacer: Sendable, Equatable {

@@ -214,8 +214,9 @@ extension Relay {
         }
     }
 
-    /// At a busy poll's pause end: the events that came during the pause (and the claim before
-    /// it), taken on the claim loop's own turn rather than by a woken report loop. Their rows'
+    /// At the end of the claim loop's own wait (a busy poll's pause, a notified wait): the events
+    /// that came during it (and the claim before it), taken on the claim loop's own turn rather
+    /// than by a woken report loop. Their rows'
     /// deletes are left for the claim about to run, without the fused-delete timer that would
     /// otherwise be armed and cancelled at once.
     func takeDeferredEvents() {

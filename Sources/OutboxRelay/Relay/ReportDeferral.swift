@@ -2,17 +2,19 @@ import Dispatch
 import Synchronization
 
 /// Whether librdkafka's "events wait" callback wakes the report loop now, or only marks the
-/// events, for the claim loop to take them at its next busy poll's pause end.
+/// events, for the claim loop to take them when its own wait ends (a busy poll's pause, a
+/// notified wait).
 ///
 /// While the relay busy-polls (rows arrive faster than one per poll), each poll's rows go to
 /// several partitions, and librdkafka sends one ProduceRequest per partition: their replies
 /// come back one by one, and each used to wake a thread of the cooperative pool only to take a
 /// few reports (about 4 wake-ups per poll at 500 rows/s, `/proc` per thread). Nothing needs those
 /// reports before the next claim: the claim in flight was built before they came, so the
-/// deletes they allow ride a later claim either way. So from a busy poll's pause until the next
-/// one's end the callback only marks them, and the claim loop takes them itself, on the claim
-/// session's thread, when that pause ends — just before the claim that then carries their
-/// deletes (`Relay.takeDeferredEvents`). No thread is woken for them.
+/// deletes they allow ride a later claim either way. So from the start of the claim loop's wait
+/// (a busy poll's pause, or a notified wait and its linger, which a trickle's reports used to
+/// interrupt the same way) until its end the callback only marks them, and the claim loop takes
+/// them itself, on the claim session's thread, when the wait ends — just before the claim that
+/// then carries their deletes (`Relay.takeDeferredEvents`). No thread is woken for them.
 ///
 /// (Before, the claim loop called ``resume()`` when the claim returned, meaning the report loop
 /// to run on the actor's thread after it; but a resumed continuation is queued on the global
