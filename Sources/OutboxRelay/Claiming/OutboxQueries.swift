@@ -2,8 +2,9 @@ import Kafka
 import PGClient
 
 /// The relay's statements on the outbox table. Constant texts with binary parameters, prepared
-/// once per connection; arrays (`= ANY`) so that one statement serves a whole batch.
-public struct OutboxQueries: Sendable {
+/// once per connection; arrays (`= ANY`) so that one statement serves a whole batch. A class:
+/// every claim captures it, and copying its many statement texts retained each of them.
+public final class OutboxQueries: Sendable {
     public let table: OutboxTable
     /// The claims, each with a shard filter (a replica holding some of the shards) and without
     /// (it holds every shard: the filter would pass every row, and testing 256 array elements per
@@ -22,6 +23,11 @@ public struct OutboxQueries: Sendable {
 
     struct ClaimStatement: Sendable {
         let name: String
+        /// The prepared statements' names, built once (not per claim).
+        var filteredName: String { name }
+        let allName: String
+        let filteredDeletingName: String
+        let allDeletingName: String
         let filtered: String
         let all: String
         /// The same claims carrying a lease-checked DELETE of acknowledged rows (see
@@ -113,7 +119,9 @@ public struct OutboxQueries: Sendable {
                 """
             }
             let filter = "shard = ANY($1::integer[]) AND "
-            return ClaimStatement(name: name, filtered: text(filter: filter, first: 2), all: text(filter: "", first: 1),
+            return ClaimStatement(name: name, allName: name + "_all", filteredDeletingName: name + "_del",
+                                  allDeletingName: name + "_all_del",
+                                  filtered: text(filter: filter, first: 2), all: text(filter: "", first: 1),
                                   filteredDeleting: text(filter: filter, first: 2, deleting: true),
                                   allDeleting: text(filter: "", first: 1, deleting: true))
         }
@@ -171,32 +179,44 @@ public struct OutboxQueries: Sendable {
     public func claim(_ conn: PGConnection, shards: [Int32], allShards: Bool = false,
                       request: ClaimCursor.Request, deleting: FusedDelete? = nil) throws(PGError) -> ClaimBatch {
         let statement: ClaimStatement
-        var parameters: [PGParameter] = [request.snapshot.map { .text($0.description) } ?? .null(oid: PGType.text),
-                                         .int8(Int64(request.limit))]
+        // One array, sized once: the shard filter's (unless every shard), the claim's four, a
+        // fused DELETE's three.
+        var parameters: [PGParameter] = []
+        parameters.reserveCapacity(9)
+        if !allShards { parameters.append(.int4Array(shards)) }
+        parameters.append(request.snapshot.map { .text($0.description) } ?? .null(oid: PGType.text))
+        parameters.append(.int8(Int64(request.limit)))
         switch request.mode {
         case .sweep:
             statement = sweepSQL
-            parameters += [.int8(request.after), .int8Array(request.excluded)]
+            parameters.append(.int8(request.after))
+            parameters.append(.int8Array(request.excluded))
         case .window, .windowContinued:
             // ClaimCursor always names a window's lower snapshot; a missing one is a bug, not "everything".
             guard let since = request.since else { preconditionFailure("a window request without its lower snapshot: \(request)") }
             if request.mode == .window {
                 statement = windowSQL
-                parameters += [.text(String(since.xmax)), .text(since.xipArrayLiteral)]
+                parameters.append(.text(String(since.xmax)))
+                parameters.append(.text(since.xipArrayLiteral))
             } else {
                 statement = windowContinuedSQL
-                parameters += [.int8(request.after), .text(since.description)]
+                parameters.append(.int8(request.after))
+                parameters.append(.text(since.description))
             }
         }
-        if let deleting { parameters += [.int8Array(deleting.ids), .text(deleting.owner), .int8Array(deleting.epochs)] }
-        let fused = deleting == nil ? "" : "_del"
-        let result = allShards
-            ? try conn.execute(prepared: statement.name + "_all" + fused, deleting == nil ? statement.all : statement.allDeleting, parameters)
-            : try conn.execute(prepared: statement.name + fused, deleting == nil ? statement.filtered : statement.filteredDeleting,
-                               [.int4Array(shards)] + parameters)
-        let snapshotText = result.string(0, 0) ?? ""
-        guard let snapshot = PGSnapshot(text: snapshotText) else {
-            throw PGError(.unexpectedResult, message: "claim: unreadable snapshot \"\(snapshotText)\"")
+        if let deleting {
+            parameters.append(.int8Array(deleting.ids))
+            parameters.append(.text(deleting.owner))
+            parameters.append(.int8Array(deleting.epochs))
+        }
+        let result = switch (allShards, deleting == nil) {
+        case (true, true): try conn.execute(prepared: statement.allName, statement.all, parameters)
+        case (true, false): try conn.execute(prepared: statement.allDeletingName, statement.allDeleting, parameters)
+        case (false, true): try conn.execute(prepared: statement.filteredName, statement.filtered, parameters)
+        case (false, false): try conn.execute(prepared: statement.filteredDeletingName, statement.filteredDeleting, parameters)
+        }
+        guard let snapshot = result.isNull(0, 0) ? nil : result.withRawValue(0, 0, { PGSnapshot(utf8: $0) }) else {
+            throw PGError(.unexpectedResult, message: "claim: unreadable snapshot \"\(result.string(0, 0) ?? "NULL")\"")
         }
         let databaseNowMicros = result.isNull(0, 9) ? nil : try? result.int64(0, 9)
         var rows: [ClaimedRow] = []

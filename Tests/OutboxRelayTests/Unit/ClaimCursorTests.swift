@@ -20,6 +20,23 @@ import Testing
         #expect(PGSnapshot(text: "1:2:x") == nil)
     }
 
+    /// The claim reads the snapshot from its result's bytes: every malformed shape is refused
+    /// (a claim then fails with the text named) rather than read as some other snapshot.
+    @Test func theSnapshotParserRefusesWhatIsNotOne() {
+        #expect(PGSnapshot(text: "18446744073709551615:18446744073709551615:")?.xmax == .max)
+        #expect(PGSnapshot(text: "725:730:726,728,729")?.xip == [726, 728, 729])
+        #expect(PGSnapshot(text: "725:730:")?.xip == [])
+        for bad in ["", ":", "::", "1:2", "1::", ":2:", "1:2:3,", "1:2:,3", "1:2:3,,4", "1:2:3:4", "+1:2:", "1:-2:",
+                    " 1:2:", "1:2: 3", "1:2:3 ", "18446744073709551616:18446744073709551616:", "1:2:99999999999999999999",
+                    "x:2:", "1:2:3;4", "9:8:"] {
+            #expect(PGSnapshot(text: bad) == nil, "\(bad)")
+        }
+        // The text form reads back as the same snapshot.
+        for text in ["1:1:", "725:730:725,727", "100:200:101,150,199"] {
+            #expect(PGSnapshot(text: text)?.description == text)
+        }
+    }
+
     @Test func aFreshCursorSweepsThenReadsWindows() {
         var c = ClaimCursor()
         var r = c.nextRequest(limit: 10, inFlight: [])
