@@ -59,7 +59,13 @@ extension Relay {
         var lastTopicRows = 0
         var otherTopics: [String: Int] = [:]
         defer {
-            if let lastTopic { otherTopics[lastTopic, default: 0] += lastTopicRows }
+            if let lastTopic {
+                if otherTopics.isEmpty {
+                    metrics.produced(topic: lastTopic, count: lastTopicRows)  // no dictionary for one topic
+                } else {
+                    otherTopics[lastTopic, default: 0] += lastTopicRows
+                }
+            }
             for (topic, n) in otherTopics { metrics.produced(topic: topic, count: n) }
         }
         var anyFailure = false
