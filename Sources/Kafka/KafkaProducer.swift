@@ -238,13 +238,13 @@ public final class KafkaProducer: @unchecked Sendable {
         var more = false
         _ = withHandle { _ in
             var reports: [DeliveryReport] = []
+            reports.reserveCapacity(16)  // grown by appending: an exact reserve per event reallocated per event
             var taken = 0
             while let event = rd_kafka_queue_poll(queue, 0) {
                 defer { rd_kafka_event_destroy(event) }
                 taken += 1
                 switch rd_kafka_event_type(event) {
                 case RD_KAFKA_EVENT_DR:
-                    reports.reserveCapacity(reports.count + Int(rd_kafka_event_message_count(event)))
                     while let m = rd_kafka_event_message_next(event) {
                         reports.append(Self.report(m))
                     }

@@ -32,6 +32,8 @@ public struct ClaimPacer: Sendable, Equatable {
     public static let samples = 32
     var recent: [Double] = []
     var next = 0
+    /// `recent`, sorted: kept between claims so that sorting allocates nothing.
+    private var sorted: [Double] = []
     /// The path's overhead in use (9-in-10 quantile of ``samples`` claims), seconds.
     public private(set) var overhead: Double
 
@@ -61,7 +63,9 @@ public struct ClaimPacer: Sendable, Equatable {
         }
         next = (next + 1) % Self.samples
         guard recent.count >= 4 else { return }
-        let sorted = recent.sorted()
+        sorted.removeAll(keepingCapacity: true)
+        sorted.append(contentsOf: recent)
+        sorted.sort()
         overhead = sorted[min(sorted.count - 1, sorted.count * 9 / 10)]
     }
 }

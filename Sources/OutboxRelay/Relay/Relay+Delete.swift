@@ -155,9 +155,14 @@ extension Relay {
     func takeFusableDeletes() -> FusableDeletes? {
         guard !pendingDeletes.isEmpty, !deleteNeededNow else { return nil }
         let seqs = Array(pendingDeletes.prefix(OutboxQueries.FusedDelete.maxIds))
-        let entries = seqs.compactMap { window.entry($0) }
-        guard entries.count == seqs.count else { return nil }
-        let epochs = entries.map { leases.heldEpoch($0.shard) }
+        var ids: [Int64] = [], epochs: [Int64] = []
+        ids.reserveCapacity(seqs.count)
+        epochs.reserveCapacity(seqs.count)
+        for seq in seqs {
+            guard let entry = window.entry(seq) else { return nil }
+            ids.append(entry.rowId)
+            epochs.append(leases.heldEpoch(entry.shard))
+        }
         if seqs.count == pendingDeletes.count {
             pendingDeletes.removeAll(keepingCapacity: true)
             pendingDeletesSince = nil
@@ -165,7 +170,7 @@ extension Relay {
         } else {
             pendingDeletes.removeFirst(seqs.count)  // still pending since then; the timer stays armed
         }
-        return (seqs, OutboxQueries.FusedDelete(ids: entries.map(\.rowId), owner: replicaId, epochs: epochs))
+        return (seqs, OutboxQueries.FusedDelete(ids: ids, owner: replicaId, epochs: epochs))
     }
 
     /// Wakes the delete loop `fusedDeleteWaitSeconds` from now unless a claim carries the pending

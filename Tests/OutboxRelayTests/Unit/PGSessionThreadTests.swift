@@ -25,10 +25,13 @@ import Testing
         }
 
         func callOnThreadPreferred(_ session: PGSession, _ order: Order, sessionThread: pthread_t) async throws -> pthread_t {
-            // The actor runs on with the thread it had until it is next scheduled: then on the
-            // preferred one.
-            await Task.yield()
-            #expect(pthread_self() == sessionThread)
+            // The actor runs on with the thread it had until it is next scheduled: then,
+            // normally, on the preferred one.
+            let arrival = Date().addingTimeInterval(10)
+            repeat {
+                await Task.yield()
+                try #require(Date() < arrival, "the task never ran on the session's thread")
+            } while pthread_self() != sessionThread
             // A job queued for the session meanwhile waits behind this one: an operation that
             // hopped there would run after it.
             Task.detached { await session.onThread { _ in order.add("queued") } }
