@@ -27,36 +27,6 @@ public actor PGSession {
         self.executor = ThreadExecutor(name: "pg-\(label)")
     }
 
-    /// Jobs waiting for the session's thread (for tests).
-    public nonisolated var queuedJobs: Int { executor.queuedJobs }
-
-    /// Runs `operation` isolated to this session: at once, on the caller's own turn, when the
-    /// caller already runs on the session's thread (a task that prefers ``taskExecutor`` runs
-    /// there, and so do the default actors it enters); otherwise on that thread after a hop.
-    /// Where an `await session.method()` from such a caller hands a job to the session's
-    /// executor and another back, two hand-overs per call (perf: 4 % of a trickle's relay CPU
-    /// in the claim loop's three calls per claim), this runs the method like a function call.
-    /// Safe because the thread runs one job at a time: while the caller's runs, none of the
-    /// session's can.
-    public nonisolated(nonsending) func onThread<T: Sendable, E: Error>(
-        _ operation: @Sendable (isolated PGSession) throws(E) -> T
-    ) async throws(E) -> T {
-        if executor.isCurrentThread { return try runIsolatedHere(operation) }
-        return try await operation(self)
-    }
-
-    /// `operation`, isolated to this session on its own thread (checked: ``ThreadExecutor``
-    /// says whether this is its thread).
-    private nonisolated func runIsolatedHere<T: Sendable, E: Error>(
-        _ operation: @Sendable (isolated PGSession) throws(E) -> T
-    ) throws(E) -> T {
-        do {
-            return try assumeIsolated { session in try operation(session) }
-        } catch {
-            throw error as! E  // operation throws only E
-        }
-    }
-
     /// Runs `body` with a live connection (connecting first if needed). A connection-loss error
     /// drops the connection so the next call reconnects; the error is rethrown.
     public func withConnection<T: Sendable>(_ body: @Sendable (PGConnection) throws(PGError) -> T) throws(PGError) -> T {

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// A serial executor backed by one dedicated OS thread.
 ///
@@ -15,15 +14,8 @@ public final class ThreadExecutor: SerialExecutor, TaskExecutor, @unchecked Send
     private var jobs: [UnownedJob] = []
     private var stopping = false
 
-    /// The thread's `pthread_self()`, once it runs (0 before).
-    private let threadID = Atomic<UInt>(0)
-
     public init(name: String) {
-        let thread = Thread { [self] in
-            threadID.store(pthread_self(), ordering: .releasing)
-            nameCurrentThread(name)
-            run()
-        }
+        let thread = Thread { [self] in nameCurrentThread(name); run() }
         thread.name = name
         thread.start()
     }
@@ -34,26 +26,6 @@ public final class ThreadExecutor: SerialExecutor, TaskExecutor, @unchecked Send
         jobs.append(unowned)
         condition.signal()
         condition.unlock()
-    }
-
-    /// Whether the caller runs on this executor's thread — in one of its jobs, since nothing
-    /// else runs there. Code running there is isolated to every actor this executor serves:
-    /// the thread runs one job at a time, so no job of theirs runs meanwhile.
-    public var isCurrentThread: Bool {
-        pthread_self() == threadID.load(ordering: .acquiring)
-    }
-
-    public func isIsolatingCurrentContext() -> Bool? { isCurrentThread }
-
-    /// Jobs waiting for the thread (for tests).
-    public var queuedJobs: Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return jobs.count
-    }
-
-    public func checkIsolated() {
-        precondition(isCurrentThread, "not on the thread of this ThreadExecutor")
     }
 
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {

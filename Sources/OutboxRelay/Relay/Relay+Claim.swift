@@ -44,7 +44,7 @@ extension Relay {
         if pause > 0, let session = claimSession {
             deferring = true
             reportDeferral.deferWakes()
-            await session.onThread { $0.pause(seconds: pause) }
+            await session.pause(seconds: pause)
             takeDeferredEvents()
         } else if notifiedWait > 0, prefetchedClaim == nil {
             deferring = true  // the notified wait below defers them too
@@ -137,10 +137,8 @@ extension Relay {
                     let router = notificationRouter
                     let outcome: PGSession.WaitOutcome
                     do {
-                        let interrupt = claimWake.interrupt!
-                        outcome = try await session.onThread { s throws(PGError) in
-                            try s.wait(timeout: wait, linger: linger, interrupt: interrupt, accept: { router.accept($0) })
-                        }
+                        outcome = try await session.wait(timeout: wait, linger: linger, interrupt: claimWake.interrupt!,
+                                                         accept: { router.accept($0) })
                     } catch {
                         claimFailed(error, fused: nil)
                         return
@@ -163,7 +161,7 @@ extension Relay {
             let claim = claimStatement(shards: shards, request: request, deleting: fused?.delete)
             began = monotonicSeconds()
             do {
-                batch = try await session.onThread { s throws(PGError) in try s.withConnection(claim) }
+                batch = try await session.withConnection(claim)
             } catch {
                 claimFailed(error, fused: fused?.seqs)
                 return
