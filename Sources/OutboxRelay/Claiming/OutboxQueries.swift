@@ -22,9 +22,8 @@ public final class OutboxQueries: Sendable {
     public static let deleteManyFrom = 32
 
     struct ClaimStatement: Sendable {
-        let name: String
-        /// The prepared statements' names, built once (not per claim).
-        var filteredName: String { name }
+        /// The prepared statements' names, derived from one and built once (not per claim).
+        let filteredName: String
         let allName: String
         let filteredDeletingName: String
         let allDeletingName: String
@@ -34,6 +33,17 @@ public final class OutboxQueries: Sendable {
         /// ``FusedDelete``): one statement and one transaction instead of two of each.
         let filteredDeleting: String
         let allDeleting: String
+
+        init(name: String, filtered: String, all: String, filteredDeleting: String, allDeleting: String) {
+            filteredName = name
+            allName = name + "_all"
+            filteredDeletingName = name + "_del"
+            allDeletingName = name + "_all_del"
+            self.filtered = filtered
+            self.all = all
+            self.filteredDeleting = filteredDeleting
+            self.allDeleting = allDeleting
+        }
     }
 
     /// Acknowledged rows to delete in the same statement as a claim, under the same lease check
@@ -119,9 +129,7 @@ public final class OutboxQueries: Sendable {
                 """
             }
             let filter = "shard = ANY($1::integer[]) AND "
-            return ClaimStatement(name: name, allName: name + "_all", filteredDeletingName: name + "_del",
-                                  allDeletingName: name + "_all_del",
-                                  filtered: text(filter: filter, first: 2), all: text(filter: "", first: 1),
+            return ClaimStatement(name: name, filtered: text(filter: filter, first: 2), all: text(filter: "", first: 1),
                                   filteredDeleting: text(filter: filter, first: 2, deleting: true),
                                   allDeleting: text(filter: "", first: 1, deleting: true))
         }

@@ -27,13 +27,7 @@ public final class RelayMetrics: Sendable {
     let deadLetters: Gauge
     /// `rows_produced_total` per topic, made once per topic: making a counter goes through the
     /// backend's registry (a lock and a lookup by name and labels), and it ran per report batch.
-    /// The last topic's counter is kept apart: nearly every batch of reports names the topic
-    /// the one before did, and comparing a name is cheaper than hashing it.
-    private let producedCounters = Mutex(ProducedCounters())
-    private struct ProducedCounters {
-        var last: (topic: String, counter: Counter)?
-        var byTopic: [String: Counter] = [:]
-    }
+    private let producedCounters = Mutex<[String: Counter]>([:])
 
     init(table: String) {
         self.table = table
@@ -80,11 +74,9 @@ public final class RelayMetrics: Sendable {
     func produced(topic: String, count: Int) {
         let table = self.table
         let counter = producedCounters.withLock { counters in
-            if let last = counters.last, last.topic == topic { return last.counter }
-            let c = counters.byTopic[topic] ?? Counter(label: Self.prefix + "rows_produced_total",
-                                                       dimensions: [("table", table), ("topic", topic)])
-            counters.byTopic[topic] = c
-            counters.last = (topic, c)
+            if let c = counters[topic] { return c }
+            let c = Counter(label: Self.prefix + "rows_produced_total", dimensions: [("table", table), ("topic", topic)])
+            counters[topic] = c
             return c
         }
         counter.increment(by: count)
