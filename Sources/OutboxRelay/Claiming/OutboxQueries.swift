@@ -347,6 +347,21 @@ public final class OutboxQueries: Sendable {
             """, [.int8(value), .text(table.channel), .text(OutboxTable.gateClosedPayload)])
     }
 
+    /// Closes a declaration that ran out more than `graceMillis` ago (its replica died or
+    /// stopped while waiting for notifications, or could not close it): the trigger's `WHEN`
+    /// only tests for a declared gate, so until then every INSERT would call the function to
+    /// find the time past. Like a close it notifies `gate-closed`: a replica that declared the
+    /// gate between this statement's read and its `setval` opens it again. Returns whether it
+    /// closed one.
+    @discardableResult
+    public func clearLapsedNotificationGate(_ conn: PGConnection, graceMillis: Int64 = 1000) throws(PGError) -> Bool {
+        try conn.execute(prepared: "outbox_notify_gate_lapsed", """
+            SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass, 0), pg_notify($2, $3)
+            FROM \(table.notifyUntilSQL)
+            WHERE last_value > 0 AND last_value < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $1
+            """, [.int8(graceMillis), .text(table.channel), .text(OutboxTable.gateClosedPayload)]).rowCount > 0
+    }
+
     /// Deletes acknowledged rows whose lease this replica still holds at `epochs[shard]`.
     /// Returns the number of rows deleted (fewer than `ids.count` means leases were lost).
     /// Many ids are deleted with the lease table read once (``deleteManySQL``), a few with a

@@ -104,5 +104,18 @@ extension Relay {
             lastDatabaseError = "\(error)"
             logger.warning("lease heartbeat failed", metadata: [LogKey.error: "\(error)"])
         }
+        if notificationGate, !stopFlag.isSet {
+            // A declaration whose replica died or stopped waiting for notifications: cleared
+            // here, by whichever replica beats first, since the trigger's WHEN tests only for a
+            // declared gate (Migration.notifyTriggerSQL).
+            let outbox = self.outbox
+            do {
+                if try await session.withConnection({ conn throws(PGError) in try outbox.clearLapsedNotificationGate(conn) }) {
+                    stats.lapsedGatesCleared += 1
+                }
+            } catch {
+                logger.debug("could not clear a lapsed notification gate", metadata: [LogKey.error: "\(error)"])
+            }
+        }
     }
 }

@@ -5,6 +5,8 @@ public struct RelayStatistics: Sendable, Equatable {
     /// Claims after a busy-poll sleep, and declarations of the notification gate (WakeMode).
     public var busyPolls = 0
     public var gateDeclarations = 0
+    /// Lapsed declarations of the notification gate this replica cleared (a replica died declared).
+    public var lapsedGatesCleared = 0
     /// Rows deleted after acknowledgement.
     public var deleted = 0
     /// Failed delivery reports and synchronous produce errors (rows kept for retry).

@@ -193,6 +193,73 @@ import Testing
         #expect(again.payloads.sorted() == again.shards.map { "\(prefix)\($0)" }.sorted(), "\(again.payloads)")
     }
 
+    /// The trigger's WHEN only asks whether a gate is declared; the function compares the
+    /// declaration with the clock. A declaration that ran out (its replica died waiting for
+    /// notifications) notifies nobody, and a replica's heartbeat clears it, so that INSERTs stop
+    /// calling the function: the clearing statement closes only a declaration more than its grace
+    /// in the past, and tells sleeping replicas (`gate-closed`) as a close does.
+    @Test func aLapsedDeclarationNotifiesNobodyAndIsCleared() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let conn = try TestEnvironment.connect()
+        let listener = try TestEnvironment.connect()
+        try listener.executeScript("LISTEN \(quoteIdentifier(table.channel))")
+        let queries = OutboxQueries(table: table)
+        func declare(_ offsetMillis: Int64) throws {
+            try conn.query("SELECT setval($1::regclass, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $2)",
+                           [.text(table.notifyUntilSQL), .int8(offsetMillis)])
+        }
+        func gate() throws -> Int64 { try conn.query("SELECT last_value FROM \(table.notifyUntilSQL)").int64(0, 0) }
+        let shard = { (key: String) throws -> Int32 in
+            try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ('t', convert_to($1, 'UTF8'), 'v') RETURNING shard", [.text(key)]).int32(0, 0)
+        }
+
+        // Ran out five seconds ago: the row in between notifies nobody. (Notifications arrive in
+        // commit order: the open gate's row, inserted after it, proves the first sent none.)
+        try declare(-5_000)
+        _ = try shard("lapsed")
+        try declare(600_000)
+        let open = try shard("open")
+        var payloads: [String] = []
+        try await TestEnvironment.eventually("the open gate's notification", timeout: 5) {
+            payloads += try listener.drainNotifications().map(\.payload)
+            return !payloads.isEmpty
+        }
+        payloads += try listener.drainNotifications().map(\.payload)
+        #expect(payloads == ["\(WakeFilter.payloadPrefix)\(open)"], "only the row under the open gate notified: \(payloads)")
+
+        // A declaration still running, or closed, is left alone; one past its grace is closed.
+        #expect(try queries.clearLapsedNotificationGate(conn) == false)
+        #expect(try gate() > 0)
+        try declare(-500)
+        #expect(try queries.clearLapsedNotificationGate(conn, graceMillis: 1_000) == false, "within the grace")
+        try declare(-5_000)
+        #expect(try queries.clearLapsedNotificationGate(conn) == true)
+        #expect(try gate() == 0)
+        #expect(try queries.clearLapsedNotificationGate(conn) == false, "a closed gate stays as it is")
+        var closed: [String] = []
+        try await TestEnvironment.eventually("the clearing's gate-closed notification", timeout: 5) {
+            closed += try listener.drainNotifications().map(\.payload)
+            return closed.contains(OutboxTable.gateClosedPayload)
+        }
+
+        // A running replica clears one on its heartbeat (every 0.1 s here). An idle replica
+        // renews its own declaration about once a second, which also replaces a lapsed one; so
+        // plant a lapsed declaration again whenever the gate is not one, until a heartbeat has
+        // cleared one.
+        var config = TestEnvironment.notifiedConfiguration(table: table, pollMillis: 30_000)
+        config.heartbeatIntervalMillis = 100
+        let relay = try await RunningRelay.startWaitingForNotifications(config)
+        func lapsed() throws -> Bool {
+            try conn.query("SELECT last_value > 0 AND last_value < (extract(epoch FROM clock_timestamp()) * 1000)::bigint FROM \(table.notifyUntilSQL)").bool(0, 0)
+        }
+        try await TestEnvironment.eventually("a heartbeat cleared a lapsed declaration", timeout: 15) {
+            if await relay.relay.statistics().lapsedGatesCleared > 0 { return true }
+            if try !lapsed() { try declare(-5_000) }
+            return false
+        }
+        try await relay.stop()
+    }
+
     private func idsRelayed(table: OutboxTable, topic: String) throws -> [Int64] {
         let last = try TestEnvironment.connect().query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
         return Array(1...last)
