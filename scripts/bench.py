@@ -365,8 +365,10 @@ class Bench:
             args += ["--kafka-property", p]
         return args
 
-    def migrate(self, table):
-        subprocess.run([self.a.relay, "migrate", "--database-url", self.admin_url, "--table", table, "--shards", str(SHARDS)],
+    def migrate(self, table, binary=None):
+        """Creates `table` with `binary`'s migration (default the bench's relay): another build
+        of the relay (--batched-binary) runs on the schema of its own version."""
+        subprocess.run([binary or self.a.relay, "migrate", "--database-url", self.admin_url, "--table", table, "--shards", str(SHARDS)],
                        check=True, stdout=subprocess.DEVNULL)
 
     def create_topic(self, topic, partitions=8):
@@ -939,7 +941,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         topic = table.replace("_", "-")
         lat = qident(table + "_latency")
         self.create_topic(topic, 8)
-        self.migrate(table)
+        self.migrate(table, self.a.batched_binary if relay == "batched" else None)
         notify_trigger = True
         if relay == "naive" and not self.a.naive_keep_notify_trigger:
             # The naive relay polls and never LISTENs: its users would not have outbox-relay's
