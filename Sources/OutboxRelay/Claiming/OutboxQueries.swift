@@ -325,7 +325,7 @@ public final class OutboxQueries: Sendable {
                                      takingXid: Bool = false) throws(PGError) -> (value: Int64, xid: UInt64?) {
         let setval = """
             SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass,
-                          greatest((extract(epoch FROM clock_timestamp()) * 1000)::bigint + $1, 1)) AS v
+                          greatest(\(OutboxTable.gateClockSQL) + $1, 1)) AS v
             """
         guard takingXid else {
             return (try conn.execute(prepared: "outbox_notify_gate", setval, [.int8(millis)]).int64(0, 0), nil)
@@ -358,7 +358,7 @@ public final class OutboxQueries: Sendable {
         try conn.execute(prepared: "outbox_notify_gate_lapsed", """
             SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass, 0), pg_notify($2, $3)
             FROM \(table.notifyUntilSQL)
-            WHERE last_value > 0 AND last_value < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $1
+            WHERE last_value > 0 AND last_value < \(OutboxTable.gateClockSQL) - $1
             """, [.int8(graceMillis), .text(table.channel), .text(OutboxTable.gateClosedPayload)]).rowCount > 0
     }
 

@@ -58,10 +58,10 @@ public enum Migration {
             -- relay polls instead. The row-level trigger's WHEN has seen a gate declared (not 0);
             -- whether its time has come is tested here, where a closed gate's INSERTs never go.
             IF TG_LEVEL = 'ROW' THEN
-                IF pg_sequence_last_value(\(quoteLiteral(t.notifyUntilSQL))::regclass) > (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN
+                IF pg_sequence_last_value(\(quoteLiteral(t.notifyUntilSQL))::regclass) > \(OutboxTable.gateClockSQL) THEN
                     PERFORM pg_notify(\(quoteLiteral(t.channel)), '\(WakeFilter.payloadPrefix)' || NEW.shard);
                 END IF;
-            ELSIF (SELECT last_value FROM \(t.notifyUntilSQL)) > (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN
+            ELSIF (SELECT last_value FROM \(t.notifyUntilSQL)) > \(OutboxTable.gateClockSQL) THEN
                 PERFORM pg_notify(\(quoteLiteral(t.channel)),
                     CASE WHEN count(DISTINCT shard) > \(WakeFilter.maxListed) THEN '*'
                          ELSE '\(WakeFilter.payloadPrefix)' || string_agg(DISTINCT shard::text, ',') END)

@@ -48,6 +48,9 @@ public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
     /// epoch) some replica waits for notifications. Sequences are not transactional, so every
     /// inserting transaction's trigger sees the latest value whatever its snapshot.
     public var notifyUntilSQL: String { qualify("\(name)_relay_notify") }
+    /// The gate's clock: the database's time in milliseconds since the epoch, what a
+    /// declaration in ``notifyUntilSQL`` is set from and compared with.
+    public static let gateClockSQL = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
     public var notifyFunctionSQL: String { qualify("\(name)_notify") }
     public var notifyTriggerName: String { "\(name)_notify" }
     /// LISTEN/NOTIFY channel: at most 63 bytes (the identifier limit; `pg_notify` refuses
