@@ -1103,6 +1103,9 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 "postgres_inserter_backend_cpu_ms": per_row(g["inserter_backend"]),
                 "postgres_rest_cpu_ms": per_row(g["rest"]),
                 "relay_plus_postgres_cpu_ms": per_row(res["relay_cpu_s"] + res["postgres_cpu_s"]),
+                # The broker's (Tansu's) CPU: not in the issue's targets, but a cost the relay
+                # causes — per ProduceRequest, and librdkafka sends one per partition.
+                "broker_cpu_ms": per_row(res["tansu_cpu_s"]),
                 "statements_on_table": per_row(st_table, 1),
                 "claims": per_row(kinds["select"], 1),
                 "deletes": per_row(kinds["delete"], 1),
@@ -1234,16 +1237,21 @@ def relay_order(s):
     return (s["relay"] != "outbox-relay", s.get("busy_poll_ms") or 0)
 
 
+def round_order(relays, rnd):
+    """The relays' order in steady round `rnd`: as given in even rounds, reversed in odd ones."""
+    return list(relays) if rnd % 2 == 0 else list(reversed(relays))
+
+
 def per_row_table(out, runs):
     """Steady-state costs per row, outbox-relay beside the naive relay (and steady_scale)."""
     lines = ["2b. Steady state per row (window: first INSERT → table empty; CPU ms per row; PostgreSQL = whole cluster,"
-             " of which the relays' backends / the inserters' backends / the rest;",
+             " of which the relays' backends / the inserters' backends / the rest; broker = Tansu's CPU, not in the targets;",
              "    statements = the relay role's pg_stat_statements calls, on the table and all; transactions ="
              " pg_stat_database commits + rollbacks less the INSERTs and the bench's own;",
              "    latency ms: INSERT → DELETE (p50/p99/max, as in 2.), COMMIT returned → Kafka CreateTime (c→k p50/p99/max)"
              " and COMMIT returned → DELETE (c→d p50/p99/max))"]
     head = (f"   {'rate':>6} {'relay':<22}{'n':>3}{'achieved':>9}{'relay ms':>9}{'pg ms':>8}{'(relay bk/ins/rest)':>21}"
-            f"{'relay+pg':>9}{'stmt tbl':>9}{'stmt all':>9}{'xact':>7}{'p50':>7}{'p99':>7}{'max':>7}"
+            f"{'relay+pg':>9}{'broker':>7}{'stmt tbl':>9}{'stmt all':>9}{'xact':>7}{'p50':>7}{'p99':>7}{'max':>7}"
             f"{'c→k p50':>8}{'p99':>7}{'max':>7}{'c→d p50':>8}{'p99':>7}{'max':>7}{'machine':>8}{'others s':>9}  verification")
     def row(s):
         P, L, C = s["per_row"], s["latency_ms"], s.get("commit_to_delete_ms") or {}
@@ -1253,7 +1261,7 @@ def per_row_table(out, runs):
                  f"{fmt(P['postgres_rest_cpu_ms'], 3)}")
         return (f"   {s['rate_target']:>6} {name:<22}{s['replicas']:>3}{fmt(s['rate_achieved'], 0):>9}"
                 f"{fmt(P['relay_cpu_ms'], 3):>9}{fmt(P['postgres_cpu_ms'], 3):>8}{split:>21}"
-                f"{fmt(P['relay_plus_postgres_cpu_ms'], 3):>9}{fmt(P['statements_on_table'], 3):>9}"
+                f"{fmt(P['relay_plus_postgres_cpu_ms'], 3):>9}{fmt(P.get('broker_cpu_ms'), 3):>7}{fmt(P['statements_on_table'], 3):>9}"
                 f"{fmt(P['statements_all'], 3):>9}{fmt(P['transactions'], 3):>7}"
                 f"{fmt(L['p50'], 2):>7}{fmt(L['p99'], 1):>7}{fmt(L['max'], 0):>7}"
                 f"{fmt(K.get('p50'), 2):>8}{fmt(K.get('p99'), 1):>7}{fmt(K.get('max'), 0):>7}"
@@ -1472,7 +1480,7 @@ def main():
     ap.add_argument("--steady-seconds", type=float, default=30)
     ap.add_argument("--rates", default="500,5000", help="steady-state insert rates, rows/s (default 500,5000)")
     ap.add_argument("--steady-relays", default="outbox,batched,naive",
-                    help="relays run at each steady rate, in this order: outbox (outbox-relay), batched "
+                    help="relays run at each steady rate, in this order (reversed in every other round): outbox (outbox-relay), batched "
                          "(outbox-relay with --busy-poll-ms of --batched-busy-poll-ms) and/or naive "
                          "(scripts/lib/naive_relay.py) (default outbox,batched,naive)")
     ap.add_argument("--batched-args", default=None,
@@ -1607,10 +1615,12 @@ def main():
             # "steady" keeps outbox-relay's runs (checked: loss, duplicates, order); the naive
             # relay's are a comparison only ("steady_naive").
             # With --steady-rounds, every rate runs again per round (fresh tables), so each ratio
-            # to the naive relay can be taken within a round and its spread shown.
+            # to the naive relay can be taken within a round and its spread shown. Every other
+            # round runs the relays in reverse order: the machine's speed here drifts by up to 2 ×
+            # within minutes, and a fixed order put outbox-relay first in every round.
             for rnd in range(a.steady_rounds):
                 for r in out["config"]["rates"]:
-                    for relay in steady_relays:
+                    for relay in round_order(steady_relays, rnd):
                         log(f"steady: {relay}, {r} rows/s for {a.steady_seconds} s" + (f" (round {rnd + 1} of {a.steady_rounds})" if a.steady_rounds > 1 else ""))
                         key = {"outbox": "steady", "batched": "steady_batched"}.get(relay, "steady_naive")
                         run = bench.steady(r, relay)
@@ -1622,7 +1632,7 @@ def main():
             out["steady_scale"] = []
             for rnd in range(a.steady_rounds):
                 for k in out["config"]["steady_scale_replicas"]:
-                    for relay in steady_relays:
+                    for relay in round_order(steady_relays, rnd):
                         log(f"steady_scale: {k} x {relay}, {a.steady_scale_rate} rows/s for {a.steady_seconds} s"
                             + (f" (round {rnd + 1} of {a.steady_rounds})" if a.steady_rounds > 1 else ""))
                         run = bench.steady(a.steady_scale_rate, relay, k)
