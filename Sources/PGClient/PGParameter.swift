@@ -3,6 +3,7 @@ public enum PGType {
     public static let bool: UInt32 = 16
     public static let bytea: UInt32 = 17
     public static let int8: UInt32 = 20
+    public static let float8: UInt32 = 701
     public static let int4: UInt32 = 23
     public static let text: UInt32 = 25
     public static let jsonb: UInt32 = 3802
@@ -18,6 +19,7 @@ public enum PGParameter: Sendable {
     case null(oid: UInt32)
     case int8(Int64)
     case int4(Int32)
+    case float8(Double)
     case bool(Bool)
     case text(String)
     case bytea([UInt8])
@@ -35,6 +37,7 @@ public enum PGParameter: Sendable {
         case .null(let oid): return oid
         case .int8: return PGType.int8
         case .int4: return PGType.int4
+        case .float8: return PGType.float8
         case .bool: return PGType.bool
         case .text: return PGType.text
         case .bytea: return PGType.bytea
@@ -50,6 +53,7 @@ public enum PGParameter: Sendable {
         case .null: return false
         case .int8(let v): buffer.appendBigEndian(v)
         case .int4(let v): buffer.appendBigEndian(v)
+        case .float8(let v): buffer.appendBigEndian(v.bitPattern)
         case .bool(let v): buffer.append(v ? 1 : 0)
         case .text(let s): buffer.append(contentsOf: s.utf8)
         case .bytea(let b): buffer.append(contentsOf: b)

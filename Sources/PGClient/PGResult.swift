@@ -59,6 +59,11 @@ public final class PGResult: @unchecked Sendable {
     /// timestamptz in binary: microseconds since 2000-01-01 00:00:00 UTC.
     public func timestampMicros(_ row: Int, _ column: Int) throws(PGError) -> Int64 { try fixed(row, column, as: Int64.self) }
 
+    /// float8 in binary: the IEEE 754 bits, big-endian.
+    public func double(_ row: Int, _ column: Int) throws(PGError) -> Double {
+        Double(bitPattern: try fixed(row, column, as: UInt64.self))
+    }
+
     public func bool(_ row: Int, _ column: Int) throws(PGError) -> Bool {
         try fixed(row, column, as: UInt8.self) != 0
     }
