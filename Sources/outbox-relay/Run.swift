@@ -28,6 +28,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("shutdown-timeout-ms"), help: settingHelp("shutdown-timeout-ms")) var shutdownTimeoutMs: String?
     @Option(name: .customLong("retry-backoff-ms"), help: settingHelp("retry-backoff-ms")) var retryBackoffMs: String?
     @Option(name: .customLong("replica-name"), help: settingHelp("replica-name")) var replicaName: String?
+    @Option(name: .customLong("shard-spread"), help: settingHelp("shard-spread")) var shardSpread: String?
     @Option(name: .customLong("retry-backoff-max-ms"), help: settingHelp("retry-backoff-max-ms")) var retryBackoffMaxMs: String?
     @Option(name: .customLong("max-attempts"), help: settingHelp("max-attempts")) var maxAttempts: String?
     @Option(name: .customLong("dead-letter-topic"), help: settingHelp("dead-letter-topic")) var deadLetterTopic: String?
@@ -53,7 +54,7 @@ struct Run: AsyncParsableCommand {
             ("poll-interval-ms", pollIntervalMs), ("busy-poll-ms", busyPollMs), ("latency-target-ms", latencyTargetMs), ("lease-duration-ms", leaseDurationMs),
             ("heartbeat-interval-ms", heartbeatIntervalMs), ("message-timeout-ms", messageTimeoutMs),
             ("statement-timeout-ms", statementTimeoutMs), ("shutdown-timeout-ms", shutdownTimeoutMs),
-            ("retry-backoff-ms", retryBackoffMs), ("replica-name", replicaName),
+            ("retry-backoff-ms", retryBackoffMs), ("replica-name", replicaName), ("shard-spread", shardSpread),
             ("retry-backoff-max-ms", retryBackoffMaxMs), ("max-attempts", maxAttempts),
             ("dead-letter-topic", deadLetterTopic), ("watchdog-ms", watchdogMs),
             ("http-port", httpPort), ("http-host", httpHost), ("created-at-header", createdAtHeader),

@@ -68,6 +68,10 @@ public struct RelayConfiguration: Sendable {
     public var httpHost: String = "0.0.0.0"
     /// Name of this replica in the replicas table. Default `HOSTNAME-PID-RANDOM`.
     public var replicaName: String?
+    /// How the shards are spread over the replicas (``ShardSpread``). Default `load`: as few
+    /// replicas claim as their load needs, the others stand by for a holder's failure or a
+    /// rise in load; `even`: every replica claims an even share.
+    public var shardSpread: ShardSpread = .load
     /// `otlp`: a span per relayed row, exported over OTLP/HTTP (the OTEL_* environment variables
     /// apply). Default `off`. `outbox-relay run` makes the exporter and sets ``tracer``.
     public var tracing: TracingMode = .off

@@ -65,6 +65,12 @@ public enum Settings {
             c.tracing = mode
         },
         Setting(flag: "replica-name", defaultText: "HOST-PID-RANDOM", help: "This replica's name in the replicas table") { c, v in c.replicaName = v },
+        Setting(flag: "shard-spread", defaultText: "load", help: "load: as few replicas hold the shards as their load needs (more when those are over 70 % busy, fewer below 35 %), the others stand by and take over when a holder dies; even: every replica holds an even share whatever the load") { c, v throws(RelayError) in
+            guard let spread = ShardSpread(rawValue: v.trimmingCharacters(in: .whitespaces).lowercased()) else {
+                throw RelayError(.configuration, "invalid --shard-spread \"\(v)\": expected load or even")
+            }
+            c.shardSpread = spread
+        },
     ]
 
     /// Resolves flags (by flag name), the environment and defaults into a configuration.

@@ -6,20 +6,42 @@ public struct LeaseQueries: Sendable {
 
     public init(table: OutboxTable) { self.table = table }
 
-    /// Upserts this replica's heartbeat and returns the live replicas (including this one), sorted.
+    /// Upserts this replica's heartbeat and returns the live replicas (including this one) in
+    /// start order (oldest first), with their published busy share and whether each holds an
+    /// unexpired lease (``ShardAssignment/active``). `busy`: where the table has the column
+    /// (`migrate` since the load spread), this replica's share, or `.some(nil)` (NULL: it spreads
+    /// evenly); nil where the table has no such column (every replica then reads as spreading
+    /// evenly).
     public func heartbeat(_ conn: PGConnection, replica: String, hostname: String, pid: Int32,
-                          version: String, leaseMillis: Int64) throws(PGError) -> [String] {
-        try conn.execute(prepared: "lease_heartbeat", """
-            INSERT INTO \(table.replicasSQL) (replica_id, hostname, pid, version, expires_at)
-            VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
-            ON CONFLICT (replica_id) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at
-            """, [.text(replica), .text(hostname), .int4(pid), .text(version), .int8(leaseMillis)])
+                          version: String, leaseMillis: Int64, busy: Double??) throws(PGError) -> [ReplicaLoad] {
+        if let busy {
+            try conn.execute(prepared: "lease_heartbeat_busy", """
+                INSERT INTO \(table.replicasSQL) (replica_id, hostname, pid, version, expires_at, busy)
+                VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond', $6)
+                ON CONFLICT (replica_id) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at, busy = EXCLUDED.busy
+                """, [.text(replica), .text(hostname), .int4(pid), .text(version), .int8(leaseMillis),
+                      busy.map { .float8($0) } ?? .null(oid: PGType.float8)])
+        } else {
+            try conn.execute(prepared: "lease_heartbeat", """
+                INSERT INTO \(table.replicasSQL) (replica_id, hostname, pid, version, expires_at)
+                VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
+                ON CONFLICT (replica_id) DO UPDATE SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at
+                """, [.text(replica), .text(hostname), .int4(pid), .text(version), .int8(leaseMillis)])
+        }
         // Forget replicas dead for a long time so the table does not grow without bound.
-        let live = try conn.execute(prepared: "lease_live", """
+        let busyColumn = busy == nil ? "NULL::float8" : "r.busy"
+        let live = try conn.execute(prepared: busy == nil ? "lease_live" : "lease_live_busy", """
             WITH gone AS (DELETE FROM \(table.replicasSQL) WHERE expires_at < now() - interval '1 hour')
-            SELECT replica_id FROM \(table.replicasSQL) WHERE expires_at > now() ORDER BY replica_id
+            SELECT r.replica_id, \(busyColumn),
+                   EXISTS (SELECT 1 FROM \(table.leasesSQL) AS l WHERE l.owner = r.replica_id AND l.expires_at > now())
+            FROM \(table.replicasSQL) AS r WHERE r.expires_at > now() ORDER BY r.started_at, r.replica_id
             """, [])
-        return (0..<live.rowCount).compactMap { live.string($0, 0) }
+        var out: [ReplicaLoad] = []
+        for i in 0..<live.rowCount {
+            guard let id = live.string(i, 0) else { continue }
+            out.append(ReplicaLoad(id: id, busy: live.isNull(i, 1) ? nil : try live.double(i, 1), holdsShards: try live.bool(i, 2)))
+        }
+        return out
     }
 
     /// Extends the leases this replica still owns; returns them with their epochs.

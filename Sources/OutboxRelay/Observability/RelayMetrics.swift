@@ -16,6 +16,8 @@ public final class RelayMetrics: Sendable {
     let inFlightBytes: Gauge
     let shardsHeld: Gauge
     let liveReplicas: Gauge
+    let claimingReplicas: Gauge
+    let busyShare: Gauge
     let backlogRows: Gauge
     let oldestRowAge: Gauge
     let claimLinger: Gauge
@@ -40,6 +42,8 @@ public final class RelayMetrics: Sendable {
         inFlightBytes = Gauge(label: Self.prefix + "in_flight_bytes", dimensions: t)
         shardsHeld = Gauge(label: Self.prefix + "shards_held", dimensions: t)
         liveReplicas = Gauge(label: Self.prefix + "live_replicas", dimensions: t)
+        claimingReplicas = Gauge(label: Self.prefix + "claiming_replicas", dimensions: t)
+        busyShare = Gauge(label: Self.prefix + "claim_busy_ratio", dimensions: t)
         backlogRows = Gauge(label: Self.prefix + "backlog_rows", dimensions: t)
         oldestRowAge = Gauge(label: Self.prefix + "oldest_row_age_seconds", dimensions: t)
         claimLinger = Gauge(label: Self.prefix + "claim_linger_seconds", dimensions: t)

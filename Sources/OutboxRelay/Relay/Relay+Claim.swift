@@ -44,7 +44,9 @@ extension Relay {
         if pause > 0, let session = claimSession {
             deferring = true
             reportDeferral.deferWakes()
+            busyMeter.beginIdle(monotonicSeconds())
             await session.pause(seconds: pause)
+            busyMeter.endIdle(monotonicSeconds())
             takeDeferredEvents()
         } else if notifiedWait > 0, prefetchedClaim == nil {
             deferring = true  // the notified wait below defers them too
@@ -57,14 +59,19 @@ extension Relay {
         claimLoopBeat = now
         if now < pausedUntil {
             reportDeferral.resume()
+            busyMeter.beginIdle(now)
             await claimWake.wait(timeout: pausedUntil - now)
+            busyMeter.endIdle(monotonicSeconds())
             return
         }
         if !suspects.isEmpty {
-            // Probe phase: one suspect at a time, alone in the producer.
+            // Probe phase: one suspect at a time, alone in the producer. (Idle for the busy
+            // share: more replicas would not help a broker that fails rows.)
             reportDeferral.resume()
             if probeSeq == nil, window.awaitingReport == 0, !recreating, let producer { probeNext(producer, now: now) }
+            busyMeter.beginIdle(now)
             await claimWake.wait(timeout: poll)
+            busyMeter.endIdle(monotonicSeconds())
             return
         }
         if !retries.isEmpty, retries.anyDue(now: now) {
@@ -109,6 +116,9 @@ extension Relay {
             guard !shards.isEmpty, room >= minimumRoom, !recreating, let session = claimSession else {
                 reportDeferral.resume()
                 let wait = waitUntilRetry(poll, now: now)
+                // Waiting for room (the broker's acknowledgements) is busy; holding nothing to
+                // claim, or a producer being re-created, is not.
+                if shards.isEmpty || recreating { busyMeter.beginIdle(now) }
                 if shards.isEmpty, !recreating, let session = claimSession {
                     // Holding nothing: no claim reads the session's notifications, and a
                     // rebalance among them is what this replica waits for.
@@ -116,6 +126,7 @@ extension Relay {
                 } else {
                     await claimWake.wait(timeout: wait)
                 }
+                busyMeter.endIdle(monotonicSeconds())
                 return
             }
             if notified > 0 {
@@ -136,6 +147,8 @@ extension Relay {
                     let linger = pacer.notifiedLinger
                     let router = notificationRouter
                     let outcome: PGSession.WaitOutcome
+                    busyMeter.beginIdle(now)
+                    defer { busyMeter.endIdle(monotonicSeconds()) }
                     do {
                         outcome = try await session.wait(timeout: wait, linger: linger, interrupt: claimWake.interrupt!,
                                                          accept: { router.accept($0) })

@@ -52,7 +52,8 @@ extension Relay {
         let shardsOK = dbFresh && (held >= desiredShardCount || waiting)
         let shards = RelayHealth.Check(
             ok: shardsOK,
-            detail: "holds \(held) of \(desiredShardCount) assigned shards\(held < desiredShardCount && waiting ? " (acquiring)" : "")")
+            detail: "holds \(held) of \(desiredShardCount) assigned shards\(held < desiredShardCount && waiting ? " (acquiring)" : "")"
+                + (desiredShardCount == 0 && stats.claimingReplicas > 0 ? " (standing by: \(stats.claimingReplicas) of \(stats.liveReplicas) replicas claim)" : ""))
         let stopping = RelayHealth.Check(ok: !stopFlag.isSet, detail: stopFlag.isSet ? "shutting down" : "running")
         let checks = ["database": database, "kafka": kafka, "shards": shards, "lifecycle": stopping]
         let ready = alive && checks.values.allSatisfy(\.ok)

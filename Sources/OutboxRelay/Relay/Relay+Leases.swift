@@ -42,10 +42,15 @@ extension Relay {
         let pid = getpid()
         let held = leases.heldShards
         let sentAt = monotonicSeconds()
+        busyMeter.sample(now: sentAt)
+        // Published where the table has the column: the share under the load spread, NULL (this
+        // replica spreads evenly, and so, then, do the others) under the even one.
+        let spread = replicaBusy ? configuration.shardSpread : .even
+        let busy: Double?? = replicaBusy ? (spread == .load ? .some((busyMeter.share * 1000).rounded() / 1000) : .some(nil)) : nil
         do {
             let (live, renewed) = try await session.withConnection { conn throws(PGError) in
                 let live = try queries.heartbeat(conn, replica: replica, hostname: host, pid: pid,
-                                                 version: RelayVersion.current, leaseMillis: leaseMillis)
+                                                 version: RelayVersion.current, leaseMillis: leaseMillis, busy: busy)
                 let renewed = try queries.renew(conn, replica: replica, shards: held, leaseMillis: leaseMillis)
                 if announce { try queries.notifyRebalance(conn) }
                 return (live, renewed.map { RenewedLease(shard: $0.shard, epoch: $0.epoch) })
@@ -62,7 +67,10 @@ extension Relay {
                 logger.warning("lost shard leases to another replica", metadata: ["outbox.shards": .stringConvertible(lost)])
             }
             if stopFlag.isSet { return }
-            let desired = ShardAssignment.shards(for: replica, among: live, shardCount: shardCount)
+            let desired = ShardAssignment.shards(for: replica, among: live, spread: spread, shardCount: shardCount)
+            stats.claimingReplicas = ShardAssignment.active(live, spread: spread).count
+            metrics.claimingReplicas.record(stats.claimingReplicas)
+            metrics.busyShare.record(busyMeter.share)
             if desired.count != desiredShardCount {
                 desiredShardCount = desired.count
                 desiredSince = monotonicSeconds()

@@ -73,6 +73,10 @@ extension Relay {
         }
         shardCount = info.shardCount
         notificationGate = info.notificationGate
+        replicaBusy = info.replicaBusy
+        if !info.replicaBusy, configuration.shardSpread == .load {
+            logger.notice("table \(table)'s replicas table has no busy column: the shards are spread evenly (run `outbox-relay migrate` of this version for --shard-spread load)")
+        }
         let poll = Double(configuration.pollIntervalMillis) / 1000
         wakeMode = WakeMode(busyPoll: Double(configuration.effectiveBusyPollMillis) / 1000, declaration: max(2 * poll, 0.2))
         pacer = ClaimPacer(target: Double(configuration.effectiveLatencyTargetMillis) / 1000, busyPoll: wakeMode.busyPoll)

@@ -99,6 +99,10 @@ public actor Relay: Service {
     /// How long a caught-up claim waits for company (``ClaimPacer``).
     var pacer = ClaimPacer(target: 0, busyPoll: 0.005)
     var notificationGate = false
+    /// The replicas table has the `busy` column (see OutboxSchemaInfo.replicaBusy).
+    var replicaBusy = false
+    /// The claim loop's idle waits, sampled into its busy share at each heartbeat.
+    var busyMeter = BusyMeter()
     /// The database's clock minus this host's (µs), from the last claim: latencies from a row's
     /// created_at are measured on the database's clock.
     var databaseClockOffsetMicros: Int64 = 0

@@ -56,6 +56,8 @@ public struct RelayStatistics: Sendable, Equatable {
     public var inFlightRows = 0
     public var inFlightBytes = 0
     public var liveReplicas = 0
+    /// Replicas that should hold shards, by this replica's last heartbeat (``ShardAssignment/active``).
+    public var claimingReplicas = 0
 
     public init() {}
 }

@@ -231,6 +231,7 @@ public enum Migration {
             heartbeat_at timestamptz NOT NULL DEFAULT now(),
             expires_at timestamptz NOT NULL
         );
+        ALTER TABLE \(t.replicasSQL) ADD COLUMN IF NOT EXISTS busy double precision;
         """
     }
 

@@ -7,6 +7,9 @@ public struct OutboxSchemaInfo: Sendable {
     /// The table has the notification gate (`migrate` of this version): the relay then polls
     /// while busy and asks for notifications only while idle. Without it every insert notifies.
     public var notificationGate = false
+    /// The replicas table has the `busy` column (`migrate` since the load spread): replicas
+    /// publish how busy they are, and `--shard-spread load` can act on it.
+    public var replicaBusy = false
 }
 
 /// Start-up checks: the table and the relay's tables exist with the shape this version expects.
@@ -119,6 +122,9 @@ public enum SchemaCheck {
             guard meta.rowCount == 1 else { throw RelayError(.schema, "\(table.metaSQL) has no row: \(hint)") }
             var info = OutboxSchemaInfo(shardCount: Int(try meta.int32(0, 0)), schemaVersion: Int(try meta.int32(0, 1)))
             info.notificationGate = try conn.query("SELECT to_regclass($1) IS NOT NULL", [.text(table.notifyUntilSQL)]).bool(0, 0)
+            info.replicaBusy = try conn.query(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = 'busy' AND NOT attisdropped)",
+                [.text(table.replicasSQL)]).bool(0, 0)
             if info.schemaVersion > Migration.schemaVersion {
                 throw RelayError(.schema, "table \(table) has schema version \(info.schemaVersion), newer than this relay's \(Migration.schemaVersion): upgrade the relay")
             }

@@ -72,6 +72,87 @@ import Testing
     }
 }
 
+/// `--shard-spread load`: a quiet group has one replica claim and the others stand by; a busy
+/// one spreads; a holder that stops hands everything to a standby. Rows relayed throughout,
+/// none lost, duplicated or reordered.
+@Suite(.serialized) struct LoadSpreadTests {
+    func owners(_ table: OutboxTable) throws -> [String: Int] {
+        try ScaleOutTests().owners(table)
+    }
+
+    @Test func oneReplicaClaimsWhileQuietMoreWhileBusyAndAStandbyTakesOver() async throws {
+        let table = try TestEnvironment.migratedTable()
+        let topics = try TestEnvironment.topics(2)
+        let conn = try TestEnvironment.connect()
+        func configuration(_ name: String) -> RelayConfiguration {
+            var c = TestEnvironment.configuration(table: table)
+            c.shardSpread = .load
+            c.replicaName = name
+            return c
+        }
+        // The first replica's produce calls take a millisecond each: a backlog keeps it busy
+        // (its claim loop never idle) long enough for the group to see it.
+        var slow = configuration("a-slow")
+        slow.beforeProduce = { _ in usleep(1_000) }
+        let a = try await RunningRelay.start(slow)
+        try await TestEnvironment.eventually("a alone holds every shard") { try owners(table) == ["a-slow": 256] }
+        let b = try await RunningRelay.start(configuration("b-standby"))
+        let c = try await RunningRelay.start(configuration("c-standby"))
+        func state() throws -> String {
+            let r = try conn.query("SELECT replica_id || ' busy ' || busy::text FROM \(table.replicasSQL) ORDER BY started_at")
+            return "owners \(try owners(table)); replicas \((0..<r.rowCount).map { r.string($0, 0) ?? "" })"
+        }
+        let settled = try await TestEnvironment.eventually("b and c see one claiming replica of three") {
+            let (sb, sc) = (await b.relay.statistics(), await c.relay.statistics())
+            return sb.liveReplicas == 3 && sc.liveReplicas == 3 && sb.claimingReplicas == 1 && sc.claimingReplicas == 1
+        }
+        if !settled { Issue.record("\(try state())") }
+        #expect(try owners(table) == ["a-slow": 256], "a quiet group keeps one claiming replica")
+        let (heldB, heldC) = (await b.relay.heldShards(), await c.relay.heldShards())
+        #expect(heldB.isEmpty && heldC.isEmpty)
+
+        // A trickle: a alone relays it.
+        try ScaleOutTests().insert(conn, table, topics: topics, from: 0, count: 200, keys: 50)
+        try await TestEnvironment.eventually("trickle drained") { try TestEnvironment.count(table) == 0 }
+        let (trickleB, trickleC) = (await b.relay.statistics().delivered, await c.relay.statistics().delivered)
+        #expect(trickleB == 0 && trickleC == 0, "standbys relay nothing")
+
+        // A backlog that keeps a busy: the group grows.
+        try ScaleOutTests().insert(conn, table, topics: topics, from: 200, count: 30_000, keys: 500)
+        try await TestEnvironment.eventually("a busy holder is joined by a standby", timeout: 30) { try owners(table).count >= 2 }
+        try await TestEnvironment.eventually("backlog drained", timeout: 120) { try TestEnvironment.count(table) == 0 }
+        let (busyB, busyC) = (await b.relay.statistics().delivered, await c.relay.statistics().delivered)
+        #expect(busyB + busyC > 0, "the standbys that joined relayed rows")
+        // Quiet again: back to one claiming replica.
+        let shrank = try await TestEnvironment.eventually("quiet: one replica claims again", timeout: 30) {
+            let o = try owners(table)
+            return o.count == 1 && o.values.first == 256
+        }
+        if !shrank { Issue.record("\(try state())") }
+
+        // The holder stops: a standby takes every shard (released at once, not expired).
+        var running = [a, b, c]
+        let holder = try owners(table).keys.first!
+        let stopping = running.first { $0.relay.replicaId == holder }!
+        running.removeAll { $0.relay.replicaId == holder }
+        try await stopping.stop()
+        try await TestEnvironment.eventually("a standby took every shard", timeout: 10) {
+            let o = try owners(table)
+            return o.count == 1 && o.values.first == 256 && o.keys.first != holder
+        }
+        try ScaleOutTests().insert(conn, table, topics: topics, from: 30_200, count: 500, keys: 50)
+        try await TestEnvironment.eventually("last rows drained") { try TestEnvironment.count(table) == 0 }
+        for r in running { try await r.stop() }
+
+        let last = try conn.query("SELECT last_value FROM \(table.sequenceSQL)").int64(0, 0)
+        #expect(last == 30_700)
+        let v = try Verification.verify(topics: topics, expectedIds: Set(1...last))
+        #expect(v.lost.count == 0, "\(v)")
+        #expect(v.duplicates == 0, "\(v)")
+        #expect(v.orderInversions == 0, "\(v)")
+    }
+}
+
 @Suite(.serialized) struct WakeUpTests {
     /// A row wakes (only) the replica that owns its shard: with two replicas splitting the shards
     /// and no poll timer, rows of the first one's shards cost the second one no claims.
