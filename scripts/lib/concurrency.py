@@ -661,6 +661,22 @@ def run(a, seed):
         "partitions": a.partitions, "table": table}}
     relay_failures = []
     restart_info = None
+    leases_sql = sql.SQL("SELECT DISTINCT owner FROM {} WHERE owner IS NOT NULL AND expires_at > now()").format(
+        table_ident(table + "_leases"))
+
+    def pick_victim():
+        """A replica that holds shards now, if any does: with --shard-spread load the others
+        stand by, and a fault that hits only a standby tests little."""
+        if a.naive:
+            return replicas[rng.randrange(len(replicas))]
+        try:
+            with psycopg.connect(a.database_url, autocommit=True) as c:
+                holders = {row[0] for row in c.execute(leases_sql)}
+        except psycopg.Error:
+            holders = set()
+        candidates = [r for r in replicas if r.name in holders] or replicas
+        return candidates[rng.randrange(len(candidates))]
+
     try:
         for r in replicas:
             r.start()
@@ -718,12 +734,11 @@ def run(a, seed):
             # deletes must not reorder a key or lose a row (its DELETEs are lease-checked).
             # Frozen early enough to resume with writes still going on (so it takes shards back
             # under load, a second hand-over): from max(1 s, the write phase − freeze − 1.5 s).
-            victim = replicas[rng.randrange(len(replicas))]
-
             def freeze():
                 nonlocal restart_info
                 if wl.stop.wait(max(1.0, a.seconds - FREEZE_SECONDS - 1.5)):
                     return
+                victim = pick_victim()
                 if victim.proc.poll() is not None:
                     relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({victim.proc.returncode}) before the freeze")
                     return
@@ -738,13 +753,13 @@ def run(a, seed):
             restart_thread = threading.Thread(target=freeze, daemon=True)
             restart_thread.start()
         elif a.restart != "none":
-            victim = replicas[rng.randrange(len(replicas))]
             sig = signal.SIGTERM if a.restart == "sigterm" else signal.SIGKILL
 
             def restart():
                 nonlocal restart_info
                 if wl.stop.wait(a.seconds / 2):
                     return
+                victim = pick_victim()
                 t0 = time.monotonic()
                 crashed, code = victim.stop(sig)
                 if crashed:

@@ -549,7 +549,10 @@ def run_case(env, a, case, seed, log_root):
             "--http-port", "0", "--http-host", "127.0.0.1", "--lease-duration-ms", str(LEASE_MS),
             "--heartbeat-interval-ms", "300", "--message-timeout-ms", str(MESSAGE_TIMEOUT_MS),
             "--statement-timeout-ms", str(STATEMENT_TIMEOUT_MS), "--poll-interval-ms", "200",
-            "--max-in-flight-rows", str(WINDOW), "--replica-name", name, "--relay-header", RELAY_HEADER]
+            "--max-in-flight-rows", str(WINDOW), "--replica-name", name, "--relay-header", RELAY_HEADER,
+            # Each case cuts some replicas off while the others hold the rest of the shards: even
+            # shares (the default load spread is run under restarts and freezes by concurrency.py).
+            "--shard-spread", "even"]
         replicas.append(cc.Replica(cmd, name + ("@ns" if in_ns else "@host"), log_dir))
 
     wargs = types.SimpleNamespace(database_url=env.database_url, writers=a.writers, rate=a.rate, think_ms=10.0, keys=a.keys)
