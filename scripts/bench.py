@@ -833,9 +833,11 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         self.relays.append(p)
         return p
 
-    def wait_relays_ready(self, table, relay, procs, timeout=90):
-        """outbox-relay: every shard leased, by len(procs) distinct replicas with even shares (sizes
-        differ by at most one, as ShardAssignment splits them). naive: each instance connected."""
+    def wait_relays_ready(self, table, relay, procs, extra=(), timeout=90):
+        """outbox-relay: len(procs) replicas live (heartbeating), every shard leased, by replicas
+        with even shares (sizes differ by at most one, as ShardAssignment splits them): all of
+        them with --shard-spread even, as few as the load needs with load (the default; a quiet
+        group has one claim and the others stand by). naive: each instance connected."""
         n = len(procs)
         deadline = time.monotonic() + timeout
         while True:
@@ -847,7 +849,11 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             else:
                 counts = [int(c) for _, c in self.admin.query(
                     f"SELECT owner, count(*) FROM {qident(table + '_leases')} WHERE owner IS NOT NULL GROUP BY owner")]
-                if sum(counts) == SHARDS and len(counts) == n and max(counts) - min(counts) <= 1:
+                live = int(self.admin.scalar(f"SELECT count(*) FROM {qident(table + '_replicas')} WHERE expires_at > now()"))
+                extra = list(extra)
+                even = "--shard-spread" in extra[:-1] and extra[extra.index("--shard-spread") + 1] == "even"
+                if (sum(counts) == SHARDS and live == n and max(counts) - min(counts) <= 1
+                        and (len(counts) == n or not even)):
                     return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{n} {relay} relay(s) not ready within {timeout} s")
@@ -968,6 +974,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                              f"FOR EACH ROW EXECUTE FUNCTION {qident(table + '_bench_latency')}()")
         self.admin.query("CHECKPOINT")
 
+        extra = []
         if relay == "naive":
             procs = [self.start_naive(table, f"{table}-n{i}") for i in range(replicas)]
         else:
@@ -975,7 +982,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             binary = self.a.batched_binary if relay == "batched" else None
             procs = [self.start_relay(table, f"{table}-r{i}", extra, binary) for i in range(replicas)]
         pids = [p.pid for p in procs]
-        self.wait_relays_ready(table, relay, procs)
+        self.wait_relays_ready(table, relay, procs, extra)
         time.sleep(0.5)
         # Idle cost: the relays' CPU while the table stays empty.
         idle0, idle_t0 = sum(proc_cpu(p) or 0.0 for p in pids), time.monotonic()
@@ -1002,6 +1009,10 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 raise RuntimeError(f"{table} not empty 120 s after the last insert")
             time.sleep(0.02)
         drained = time.monotonic()
+        # How many replicas held shards at the end (with --shard-spread load, as few as the
+        # load needed; with even, all).
+        lease_owners = None if relay == "naive" else int(self.admin.scalar(
+            f"SELECT count(DISTINCT owner) FROM {qident(table + '_leases')} WHERE owner IS NOT NULL"))
         relay_backends = [int(r[0]) for r in self.admin.query(
             f"SELECT pid FROM pg_stat_activity WHERE usename = '{self.relay_user}'")]
         inserter_pids = ins.backend_pids
@@ -1071,6 +1082,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         res.update({
             "table": table, "relay": "naive" if relay == "naive" else "outbox-relay", "replicas": replicas,
             # outbox-relay's --busy-poll-ms in this run (5 is its default); None for the naive relay.
+            "lease_owners": lease_owners,
             "busy_poll_ms": None if relay == "naive" else (self.batched_busy_poll_ms() if relay == "batched" else RELAY_BUSY_POLL_MS),
             "relay_args": self.batched_extra() if relay == "batched" else [],
             "relay_binary": self.a.batched_binary if relay == "batched" else None,
@@ -1336,7 +1348,7 @@ def targets_table(out):
     sc = out.get("steady_scale") or []
     for label in sorted({relay_label(s) for s in sc if s["relay"] == "outbox-relay"}):
         for k, rs in replica_ratios(sc, label).items():
-            lines.append(f"   {label:<22}{k} replicas ÷ 1 (relay + PostgreSQL CPU per row): {summary(rs, lambda v: v <= 1.3)} (≤ 1.3)")
+            lines.append(f"   {label:<22} {k} replicas ÷ 1 (relay + PostgreSQL CPU per row): {summary(rs, lambda v: v <= 1.3)} (≤ 1.3)")
     if out.get("drain_over_ceiling") is not None:
         pairs = out.get("drain_over_ceiling_pairs") or [out["drain_over_ceiling"]]
         lines.append(f"   {'drain ÷ ceiling':<22}{summary(pairs, lambda v: v >= 0.8, '')} (≥ 0.8; over the drain + ceiling pairs)")
