@@ -85,7 +85,8 @@ public struct LeaseQueries: Sendable {
 
     /// Tells the other replicas to rebalance now rather than at their next heartbeat.
     public func notifyRebalance(_ conn: PGConnection) throws(PGError) {
-        try conn.query("SELECT pg_notify($1, $2)", [.text(table.channel), .text(OutboxTable.rebalancePayload)])
+        try conn.query("SELECT pg_notify($1, $3), pg_notify($2, $3)",
+                       [.text(table.channel), .text(table.rebalanceChannel), .text(OutboxTable.rebalancePayload)])
     }
 
     private func pairs(_ r: PGResult) throws(PGError) -> [(shard: Int32, epoch: Int64)] {

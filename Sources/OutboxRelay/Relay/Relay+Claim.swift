@@ -79,6 +79,9 @@ extension Relay {
             let busy = Set(window.unreported.compactMap { $0.row?.holdKey })
             if retries.releaseDue(now: now, busy: { busy.contains($0) }) != nil { cursor.rewind() }
         }
+        if let session = claimSession, !recreating, claimSessionFresh.isSet || leases.heldShards.isEmpty == listeningForRows {
+            await followRowsChannel(session: session)
+        }
         let shards = leases.claimable(now: now)
         if shards != lastClaimable {
             if !Set(shards).isSubset(of: Set(lastClaimable)) { cursor.reset() }

@@ -79,6 +79,25 @@ extension Relay {
         return max(0.001, min(timeout, due - now))
     }
 
+    /// A replica that holds no shard (a standby of the load spread) stops listening to the
+    /// inserts' channel, so that a notifying insert costs neither its backend nor its thread a
+    /// wake-up; it listens again before the first claim once it holds shards (rows committed in
+    /// between are in that claim's snapshot). Rebalances come on their own channel. A failure is
+    /// left for the next turn (a lost connection comes back listening to both).
+    func followRowsChannel(session: PGSession) async {
+        if claimSessionFresh.take() { listeningForRows = true }
+        defer { stats.listensToInserts = listeningForRows }
+        let holds = !leases.heldShards.isEmpty
+        guard holds != listeningForRows else { return }
+        let statement = (holds ? "LISTEN " : "UNLISTEN ") + quoteIdentifier(table.channel)
+        do {
+            try await session.withConnection { conn throws(PGError) in try conn.executeScript(statement) }
+            listeningForRows = holds
+        } catch {
+            logger.debug("could not \(holds ? "listen to" : "leave") the inserts' channel", metadata: [LogKey.error: "\(error)"])
+        }
+    }
+
     /// Waits on the claim session for a notification that wakes the claim loop, a wake-up, or
     /// `timeout` (a failure is waited out as a timeout: the next claim finds it).
     func waitOnClaimSession(_ session: PGSession, timeout: Double) async {

@@ -58,6 +58,8 @@ public struct RelayStatistics: Sendable, Equatable {
     public var liveReplicas = 0
     /// Replicas that should hold shards, by this replica's last heartbeat (``ShardAssignment/active``).
     public var claimingReplicas = 0
+    /// The claim session listens to the inserts' channel (a replica holding no shard does not).
+    public var listensToInserts = true
 
     public init() {}
 }

@@ -110,6 +110,12 @@ import Testing
         #expect(try owners(table) == ["a-slow": 256], "a quiet group keeps one claiming replica")
         let (heldB, heldC) = (await b.relay.heldShards(), await c.relay.heldShards())
         #expect(heldB.isEmpty && heldC.isEmpty)
+        // Standing by, they left the inserts' channel (rebalances come on their own).
+        try await TestEnvironment.eventually("the standbys stopped listening to inserts") {
+            let (lb, lc) = (await b.relay.statistics().listensToInserts, await c.relay.statistics().listensToInserts)
+            return !lb && !lc
+        }
+        #expect(await a.relay.statistics().listensToInserts)
 
         // A trickle: a alone relays it.
         try ScaleOutTests().insert(conn, table, topics: topics, from: 0, count: 200, keys: 50)
@@ -140,6 +146,10 @@ import Testing
             let o = try owners(table)
             return o.count == 1 && o.values.first == 256 && o.keys.first != holder
         }
+        // The new holder listens to inserts again (before its first claim of the shards).
+        let newHolder = try owners(table).keys.first!
+        let taker = running.first { $0.relay.replicaId == newHolder }!
+        try await TestEnvironment.eventually("the new holder listens to inserts") { await taker.relay.statistics().listensToInserts }
         try ScaleOutTests().insert(conn, table, topics: topics, from: 30_200, count: 500, keys: 50)
         try await TestEnvironment.eventually("last rows drained") { try TestEnvironment.count(table) == 0 }
         for r in running { try await r.stop() }
