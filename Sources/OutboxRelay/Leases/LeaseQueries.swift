@@ -44,6 +44,13 @@ public struct LeaseQueries: Sendable {
         return out
     }
 
+    /// Whether some shard's lease is free or expired (a standby's check between heartbeats).
+    public func freeShardsExist(_ conn: PGConnection) throws(PGError) -> Bool {
+        try conn.execute(prepared: "lease_free", """
+            SELECT EXISTS (SELECT 1 FROM \(table.leasesSQL) WHERE owner IS NULL OR expires_at <= now())
+            """, []).bool(0, 0)
+    }
+
     /// Extends the leases this replica still owns; returns them with their epochs.
     public func renew(_ conn: PGConnection, replica: String, shards: [Int32], leaseMillis: Int64) throws(PGError) -> [(shard: Int32, epoch: Int64)] {
         if shards.isEmpty { return [] }
@@ -85,8 +92,7 @@ public struct LeaseQueries: Sendable {
 
     /// Tells the other replicas to rebalance now rather than at their next heartbeat.
     public func notifyRebalance(_ conn: PGConnection) throws(PGError) {
-        try conn.query("SELECT pg_notify($1, $3), pg_notify($2, $3)",
-                       [.text(table.channel), .text(table.rebalanceChannel), .text(OutboxTable.rebalancePayload)])
+        try conn.query("SELECT pg_notify($1, $2)", [.text(table.channel), .text(OutboxTable.rebalancePayload)])
     }
 
     private func pairs(_ r: PGResult) throws(PGError) -> [(shard: Int32, epoch: Int64)] {

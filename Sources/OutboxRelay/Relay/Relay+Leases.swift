@@ -7,11 +7,23 @@ import PGClient
 extension Relay {
     // MARK: Leases
 
+    /// How often a standby (holding no shard under the load spread) looks for shards to take:
+    /// it hears no notification, so this bounds how long it takes to see a holder stop.
+    static let standbyCheckSeconds = 1.0
+
     func leaseLoop() async {
         let interval = Double(configuration.effectiveHeartbeatMillis) / 1000
         var first = true
+        var lastBeat = -Double.infinity
         while !terminated {
             leaseLoopBeat = monotonicSeconds()
+            if !first, standingBy, leaseLoopBeat - lastBeat < interval, await !freeShardsExist() {
+                // Nothing to take: the full beat (heartbeat, renewal, samples, probe) waits for
+                // its interval.
+                await leaseWake.wait(timeout: min(interval - (leaseLoopBeat - lastBeat), Self.standbyCheckSeconds))
+                continue
+            }
+            lastBeat = leaseLoopBeat
             await leaseTick(announce: first)
             await sampleBacklog()
             probeBroker()
@@ -19,7 +31,24 @@ extension Relay {
             // Readiness as a metric follows the relay's own state, not only /readyz requests.
             _ = health()
             first = false
-            await leaseWake.wait(timeout: interval)
+            // A standby does not listen (followRowsChannel): it looks every second for a shard
+            // left free (a holder stopped) instead of waiting to be told; the holders' load it
+            // reads with each full beat.
+            await leaseWake.wait(timeout: standingBy ? min(interval, Self.standbyCheckSeconds) : interval)
+        }
+    }
+
+    /// Holding no shard, and wanting none, under a spread that has some replica claim.
+    var standingBy: Bool { desiredShardCount == 0 && leases.heldShards.isEmpty && stats.claimingReplicas > 0 }
+
+    /// Whether some shard's lease is free or expired: a standby's cheap check between beats.
+    func freeShardsExist() async -> Bool {
+        guard let session = leaseSession else { return false }
+        let queries = leaseQueries
+        do {
+            return try await session.withConnection { conn throws(PGError) in try queries.freeShardsExist(conn) }
+        } catch {
+            return true  // let the full beat find out (and report) what is wrong
         }
     }
 

@@ -42,17 +42,15 @@ extension Relay {
         // backends spent 0.18 instead of 0.27 ms per row at 500 rows/s (two A/B rounds).
         // The claim session also LISTENs for the table's notifications, and sleeps on them itself
         // when caught up (see Relay.claimLoop): a notification wakes the thread that claims.
-        // Both channels on a new connection; a replica that holds no shard leaves the inserts'
-        // channel in the claim loop (followRowsChannel).
+        // A replica that holds no shard stops listening in the claim loop (followRowsChannel).
         let channel = table.channel
-        let rebalanceChannel = table.rebalanceChannel
         let router = notificationRouter
         let fresh = claimSessionFresh
         let claimSetup: @Sendable (PGConnection) throws(PGError) -> Void = { conn throws(PGError) in
             try setup(conn)
             try conn.executeScript("SET enable_seqscan = off; SET synchronous_commit = off; SET plan_cache_mode = force_generic_plan")
             do throws(PGError) {
-                try conn.executeScript("LISTEN \(quoteIdentifier(channel)); LISTEN \(quoteIdentifier(rebalanceChannel))")
+                try conn.executeScript("LISTEN \(quoteIdentifier(channel))")
             } catch {
                 // A hot standby refuses LISTEN; what can run there still does, woken by its timers.
                 if error.isConnectionLoss { throw error }

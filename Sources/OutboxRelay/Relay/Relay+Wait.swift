@@ -79,17 +79,20 @@ extension Relay {
         return max(0.001, min(timeout, due - now))
     }
 
-    /// A replica that holds no shard (a standby of the load spread) stops listening to the
-    /// inserts' channel, so that a notifying insert costs neither its backend nor its thread a
-    /// wake-up; it listens again before the first claim once it holds shards (rows committed in
-    /// between are in that claim's snapshot). Rebalances come on their own channel. A failure is
-    /// left for the next turn (a lost connection comes back listening to both).
+    /// A replica that holds no shard (a standby of the load spread) stops listening, so that a
+    /// notifying insert costs neither its backend nor its thread a wake-up: PostgreSQL signals
+    /// every listening backend of the database on every NOTIFY, whatever channels it listens to
+    /// (a separate channel for rebalances would not spare it), and each such backend then runs a
+    /// transaction to read the queue. It listens again before its first claim once it holds
+    /// shards (rows committed in between are in that claim's snapshot). A standby learns of a
+    /// rebalance from its own lease loop instead, which looks every second for a shard left free.
+    /// A failure is left for the next turn (a lost connection comes back listening).
     func followRowsChannel(session: PGSession) async {
         if claimSessionFresh.take() { listeningForRows = true }
         defer { stats.listensToInserts = listeningForRows }
         let holds = !leases.heldShards.isEmpty
         guard holds != listeningForRows else { return }
-        let statement = (holds ? "LISTEN " : "UNLISTEN ") + quoteIdentifier(table.channel)
+        let statement = holds ? "LISTEN " + quoteIdentifier(table.channel) : "UNLISTEN *"
         do {
             try await session.withConnection { conn throws(PGError) in try conn.executeScript(statement) }
             listeningForRows = holds

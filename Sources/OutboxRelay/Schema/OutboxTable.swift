@@ -56,14 +56,8 @@ public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
     /// LISTEN/NOTIFY channel: at most 63 bytes (the identifier limit; `pg_notify` refuses
     /// longer names while `LISTEN` would silently truncate them), cut at a character boundary so
     /// that a multibyte name is never split — the trigger and the listener use this one string.
-    public var channel: String { Self.channelName("outbox_relay:\(schema).\(name)") }
-
-    /// The channel of rebalances alone: a replica that holds no shard (a standby of the load
-    /// spread) listens to this one only, so that inserts' notifications do not reach it. A
-    /// rebalance is sent on both (replicas of versions before this channel listen to ``channel``).
-    public var rebalanceChannel: String { Self.channelName("outbox_relay_rebalance:\(schema).\(name)") }
-
-    private static func channelName(_ full: String) -> String {
+    public var channel: String {
+        let full = "outbox_relay:\(schema).\(name)"
         var out = ""
         var bytes = 0
         for c in full.unicodeScalars {
