@@ -45,7 +45,7 @@ public enum ShardAssignment {
     public static let shrinkAt = 0.35
 
     /// The replicas that should hold shards. `live` in start order (oldest first), as the
-    /// heartbeat returns them; `me` is among them.
+    /// heartbeat returns them.
     ///
     /// Even spread: all of them. Load spread: the fewest that keep each below ``growAt`` busy,
     /// with a band against flapping — the count of replicas holding shards now (`current`) grows
@@ -56,9 +56,10 @@ public enum ShardAssignment {
     /// A holder that dies leaves the live list when its heartbeat lapses; the oldest standby
     /// then takes its place. While any live replica spreads evenly (it publishes no busy share:
     /// `--shard-spread even`, or an older version during a rolling upgrade) all of them do, so
-    /// that no shard is left to a replica that does not want it. While replicas disagree (one heartbeat read the table before a
-    /// change, one after), the leases settle it as for any rebalance: a shard is only acquired
-    /// once free or expired, and only released once its in-flight rows are settled.
+    /// that no shard is left to a replica that does not want it. While replicas disagree (one
+    /// heartbeat read the table before a change, one after), the leases settle it as for any
+    /// rebalance: a shard is only acquired once free or expired, and only released once its
+    /// in-flight rows are settled.
     public static func active(_ live: [ReplicaLoad], spread: ShardSpread) -> [String] {
         guard spread == .load, live.count > 1, live.allSatisfy({ $0.busy != nil }) else { return live.map(\.id) }
         let current = live.filter(\.holdsShards).count
@@ -81,8 +82,13 @@ public enum ShardAssignment {
 
     /// The shards `replica` should hold under `spread`: none when it stands by.
     public static func shards(for replica: String, among live: [ReplicaLoad], spread: ShardSpread, shardCount: Int) -> Range<Int32> {
-        let claiming = active(live, spread: spread)
-        guard claiming.contains(replica) || live.isEmpty else { return 0..<0 }
+        shards(for: replica, claiming: active(live, spread: spread), shardCount: shardCount)
+    }
+
+    /// The shards `replica` should hold when `claiming` (from ``active(_:spread:)``) claim:
+    /// none when it is not among them (an empty list: it counts itself, as above).
+    public static func shards(for replica: String, claiming: [String], shardCount: Int) -> Range<Int32> {
+        guard claiming.contains(replica) || claiming.isEmpty else { return 0..<0 }
         return shards(for: replica, among: claiming, shardCount: shardCount)
     }
 }

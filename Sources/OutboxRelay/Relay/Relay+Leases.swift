@@ -96,8 +96,9 @@ extension Relay {
                 logger.warning("lost shard leases to another replica", metadata: ["outbox.shards": .stringConvertible(lost)])
             }
             if stopFlag.isSet { return }
-            let desired = ShardAssignment.shards(for: replica, among: live, spread: spread, shardCount: shardCount)
-            stats.claimingReplicas = ShardAssignment.active(live, spread: spread).count
+            let claiming = ShardAssignment.active(live, spread: spread)
+            let desired = ShardAssignment.shards(for: replica, claiming: claiming, shardCount: shardCount)
+            stats.claimingReplicas = claiming.count
             metrics.claimingReplicas.record(stats.claimingReplicas)
             metrics.busyShare.record(busyMeter.share)
             if desired.count != desiredShardCount {

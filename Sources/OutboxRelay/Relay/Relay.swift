@@ -47,7 +47,7 @@ public actor Relay: Service {
     nonisolated let wakeFilter = WakeFilter(shardCount: 65_536)
     /// Set (on the claim session's thread) when another replica closed the notification gate.
     nonisolated let gateClosedElsewhere = AtomicFlag()
-    /// Set by the claim session's setup: a new connection, listening on both channels.
+    /// Set by the claim session's setup: a new connection, listening to the table's channel.
     nonisolated let claimSessionFresh = AtomicFlag()
     /// The claim session listens to the inserts' channel (see ``followRowsChannel``).
     var listeningForRows = true

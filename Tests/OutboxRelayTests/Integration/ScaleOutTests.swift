@@ -110,7 +110,7 @@ import Testing
         #expect(try owners(table) == ["a-slow": 256], "a quiet group keeps one claiming replica")
         let (heldB, heldC) = (await b.relay.heldShards(), await c.relay.heldShards())
         #expect(heldB.isEmpty && heldC.isEmpty)
-        // Standing by, they left the inserts' channel (rebalances come on their own).
+        // Standing by, they stopped listening (they look for free shards once a second instead).
         try await TestEnvironment.eventually("the standbys stopped listening to inserts") {
             let (lb, lc) = (await b.relay.statistics().listensToInserts, await c.relay.statistics().listensToInserts)
             return !lb && !lc
