@@ -29,7 +29,10 @@ Scenarios (each on a fresh table and a fresh topic):
            --concurrent-seconds, once with one relay and once with one naive SKIP LOCKED relay
            (scripts/lib/naive_relay.py), same seed; scripts/lib/concurrency.py runs and checks
            each (causal per-key order, loss, rolled-back rows; latency COMMIT returned → Kafka
-           CreateTime). Needs .tools/venv's psycopg and confluent-kafka (scripts/bootstrap).
+           CreateTime) and measures the relay's and PostgreSQL's CPU per row from the writers'
+           start to the outbox empty (the naive relay on the relay's migrated table less its
+           NOTIFY trigger, as in the steady state); --concurrent-rounds repeats the pair.
+           Needs .tools/venv's psycopg and confluent-kafka (scripts/bootstrap).
 It prints a human-readable table and one line `BENCH_JSON {...}`. The method, and what each
 figure does and does not measure, is in docs/BENCHMARKS.md.
 """
@@ -1152,15 +1155,18 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
     # ---- scenario 5 -------------------------------------------------------------------------
     def concurrent(self, naive, seed):
         """One scripts/lib/concurrency.py run (its own fresh table and topics) with one relay of the
-        bench's binary, or with one naive SKIP LOCKED relay; its JSON summary."""
+        bench's binary, or with one naive SKIP LOCKED relay; its JSON summary, with the relay's and
+        PostgreSQL's CPU from the writers' start to the outbox empty ("cpu")."""
         table = self.name("concurrent_naive" if naive else "concurrent")
         json_out = os.path.join(self.run_dir, f"{table}.json")
         cmd = [VENV_PYTHON, CONCURRENCY_PY, "--database-url", self.admin_url, "--brokers", self.a.brokers,
                "--relay", self.a.relay, "--table", table, "--seed", str(seed), "--writers", "8",
                "--seconds", str(self.a.concurrent_seconds), "--rate", str(self.a.concurrent_rate),
-               "--relays", "1", "--log-dir", os.path.join(self.run_dir, table), "--json-out", json_out]
+               "--relays", "1", "--log-dir", os.path.join(self.run_dir, table), "--json-out", json_out, "--cpu"]
         if naive:
-            cmd.append("--naive")
+            # As in the steady scenario: the naive relay's table is the relay's migrated table less
+            # the NOTIFY trigger, so both relays' writers pay for the same columns and indexes.
+            cmd += ["--naive", "--naive-migrated-table"]
         else:
             # The bench's relay options, except --http-port (concurrency.py passes its own).
             args = self.relay_args()
@@ -1356,9 +1362,19 @@ def targets_table(out):
     ours_c = [c for c in conc if c["relay"] == "outbox-relay"]
     naive_c = [c for c in conc if c["relay"] != "outbox-relay"]
     if ours_c:
-        p99 = ours_c[0]["latency_ms"]["p99"]
-        lines.append(f"   {'concurrent writers':<22}COMMIT → Kafka p99 {summary([p99], lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "
-                     f"{fmt(naive_c[0]['latency_ms']['p99'] if naive_c else None, 1)} ms)")
+        p99 = [c["latency_ms"]["p99"] for c in ours_c]
+        np99 = [c["latency_ms"]["p99"] for c in naive_c]
+        by_round = {c.get("round", 0): c for c in naive_c}
+        rc, pg = [], []
+        for c in ours_c:
+            n = by_round.get(c.get("round", 0))
+            if n and c.get("cpu") and n.get("cpu"):
+                rc.append(ratio(c["cpu"]["per_row"]["relay_cpu_ms"], n["cpu"]["per_row"]["relay_cpu_ms"]))
+                pg.append(ratio(c["cpu"]["per_row"]["postgres_cpu_ms"], n["cpu"]["per_row"]["postgres_cpu_ms"]))
+        cpu = (f"relay CPU {summary(rc, lambda v: v <= 0.5)} (≤ 0.5); PostgreSQL CPU {summary(pg, lambda v: v <= 1.0)} (≤ 1); "
+               if rc else "")
+        lines.append(f"   {'concurrent writers':<22}{cpu}COMMIT → Kafka p99 {summary(p99, lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "
+                     f"{fmt(statistics.median(np99) if np99 else None, 1)} ms)")
     rss = [r.get("relay_peak_rss_mib") for r in [out.get("drain")] + ours + sc + out.get("scale", [])
            if r and r.get("relay") != "naive" and r.get("relay_peak_rss_mib") is not None]
     if rss:
@@ -1457,18 +1473,27 @@ def report(out):
         lines.append(f"5. Concurrent writers ({cfg_c.get('writers', 8)} writers, target {out['config']['concurrent_rate']} rows/s, "
                      f"{out['config']['concurrent_seconds']} s, {cfg_c.get('keys', '-')} keys, seed {out['config']['concurrent_seed']}; "
                      "latency = COMMIT returned → Kafka CreateTime)")
+        lines.append("   CPU ms per row from the writers' start to the outbox empty: the relay, PostgreSQL (the relay's backends / the rest: "
+                     "writers, their domain rows, the cluster)")
         lines.append(f"   {'relay':<22}{'rows/s':>8}{'rows':>8}{'p50 ms':>9}{'p99 ms':>10}{'max ms':>10}{'>1 s':>7}"
-                     f"{'causal inv rows/pairs':>23}{'intra':>7}  loss / rolled back delivered / dup / left")
+                     f"{'causal inv rows/pairs':>23}{'intra':>7}{'relay ms':>10}{'pg ms':>8}{'(relay bk/rest)':>17}{'machine':>9}"
+                     "  loss / rolled back delivered / dup / left")
         for c in out["concurrent"]:
             name = "outbox-relay" if c["relay"] == "outbox-relay" else "naive SKIP LOCKED"
             if c.get("error"):
                 lines.append(f"   {name:<22}{c['error']}")
                 continue
             L = c["latency_ms"]
+            P = (c.get("cpu") or {}).get("per_row") or {}
+            busy = (c.get("cpu") or {}).get("machine_busy_share")
+            split = f"{fmt(P.get('postgres_relay_backends_cpu_ms'), 3)}/{fmt(P.get('postgres_other_cpu_ms'), 3)}"
+            name += f" r{c.get('round', 0) + 1}" if out["config"].get("concurrent_rounds", 1) > 1 else ""
             lines.append(f"   {name:<22}{fmt(c['rows_per_s'], 0):>8}{fmt(c['committed_rows']):>8}{fmt(L['p50'], 2):>9}"
                          f"{fmt(L['p99'], 1):>10}{fmt(L['max'], 1):>10}{fmt(L['over_1s']):>7}"
                          f"{fmt(c['causal_inversions']) + ' / ' + fmt(c['causal_inversion_pairs']):>23}"
-                         f"{fmt(c['intra_txn_inversions']):>7}  {c['missing']} / {c['rolled_back_delivered']} / "
+                         f"{fmt(c['intra_txn_inversions']):>7}{fmt(P.get('relay_cpu_ms'), 3):>10}{fmt(P.get('postgres_cpu_ms'), 3):>8}"
+                         f"{split:>17}{(fmt(100 * busy, 0) + '%') if busy is not None else '-':>9}"
+                         f"  {c['missing']} / {c['rolled_back_delivered']} / "
                          f"{c['duplicates']} / {c['left_in_outbox']}")
         lines.append("")
     lines += targets_table(out)
@@ -1533,6 +1558,8 @@ def main():
                          "(keep the run dir with OUTBOX_KEEP_RUN_DIR=1)")
     ap.add_argument("--concurrent-seconds", type=float, default=30, help="concurrent scenario: write phase (default 30)")
     ap.add_argument("--concurrent-rate", type=float, default=1000, help="concurrent scenario: rows/s over 8 writers (default 1000)")
+    ap.add_argument("--concurrent-rounds", type=int, default=1,
+                    help="concurrent scenario: runs of each relay, alternating (reverse order every other round; default 1)")
     ap.add_argument("--concurrent-seed", type=int, help="concurrent scenario: workload seed (default random; both runs use it)")
     ap.add_argument("--insert-connections", type=int, default=16,
                     help="steady and insert_only: connections the paced INSERTs are spread over, by key (default 16: "
@@ -1595,7 +1622,7 @@ def main():
         if a.concurrent_seed is None:
             a.concurrent_seed = random.SystemRandom().randrange(1, 2**31)
         out["config"].update({"concurrent_seconds": a.concurrent_seconds, "concurrent_rate": a.concurrent_rate,
-                              "concurrent_seed": a.concurrent_seed})
+                              "concurrent_seed": a.concurrent_seed, "concurrent_rounds": a.concurrent_rounds})
     try:
         if "drain" in scenarios and "ceiling" in scenarios:
             # This machine's speed changes by up to half within seconds (a shared VM): one drain and
@@ -1657,7 +1684,13 @@ def main():
         if "scale" in scenarios:
             out["scale"] = [bench.scale(int(k)) for k in a.replicas.split(",")]
         if "concurrent" in scenarios:
-            out["concurrent"] = [bench.concurrent(False, a.concurrent_seed), bench.concurrent(True, a.concurrent_seed)]
+            # Rounds as in the steady state: the relays alternate, in reverse order every other round.
+            out["concurrent"] = []
+            for rnd in range(a.concurrent_rounds):
+                for relay in round_order(["outbox", "naive"], rnd):
+                    run = bench.concurrent(relay == "naive", a.concurrent_seed)
+                    run["round"] = rnd
+                    out["concurrent"].append(run)
     except KeyboardInterrupt:
         log("interrupted")
         bench.cleanup()
@@ -1676,8 +1709,8 @@ def main():
     for r in [out.get("drain")] + out.get("steady", []) + out.get("steady_batched", []) + out.get("scale", []) + steady_scale_own:
         if r and (r["verify"]["lost"] or r["verify"]["duplicates"] or r["verify"]["key_order_violations"]):
             ok = False
-    for c in out.get("concurrent", [])[:1]:  # the relay's run; the naive relay's is a comparison only
-        if c.get("error") or not c.get("ok"):
+    for c in out.get("concurrent", []):  # the relay's runs; the naive relay's are a comparison only
+        if c["relay"] == "outbox-relay" and (c.get("error") or not c.get("ok")):
             ok = False
     if not ok:
         log("VERIFICATION FAILED: lost, duplicate or out-of-order messages (see above)")

@@ -296,6 +296,79 @@ class Workload:
 
 
 # --------------------------------------------------------------------------------------------
+# CPU over the load window (--cpu; the bench's concurrent scenario)
+# --------------------------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def all_cpu(postmaster):
+    """{pid: (start time, ppid, cpu seconds)} of every process; the postmaster's own entry adds
+    its reaped children's times (backends that exited, e.g. a writer's, are counted there)."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            cpu = int(rest[11]) + int(rest[12])
+            if int(d) == postmaster:
+                cpu += int(rest[13]) + int(rest[14])
+            out[int(d)] = (int(rest[19]), int(rest[1]), cpu / CLK_TCK)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+class CpuWindow:
+    """CPU used between start() and finish(): the relay processes, the PostgreSQL cluster (and of
+    it the relays' own backends, told apart by application_name), every process of the machine.
+    Only for runs whose relays live through the window (--restart none)."""
+
+    def __init__(self, admin, replicas, naive):
+        self.admin = admin
+        self.replicas = replicas
+        self.naive = naive
+        backend = admin.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with open(f"/proc/{backend}/stat") as f:
+            self.postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
+
+    def relay_backends(self):
+        pattern = "naive-relay" if self.naive else "outbox-relay%"
+        return {r[0] for r in self.admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s", (pattern,)).fetchall()}
+
+    def start(self):
+        self.cpu0 = all_cpu(self.postmaster)
+        self.t0 = time.monotonic()
+
+    def finish(self, rows):
+        backends = self.relay_backends()
+        cpu1 = all_cpu(self.postmaster)
+        wall = time.monotonic() - self.t0
+        delta = {pid: c - self.cpu0[pid][2] if pid in self.cpu0 and self.cpu0[pid][0] == start else c
+                 for pid, (start, _ppid, c) in cpu1.items()}
+        pm = self.postmaster
+        pg = sum(delta[pid] for pid, (_, ppid, _) in cpu1.items() if pid == pm or ppid == pm)
+        relay_pids = {r.proc.pid for r in self.replicas if r.proc is not None}
+        # A relay's threads are in its /proc/PID/stat; the naive relay is one process too.
+        relay = sum(delta.get(p, 0.0) for p in relay_pids)
+        relay_bk = sum(delta.get(p, 0.0) for p in backends)
+        ms = lambda s: round(s * 1000 / rows, 4) if rows else None
+        return {
+            "window_seconds": round(wall, 3), "rows": rows,
+            "relay_cpu_s": round(relay, 3), "postgres_cpu_s": round(pg, 3),
+            "postgres_relay_backends_cpu_s": round(relay_bk, 3),
+            "machine_busy_share": round(sum(delta.values()) / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else None,
+            "per_row": {"relay_cpu_ms": ms(relay), "postgres_cpu_ms": ms(pg),
+                        "postgres_relay_backends_cpu_ms": ms(relay_bk),
+                        "postgres_other_cpu_ms": ms(pg - relay_bk),
+                        "relay_plus_postgres_cpu_ms": ms(relay + pg)},
+        }
+
+
+# --------------------------------------------------------------------------------------------
 # Relays
 # --------------------------------------------------------------------------------------------
 
@@ -628,9 +701,15 @@ def run(a, seed):
 
     admin = psycopg.connect(a.database_url, autocommit=True, application_name="concurrency-admin")
     t = table_ident(table)
-    if a.relay:
+    if a.relay and (not a.naive or a.naive_migrated_table):
         subprocess.run([a.relay, "migrate", "--database-url", a.database_url, "--table", table] + layout_args(a),
                        check=True, stdout=subprocess.DEVNULL)
+        if a.naive:
+            # The naive relay does not LISTEN: the relay's NOTIFY trigger is its cost, not the
+            # naive relay's (as in the bench's steady scenario).
+            for (tg,) in admin.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+                                       (t.as_string(admin),)).fetchall():
+                admin.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(tg), t))
     else:
         admin.execute(sql.SQL("""CREATE TABLE {} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             topic text NOT NULL, key bytea, value bytea, headers jsonb,
@@ -775,6 +854,10 @@ def run(a, seed):
             restart_thread = threading.Thread(target=restart, daemon=True)
             restart_thread.start()
 
+        cpu_window = None
+        if a.cpu and a.restart == "none":
+            cpu_window = CpuWindow(admin, replicas, a.naive)
+            cpu_window.start()
         t0, t1 = wl.run(a.seconds)
         if restart_thread:
             restart_thread.join()
@@ -795,6 +878,9 @@ def run(a, seed):
                 break
             time.sleep(0.1)
         drain_s = time.monotonic() - t_d
+        # The window: from the writers' start to the outbox empty (the warm-up rows were relayed
+        # before it), with every relay still running.
+        cpu = cpu_window.finish(n_committed) if cpu_window is not None else None
         if not drain_timeout:
             log(f"outbox empty {drain_s:.2f} s after the last write")
         for r in replicas:
@@ -849,7 +935,7 @@ def run(a, seed):
         "ok": not viol, "violations": viol, "shapes": shapes,
         "write_seconds": round(writes_s, 3), "rows_per_s": round(n_committed / a.seconds, 1),
         "drain_seconds_after_writes": round(drain_s, 3), "dead_letters": dead,
-        "restart_info": restart_info, "relay_failure_details": relay_failures,
+        "restart_info": restart_info, "relay_failure_details": relay_failures, "cpu": cpu,
         "relay_history": {r.name: r.history for r in replicas},
         "writer_errors": (wl.crashes + wl.errors)[:10], "log_dir": log_dir,
     })
@@ -879,6 +965,11 @@ def report(o):
         f"  latency COMMIT returned → Kafka CreateTime: p50 {L['p50']} ms, p90 {L['p90']} ms, p99 {L['p99']} ms, "
         f"max {L['max']} ms, min {L['min']} ms, over 1 s: {L['over_1s']} rows",
     ]
+    if o.get("cpu"):
+        c, P = o["cpu"], o["cpu"]["per_row"]
+        lines.append(f"  CPU per row over {c['window_seconds']:.1f} s (writers' start → outbox empty): relay {P['relay_cpu_ms']} ms, "
+                     f"PostgreSQL {P['postgres_cpu_ms']} ms (the relay's backends {P['postgres_relay_backends_cpu_ms']}, "
+                     f"the rest {P['postgres_other_cpu_ms']}); machine {100 * (c['machine_busy_share'] or 0):.0f} % busy")
     if o["dead_letters"]:
         lines.append(f"  dead letters: {o['dead_letters']}")
     if o["restart_info"]:
@@ -944,6 +1035,12 @@ def main():
     ap.add_argument("--drain-timeout", type=float, default=60)
     ap.add_argument("--log-dir", help="relay logs (default: a temporary directory, removed when the run is OK)")
     ap.add_argument("--json-out")
+    ap.add_argument("--naive-migrated-table", action="store_true",
+                    help="--naive with --relay: the naive relay's table is made by the relay's migrate (txid, shard and "
+                         "the other columns the relay needs), less its NOTIFY trigger, instead of a minimal table")
+    ap.add_argument("--cpu", action="store_true",
+                    help="measure the relays' and PostgreSQL's CPU from the writers' start to the outbox empty "
+                         "(with --restart none; the bench's concurrent scenario)")
     ap.add_argument("--check", action="store_true", help="exit 1 on any violation")
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
