@@ -194,11 +194,13 @@ extension Relay {
             // database timestamp): a relay host whose clock is off must not report the offset.
             databaseClockOffsetMicros = dbNow - wallClockMicros()
             // The path's delay, for how long the next claims wait for company: the oldest row's
-            // age when the claim ran, plus the whole statement's time (its reply and decoding are
-            // before the produce, and a busy machine lengthens them). Only the read window's first
-            // page: rows re-read by a sweep are as old as the rewind made them.
-            if request.mode == .window, let oldest = batch.rows.lazy.map(\.createdAtMicros).min() {
-                pacer.observe(oldestAge: Double(dbNow - oldest) / 1_000_000 + batch.seconds, waited: waited)
+            // age when the claim ran (of those that did not commit late), plus the whole
+            // statement's time (its reply and decoding are before the produce, and a busy machine
+            // lengthens them). Only the read window's first page: rows re-read by a sweep are as
+            // old as the rewind made them.
+            if request.mode == .window, !batch.rows.isEmpty {
+                let statement = batch.seconds
+                pacer.observe(ages: batch.rows.lazy.map { Double(dbNow - $0.createdAtMicros) / 1_000_000 + statement }, waited: waited)
                 if stats.claims % 32 == 0 { metrics.claimLinger.record(pacer.notifiedLinger) }
             }
         }

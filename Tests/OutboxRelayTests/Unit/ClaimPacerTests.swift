@@ -22,11 +22,29 @@ import Testing
         for _ in 0..<32 { p.observe(oldestAge: 0.002 + 0.006, waited: 0.002) }
         #expect(abs(p.notifiedLinger - 0.002) < 1e-9)
         #expect(p.busyPause == 0.005)
-        // Rows older than the target on arrival (a transaction that committed long after its
-        // INSERT, a row held back): the whole target is overhead, claim at once.
-        for _ in 0..<32 { p.observe(oldestAge: 0.500, waited: 0) }
+        // Claims whose rows are all older than twice the target (a path that slow): the whole
+        // target is overhead, claim at once.
+        for _ in 0..<32 { p.observe(ages: [0.500, 0.017], waited: 0) }
         #expect(p.notifiedLinger == 0)
         #expect(p.busyPause == 0.005)
+    }
+
+    @Test func rowsThatCommittedLateAreNotSamplesOfThePath() {
+        var p = ClaimPacer(target: 0.008, busyPoll: 0.005)
+        #expect(abs(p.lateRowAge - 0.016) < 1e-9)
+        // Every claim carries a row of a transaction that stayed open half a second beside rows
+        // that waited the 7 ms pause plus 1 ms: the pause stays 7 ms.
+        for _ in 0..<32 { p.observe(ages: [0.500, 0.008, 0.004], waited: 0.007) }
+        #expect(abs(p.overhead - 0.001) < 1e-9)
+        #expect(abs(p.busyPause - 0.007) < 1e-9)
+        // A row up to twice the target old is a sample: a path that got slower (5 ms more than
+        // the pause left) is seen, and the pause shrinks to the busy poll.
+        for _ in 0..<32 { p.observe(ages: [0.500, 0.013], waited: 0.007) }
+        #expect(abs(p.overhead - 0.006) < 1e-9)
+        #expect(p.busyPause == 0.005)
+        // No ages (an empty claim) change nothing.
+        p.observe(ages: [], waited: 0.007)
+        #expect(abs(p.overhead - 0.006) < 1e-9)
     }
 
     @Test func theOverheadIsTheNineInTenQuantileOfTheLastClaims() {
