@@ -53,8 +53,9 @@ import threading
 import time
 import urllib.parse
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
+from procstat import CLK_TCK, all_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
 VENV_PYTHON = os.path.join(ROOT, ".tools", "venv", "bin", "python")
@@ -224,28 +225,6 @@ def proc_hwm_kib(pid):
     return None
 
 
-def all_cpu():
-    """{pid: (start time, ppid, cpu seconds)} of every process on the machine (the start time
-    tells a reused pid apart; kernel workers rename themselves, so the name cannot)."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                raw = f.read()
-            rest = raw.rsplit(")", 1)[1].split()
-            cpu = int(rest[11]) + int(rest[12])
-            if int(d) == CpuWindow.postmaster_pid:
-                # The postmaster reaps the backends: children's times hold those that exited
-                # (e.g. pgbench's backend) — counted in full, also any CPU used before the window.
-                cpu += int(rest[13]) + int(rest[14])
-            out[int(d)] = (int(rest[19]), int(rest[1]), cpu / CLK_TCK)
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
 def parent_pid(pid):
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -275,13 +254,13 @@ class CpuWindow:
         self.self0 = self_cpu()
         self.children0 = children_cpu()
         self.relay0 = {p: proc_cpu(p) or 0.0 for p in relay_pids}
-        self.all0 = all_cpu()
+        self.all0 = all_cpu(CpuWindow.postmaster_pid)
         self.t0 = time.monotonic()
 
     def finish(self, relay_pids, pg_groups=None):
         """pg_groups: {name: pids} of postgres backends whose CPU in the window is also reported
         on its own (postgres_cpu_s_by_group; "rest" is the cluster's remainder)."""
-        all1 = all_cpu()
+        all1 = all_cpu(CpuWindow.postmaster_pid)
         wall = time.monotonic() - self.t0
         delta = {pid: (start, ppid, c - self.all0[pid][2] if pid in self.all0 and self.all0[pid][0] == start else c)
                  for pid, (start, ppid, c) in all1.items()}
@@ -1020,7 +999,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             f"SELECT pid FROM pg_stat_activity WHERE usename = '{self.relay_user}'")]
         inserter_pids = ins.backend_pids
         pm = CpuWindow.postmaster_pid
-        pg_pids = [pid for pid, (_, ppid, _) in all_cpu().items() if pid == pm or ppid == pm]
+        pg_pids = [pid for pid, (_, ppid, _) in all_cpu(CpuWindow.postmaster_pid).items() if pid == pm or ppid == pm]
         # Before the inserter's and the relays' backends exit, so their CPU counts.
         res = cpu.finish(pids, pg_groups={"relay_backends": relay_backends, "inserter_backend": inserter_pids})
         ins.close()

@@ -67,6 +67,8 @@ from psycopg.types.json import Jsonb
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from procstat import all_cpu
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOMAIN_ROWS = 100
 
@@ -298,28 +300,6 @@ class Workload:
 # --------------------------------------------------------------------------------------------
 # CPU over the load window (--cpu; the bench's concurrent scenario)
 # --------------------------------------------------------------------------------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def all_cpu(postmaster):
-    """{pid: (start time, ppid, cpu seconds)} of every process; the postmaster's own entry adds
-    its reaped children's times (backends that exited, e.g. a writer's, are counted there)."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-            cpu = int(rest[11]) + int(rest[12])
-            if int(d) == postmaster:
-                cpu += int(rest[13]) + int(rest[14])
-            out[int(d)] = (int(rest[19]), int(rest[1]), cpu / CLK_TCK)
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
 
 class CpuWindow:
     """CPU used between start() and finish(): the relay processes, the PostgreSQL cluster (and of
