@@ -55,7 +55,7 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
-from procstat import CLK_TCK, all_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
+from procstat import CLK_TCK, all_cpu, parent_pid  # noqa: E402  (scripts/lib, shared with concurrency.py)
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
 VENV_PYTHON = os.path.join(ROOT, ".tools", "venv", "bin", "python")
@@ -223,11 +223,6 @@ def proc_hwm_kib(pid):
     except OSError:
         pass
     return None
-
-
-def parent_pid(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def self_cpu():
@@ -999,7 +994,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             f"SELECT pid FROM pg_stat_activity WHERE usename = '{self.relay_user}'")]
         inserter_pids = ins.backend_pids
         pm = CpuWindow.postmaster_pid
-        pg_pids = [pid for pid, (_, ppid, _) in all_cpu(CpuWindow.postmaster_pid).items() if pid == pm or ppid == pm]
+        pg_pids = [pid for pid, (_, ppid, _) in all_cpu(pm).items() if pid == pm or ppid == pm]
         # Before the inserter's and the relays' backends exit, so their CPU counts.
         res = cpu.finish(pids, pg_groups={"relay_backends": relay_backends, "inserter_backend": inserter_pids})
         ins.close()

@@ -67,7 +67,7 @@ from psycopg.types.json import Jsonb
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from procstat import all_cpu
+from procstat import all_cpu, parent_pid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOMAIN_ROWS = 100
@@ -310,9 +310,7 @@ class CpuWindow:
         self.admin = admin
         self.replicas = replicas
         self.naive = naive
-        backend = admin.execute("SELECT pg_backend_pid()").fetchone()[0]
-        with open(f"/proc/{backend}/stat") as f:
-            self.postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
+        self.postmaster = parent_pid(admin.execute("SELECT pg_backend_pid()").fetchone()[0])
 
     def relay_backends(self):
         pattern = "naive-relay" if self.naive else "outbox-relay%"

@@ -23,3 +23,8 @@ def all_cpu(postmaster=None):
         except (OSError, ValueError, IndexError):
             continue
     return out
+
+
+def parent_pid(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
