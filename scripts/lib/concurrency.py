@@ -67,7 +67,7 @@ from psycopg.types.json import Jsonb
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from procstat import all_cpu, parent_pid
+from procstat import all_cpu, librdkafka_cpu, parent_pid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOMAIN_ROWS = 100
@@ -317,29 +317,36 @@ class CpuWindow:
         return {r[0] for r in self.admin.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s", (pattern,)).fetchall()}
 
+    def relay_pids(self):
+        return {r.proc.pid for r in self.replicas if r.proc is not None}
+
     def start(self):
         self.cpu0 = all_cpu(self.postmaster)
+        self.rdk0 = {p: librdkafka_cpu(p) for p in self.relay_pids()}
         self.t0 = time.monotonic()
 
     def finish(self, rows):
         backends = self.relay_backends()
+        relay_pids = self.relay_pids()
+        # librdkafka's threads (same library, same requests in both relays) apart from the rest.
+        rdk = sum(librdkafka_cpu(p) - self.rdk0.get(p, 0.0) for p in relay_pids)
         cpu1 = all_cpu(self.postmaster)
         wall = time.monotonic() - self.t0
         delta = {pid: c - self.cpu0[pid][2] if pid in self.cpu0 and self.cpu0[pid][0] == start else c
                  for pid, (start, _ppid, c) in cpu1.items()}
         pm = self.postmaster
         pg = sum(delta[pid] for pid, (_, ppid, _) in cpu1.items() if pid == pm or ppid == pm)
-        relay_pids = {r.proc.pid for r in self.replicas if r.proc is not None}
         # A relay's threads are in its /proc/PID/stat; the naive relay is one process too.
         relay = sum(delta.get(p, 0.0) for p in relay_pids)
         relay_bk = sum(delta.get(p, 0.0) for p in backends)
         ms = lambda s: round(s * 1000 / rows, 4) if rows else None
         return {
             "window_seconds": round(wall, 3), "rows": rows,
-            "relay_cpu_s": round(relay, 3), "postgres_cpu_s": round(pg, 3),
+            "relay_cpu_s": round(relay, 3), "relay_librdkafka_cpu_s": round(rdk, 3), "postgres_cpu_s": round(pg, 3),
             "postgres_relay_backends_cpu_s": round(relay_bk, 3),
             "machine_busy_share": round(sum(delta.values()) / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else None,
-            "per_row": {"relay_cpu_ms": ms(relay), "postgres_cpu_ms": ms(pg),
+            "per_row": {"relay_cpu_ms": ms(relay), "relay_librdkafka_cpu_ms": ms(rdk),
+                        "relay_other_cpu_ms": ms(relay - rdk), "postgres_cpu_ms": ms(pg),
                         "postgres_relay_backends_cpu_ms": ms(relay_bk),
                         "postgres_other_cpu_ms": ms(pg - relay_bk),
                         "relay_plus_postgres_cpu_ms": ms(relay + pg)},
@@ -945,7 +952,8 @@ def report(o):
     ]
     if o.get("cpu"):
         c, P = o["cpu"], o["cpu"]["per_row"]
-        lines.append(f"  CPU per row over {c['window_seconds']:.1f} s (writers' start → outbox empty): relay {P['relay_cpu_ms']} ms, "
+        lines.append(f"  CPU per row over {c['window_seconds']:.1f} s (writers' start → outbox empty): relay {P['relay_cpu_ms']} ms "
+                     f"(librdkafka's threads {P.get('relay_librdkafka_cpu_ms')}, the rest {P.get('relay_other_cpu_ms')}), "
                      f"PostgreSQL {P['postgres_cpu_ms']} ms (the relay's backends {P['postgres_relay_backends_cpu_ms']}, "
                      f"the rest {P['postgres_other_cpu_ms']}); machine {100 * (c['machine_busy_share'] or 0):.0f} % busy")
     if o["dead_letters"]:

@@ -28,3 +28,25 @@ def all_cpu(postmaster=None):
 def parent_pid(pid):
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def librdkafka_cpu(pid):
+    """CPU seconds so far of `pid`'s librdkafka threads (named rdk:main, rdk:broker…): the part of a
+    relay's CPU that is the Kafka client's own work — the same library in this relay and in the
+    naive one (confluent-kafka). 0 when the process is gone."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue  # the thread exited meanwhile
+        name = text[text.index("(") + 1:text.rindex(")")]
+        if name.startswith("rdk:"):
+            rest = text.rsplit(")", 1)[1].split()
+            total += int(rest[11]) + int(rest[12])
+    return total / CLK_TCK
