@@ -200,8 +200,19 @@ extension Relay {
             // old as the rewind made them.
             if request.mode == .window, !batch.rows.isEmpty {
                 let statement = batch.seconds
-                pacer.observe(ages: batch.rows.lazy.map { Double(dbNow - $0.createdAtMicros) / 1_000_000 + statement }, waited: waited)
+                // The window's rows were invisible in `since`: they committed after it was taken.
+                let committedWithin = lastOwnSnapshot.flatMap { last in
+                    last.snapshot == request.since ? Double(dbNow - last.takenByMicros) / 1_000_000 + statement : nil
+                }
+                pacer.observe(ages: batch.rows.lazy.map { Double(dbNow - $0.createdAtMicros) / 1_000_000 + statement },
+                              waited: waited, committedWithin: committedWithin)
                 if stats.claims % 32 == 0 { metrics.claimLinger.record(pacer.notifiedLinger) }
+            }
+            if request.snapshot == nil {
+                // This read's own snapshot was taken after the statement reached the server, so
+                // after its start on this host: its clock_timestamp() less the whole round trip
+                // is no later than that.
+                lastOwnSnapshot = (batch.snapshot, dbNow - Int64(batch.seconds * 1_000_000))
             }
         }
         let batchBytes = batch.rows.reduce(0) { $0 + $1.message.byteCount }

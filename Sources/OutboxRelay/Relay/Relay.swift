@@ -102,6 +102,10 @@ public actor Relay: Service {
     var wakeMode = WakeMode()
     /// How long a caught-up claim waits for company (``ClaimPacer``).
     var pacer = ClaimPacer(target: 0, busyPoll: 0.005)
+    /// The last claim that read in its own snapshot (a window's or a sweep's first page): that
+    /// snapshot, and a database-clock time no later than when it was taken. The next window's
+    /// rows committed after it (``ClaimPacer``'s `committedWithin`).
+    var lastOwnSnapshot: (snapshot: PGSnapshot, takenByMicros: Int64)?
     var notificationGate = false
     /// The replicas table has the `busy` column (see OutboxSchemaInfo.replicaBusy).
     var replicaBusy = false

@@ -47,6 +47,25 @@ import Testing
         #expect(abs(p.overhead - 0.006) < 1e-9)
     }
 
+    @Test func rowsCountFromNoEarlierThanThePreviousSnapshot() {
+        var p = ClaimPacer(target: 0.008, busyPoll: 0.005)
+        // Rows of transactions that took 3 ms from INSERT to COMMIT, claimed after a 5 ms pause
+        // 1 ms after they committed: counted from the INSERT, the path looks 4 ms slow…
+        for _ in 0..<32 { p.observe(ages: [0.009, 0.004], waited: 0.005) }
+        #expect(abs(p.overhead - 0.004) < 1e-9)
+        #expect(p.busyPause == 0.005)
+        // … but they were invisible in the previous claim's snapshot, 6 ms before this one's
+        // clock: they committed within those 6 ms, and the path took at most 1 ms of them.
+        for _ in 0..<32 { p.observe(ages: [0.009, 0.004], waited: 0.005, committedWithin: 0.006) }
+        #expect(abs(p.overhead - 0.001) < 1e-9)
+        #expect(abs(p.busyPause - 0.007) < 1e-9)
+        // A bound looser than the rows' ages changes nothing; a path slower than the pause still
+        // shows through it.
+        for _ in 0..<32 { p.observe(ages: [0.012], waited: 0.005, committedWithin: 0.5) }
+        #expect(abs(p.overhead - 0.007) < 1e-9)
+        #expect(p.busyPause == 0.005)
+    }
+
     @Test func theOverheadIsTheNineInTenQuantileOfTheLastClaims() {
         var p = ClaimPacer(target: 0.008, busyPoll: 0.005)
         for _ in 0..<32 { p.observe(oldestAge: 0.001, waited: 0) }
