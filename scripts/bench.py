@@ -55,7 +55,7 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
-from procstat import CLK_TCK, all_cpu, parent_pid  # noqa: E402  (scripts/lib, shared with concurrency.py)
+from procstat import all_cpu, parent_pid, proc_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
 VENV_PYTHON = os.path.join(ROOT, ".tools", "venv", "bin", "python")
@@ -203,16 +203,6 @@ def qlit(s):
 # --------------------------------------------------------------------------------------------
 # /proc helpers
 # --------------------------------------------------------------------------------------------
-
-def proc_cpu(pid):
-    """utime+stime of a process in seconds, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / CLK_TCK
-    except (OSError, IndexError):
-        return None
-
 
 def proc_hwm_kib(pid):
     try:
@@ -1343,11 +1333,12 @@ def targets_table(out):
         for c in ours_c:
             n = by_round.get(c.get("round", 0))
             if n and c.get("cpu") and n.get("cpu"):
-                rc.append(ratio(c["cpu"]["per_row"]["relay_cpu_ms"], n["cpu"]["per_row"]["relay_cpu_ms"]))
-                pg.append(ratio(c["cpu"]["per_row"]["postgres_cpu_ms"], n["cpu"]["per_row"]["postgres_cpu_ms"]))
-                if c["cpu"]["per_row"].get("relay_librdkafka_cpu_ms") is not None and n["cpu"]["per_row"].get("relay_librdkafka_cpu_ms"):
-                    rk.append(ratio(c["cpu"]["per_row"]["relay_librdkafka_cpu_ms"], n["cpu"]["per_row"]["relay_librdkafka_cpu_ms"]))
-                    ro.append(ratio(c["cpu"]["per_row"]["relay_other_cpu_ms"], n["cpu"]["per_row"]["relay_other_cpu_ms"]))
+                ours_row, naive_row = c["cpu"]["per_row"], n["cpu"]["per_row"]
+                rc.append(ratio(ours_row["relay_cpu_ms"], naive_row["relay_cpu_ms"]))
+                pg.append(ratio(ours_row["postgres_cpu_ms"], naive_row["postgres_cpu_ms"]))
+                # ratio() is None where a run predates the split (or a part was 0).
+                rk.append(ratio(ours_row.get("relay_librdkafka_cpu_ms"), naive_row.get("relay_librdkafka_cpu_ms")))
+                ro.append(ratio(ours_row.get("relay_other_cpu_ms"), naive_row.get("relay_other_cpu_ms")))
         cpu = (f"relay CPU {summary(rc, lambda v: v <= 0.5)} (≤ 0.5); PostgreSQL CPU {summary(pg, lambda v: v <= 1.0)} (≤ 1); "
                if rc else "")
         lines.append(f"   {'concurrent writers':<22}{cpu}COMMIT → Kafka p99 {summary(p99, lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "

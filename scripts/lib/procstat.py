@@ -14,8 +14,7 @@ def all_cpu(postmaster=None):
         if not d.isdigit():
             continue
         try:
-            with open(f"/proc/{d}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
+            _, rest = read_stat(f"/proc/{d}/stat")
             cpu = int(rest[11]) + int(rest[12])
             if int(d) == postmaster:
                 cpu += int(rest[13]) + int(rest[14])
@@ -25,9 +24,25 @@ def all_cpu(postmaster=None):
     return out
 
 
+def read_stat(path):
+    """A /proc stat file as (the thread's or process's name, the fields after it): the name is
+    in parentheses and may itself hold spaces and parentheses."""
+    with open(path) as f:
+        text = f.read()
+    return text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 1:].split()
+
+
 def parent_pid(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(read_stat(f"/proc/{pid}/stat")[1][1])
+
+
+def proc_cpu(pid):
+    """utime+stime of a process in seconds, or None when it is gone."""
+    try:
+        rest = read_stat(f"/proc/{pid}/stat")[1]
+        return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    except (OSError, IndexError):
+        return None
 
 
 def librdkafka_cpu(pid):
@@ -41,12 +56,9 @@ def librdkafka_cpu(pid):
         return 0.0
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                text = f.read()
+            name, rest = read_stat(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             continue  # the thread exited meanwhile
-        name = text[text.index("(") + 1:text.rindex(")")]
         if name.startswith("rdk:"):
-            rest = text.rsplit(")", 1)[1].split()
             total += int(rest[11]) + int(rest[12])
     return total / CLK_TCK
