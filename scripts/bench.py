@@ -23,6 +23,11 @@ Scenarios (each on a fresh table and a fresh topic):
            processes (default 1 and 3) of each relay in --steady-relays: what replicas cost
   insert_only  the same paced INSERTs at the highest rate without any relay: can the machine
            and the database take that rate at all?
+  insert_cost  backend CPU per single-row INSERT transaction on each outbox shape — as migrated,
+           less the NOTIFY trigger (the naive relay's table in steady and concurrent), a minimal
+           outbox table, and the minimal one plus each part the migration adds: what the table
+           costs every application INSERT, which the steady ratios leave out (both relays run on
+           the migrated table there)
   scale    drain of --scale-rows rows with 1, 2, 4 relay processes on one table
   concurrent  8 writer threads commit randomized transactions (xid taken first, savepoints, long
            and rolled-back transactions, REPEATABLE READ) at --concurrent-rate rows/s for
@@ -786,6 +791,99 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
         }
 
+    # ---- insert cost by table shape ------------------------------------------------------------
+    @staticmethod
+    def backend_cpu_ns(pid):
+        """A backend's CPU time in ns: /proc/PID/schedstat (ns), else /proc/PID/stat (ticks)."""
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            t = proc_cpu(pid)
+            return None if t is None else int(t * 1e9)
+
+    def insert_cost_shapes(self, base):
+        """The outbox shapes the insert_cost scenario compares, as (label, table, DDL run after
+        the table is made). The migrated table's parts (defaults, the generated shard, CHECKs)
+        are read from the catalog of a table `migrate` made, so the shapes follow the migration."""
+        migrated, bare = base + "_migrated", base + "_notrigger"
+        self.migrate(migrated)
+        self.migrate(bare)
+        for (tg,) in self.admin.query(f"SELECT tgname FROM pg_trigger WHERE tgrelid = {qlit(qident(bare))}::regclass AND NOT tgisinternal"):
+            self.admin.query(f"DROP TRIGGER {qident(tg)} ON {qident(bare)}")
+        cols = {r[0]: r[1:] for r in self.admin.query(f"""
+            SELECT a.attname, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid), a.attgenerated::text
+            FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+            WHERE a.attrelid = {qlit(qident(migrated))}::regclass AND a.attnum > 0 AND NOT a.attisdropped""")}
+        checks = [r[0] for r in self.admin.query(
+            f"SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = {qlit(qident(migrated))}::regclass AND contype = 'c'")]
+
+        def col(name):
+            typ, expr, gen = cols[name]
+            if gen == "s":
+                return f"{name} {typ} NOT NULL GENERATED ALWAYS AS ({expr}) STORED"
+            return f"{name} {typ} NOT NULL DEFAULT {expr}" if expr else f"{name} {typ}"
+        minimal = ("id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, topic text NOT NULL, key bytea, value bytea, "
+                   "headers jsonb, created_at timestamptz NOT NULL DEFAULT clock_timestamp()")
+        shapes = [("as migrated (NOTIFY trigger, gate closed)", migrated, None),
+                  ("as migrated less the NOTIFY trigger", bare, None),
+                  ("minimal outbox (id, topic, key, value, headers, created_at)", base + "_minimal", f"({minimal})")]
+        parts = [("shard", "the stored generated shard column", [col("shard")], ""),
+                 ("checks", "the CHECK constraints", checks and [", ".join(f"CHECK {c[len('CHECK '):]}" for c in checks)], ""),
+                 ("txid", "txid and its index", [col("txid")], f"CREATE INDEX ON {{t}} (txid)"),
+                 ("retry", "attempts, last_error, not_before", [col("attempts"), col("last_error"), col("not_before")], "")]
+        for key, label, extra, after in parts:
+            if extra:
+                shapes.append((f"minimal + {label}", f"{base}_{key}", f"({minimal}, {', '.join(extra)})" + (f"; {after}" if after else "")))
+        for label, table, ddl in shapes:
+            if ddl:
+                self.admin.query(f"CREATE TABLE {qident(table)} {ddl.replace('{t}', qident(table))}")
+        return shapes
+
+    def insert_cost(self):
+        """Backend CPU per single-row INSERT transaction (the bench's INSERT, durable commits) on
+        each outbox shape of insert_cost_shapes: what the table's shape costs every application
+        INSERT, whichever relay reads it. One connection per run, --insert-cost-rows INSERTs
+        pipelined in chunks after a warm-up; the shapes in rotating order over
+        --insert-cost-rounds rounds."""
+        base = self.name("insertcost")
+        shapes = self.insert_cost_shapes(base)
+        self.admin.query("CHECKPOINT")
+        rows, chunk = self.a.insert_cost_rows, 100
+        runs = {label: [] for label, _, _ in shapes}
+        for rnd in range(self.a.insert_cost_rounds):
+            order = shapes[rnd % len(shapes):] + shapes[:rnd % len(shapes)]
+            for label, table, _ in order:
+                conn = PG(self.pg_host, self.pg_port, "postgres", self.dbname, application_name="outbox-bench-insert-cost")
+                try:
+                    def insert(n, start):
+                        for c0 in range(0, n, chunk):
+                            k = min(chunk, n - c0)
+                            conn.sock.sendall(b"".join(PG.encode(
+                                f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ('bench-insert-cost', "
+                                f"convert_to('key-{(start + c0 + j) % self.a.keys}', 'UTF8'), "
+                                f"substring(decode(repeat(md5('{start + c0 + j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
+                                f"'{{\"type\": \"BenchEvent\"}}')") for j in range(k)))
+                            for _ in range(k):
+                                conn.result()
+                    insert(200, 0)
+                    ns0, t0 = self.backend_cpu_ns(conn.backend_pid), time.monotonic()
+                    insert(rows, 200)
+                    ns1, t1 = self.backend_cpu_ns(conn.backend_pid), time.monotonic()
+                finally:
+                    conn.close()
+                if ns0 is not None and ns1 is not None:
+                    runs[label].append({"us_per_insert": round((ns1 - ns0) / 1000 / rows, 2), "inserts_per_s": round(rows / (t1 - t0), 1)})
+        for _, table, _ in shapes:
+            self.admin.query(f"DROP TABLE IF EXISTS {qident(table)}")
+        out = []
+        for label, table, _ in shapes:
+            us = [r["us_per_insert"] for r in runs[label]]
+            out.append({"shape": label, "rounds": runs[label],
+                        "us_per_insert_median": round(statistics.median(us), 2) if us else None,
+                        "us_per_insert_range": [min(us), max(us)] if us else None})
+        return {"rows_per_run": rows, "rounds": self.a.insert_cost_rounds, "shapes": out}
+
     def start_naive(self, table, name):
         """One naive SKIP LOCKED relay (scripts/lib/naive_relay.py under .tools/venv's Python). It
         connects as the relay's role, bench_relay, so that pg_stat_statements and
@@ -1431,6 +1529,16 @@ def report(out):
                      f"machine {fmt(100 * io['machine_busy_share'], 0)}% busy, postgres CPU {fmt(io['postgres_cpu_s'], 1)} s, "
                      f"bench CPU {fmt(io['bench_cpu_s'], 1)} s, other processes {fmt(io['others_cpu_s'], 1)} s")
         lines.append("")
+    ic = out.get("insert_cost")
+    if ic:
+        lines.append(f"7. INSERT cost by the outbox's shape (backend CPU µs per single-row INSERT transaction, durable; "
+                     f"{fmt(ic['rows_per_run'])} INSERTs per run, median (range) of {ic['rounds']} rounds; any relay pays it)")
+        minimal = next((x["us_per_insert_median"] for x in ic["shapes"] if x["shape"].startswith("minimal outbox")), None)
+        for x in ic["shapes"]:
+            m, rg = x["us_per_insert_median"], x["us_per_insert_range"]
+            delta = f"{m - minimal:+.1f} µs against the minimal table" if m is not None and minimal else ""
+            lines.append(f"   {x['shape']:<62}{fmt(m, 1):>8} µs ({fmt(rg[0], 1) if rg else '-'}–{fmt(rg[1], 1) if rg else '-'})  {delta}")
+        lines.append("")
     if out.get("scale"):
         lines.append(f"3. Scale-out (drain of {fmt(out['scale'][0]['rows'])} rows, relays on one table)")
         lines.append(f"   {'relays':<8}{'seconds':>9}{'rows/s':>10}{'1st delete s':>14}{'relay CPU s':>13}{'pg CPU s':>10}"
@@ -1517,9 +1625,13 @@ def main():
     ap.add_argument("--perf-rates", default="", help="steady rates to profile with --perf-dir (e.g. 500)")
     ap.add_argument("--perf-freq", type=int, default=999, help="perf sampling frequency, Hz (default 999)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20000 rows, 10000 scale rows, 5 s steady")
-    ap.add_argument("--scenarios", default="drain,ceiling,steady,insert_only,scale,concurrent",
-                    help="any of drain,ceiling,steady,insert_only,scale,concurrent,steady_scale "
-                         "(default drain,ceiling,steady,insert_only,scale,concurrent)")
+    ap.add_argument("--scenarios", default="drain,ceiling,steady,insert_only,insert_cost,scale,concurrent",
+                    help="any of drain,ceiling,steady,insert_only,insert_cost,scale,concurrent,steady_scale "
+                         "(default drain,ceiling,steady,insert_only,insert_cost,scale,concurrent)")
+    ap.add_argument("--insert-cost-rows", type=int, default=4000,
+                    help="insert_cost: single-row INSERT transactions per table shape and round (default 4000)")
+    ap.add_argument("--insert-cost-rounds", type=int, default=3,
+                    help="insert_cost: rounds over the table shapes, in rotating order (default 3)")
     ap.add_argument("--steady-rounds", type=int, default=1,
                     help="steady and steady_scale: run every rate (and replica count) this many times, alternating "
                          "the relays; the targets table shows each ratio's median and range over the rounds (default 1)")
@@ -1656,6 +1768,9 @@ def main():
             r = max(out["config"]["rates"])
             log(f"insert-only: {r} rows/s for {a.steady_seconds} s, no relay")
             out["insert_only"] = bench.insert_only(r)
+        if "insert_cost" in scenarios:
+            log(f"insert cost: {a.insert_cost_rows} INSERTs per table shape, {a.insert_cost_rounds} rounds")
+            out["insert_cost"] = bench.insert_cost()
         if "scale" in scenarios:
             out["scale"] = [bench.scale(int(k)) for k in a.replicas.split(",")]
         if "concurrent" in scenarios:
