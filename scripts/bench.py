@@ -639,8 +639,8 @@ class Bench:
         epochs = "{" + ",".join("1" for _ in range(SHARDS)) + "}"
         b = 1000
         script = f"""\
-SELECT s.snap::text, o.id, o.shard, o.topic, o.key, o.value, o.created_at, o.headers::text, CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END FROM (SELECT COALESCE(NULL::text::pg_snapshot, pg_current_snapshot()) AS snap, clock_timestamp() AS now OFFSET 0) AS s LEFT JOIN LATERAL (SELECT id, shard, topic, key, value, created_at, headers, not_before FROM {qident(table)} WHERE id > :cursor AND id NOT IN (SELECT unnest('{{}}'::bigint[])) AND pg_visible_in_snapshot(txid, s.snap) ORDER BY id LIMIT {b}) AS o ON true ORDER BY o.id;
-DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:cursor + 1, :cursor + {b})::bigint)) AND o.shard = ANY(ARRAY(SELECT l.shard FROM {leases} AS l WHERE l.owner = 'bench-ceiling' AND l.epoch = ('{epochs}'::bigint[])[l.shard + 1]));
+SELECT s.snap::text, o.id, o.shard, o.topic, o.key, o.value, o.created_at, o.headers::text, CASE WHEN o.not_before > s.now THEN ceil(EXTRACT(EPOCH FROM o.not_before - s.now) * 1000)::bigint ELSE 0::bigint END FROM (SELECT COALESCE(NULL::text::pg_snapshot, pg_current_snapshot()) AS snap, clock_timestamp() AS now OFFSET 0) AS s LEFT JOIN LATERAL (SELECT id, {qident(table + '_shard')}(key, id) AS shard, topic, key, value, created_at, headers, not_before FROM {qident(table)} WHERE id > :cursor AND id NOT IN (SELECT unnest('{{}}'::bigint[])) AND pg_visible_in_snapshot(txid, s.snap) ORDER BY id LIMIT {b}) AS o ON true ORDER BY o.id;
+DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:cursor + 1, :cursor + {b})::bigint)) AND {qident(table + '_shard')}(o.key, o.id) = ANY(ARRAY(SELECT l.shard FROM {leases} AS l WHERE l.owner = 'bench-ceiling' AND l.epoch = ('{epochs}'::bigint[])[l.shard + 1]));
 \\set cursor :cursor + {b}
 """
         path = os.path.join(self.run_dir, "ceiling.sql")
@@ -828,7 +828,14 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         shapes = [("as migrated (NOTIFY trigger, gate closed)", migrated, None),
                   ("as migrated less the NOTIFY trigger", bare, None),
                   ("minimal outbox (id, topic, key, value, headers, created_at)", base + "_minimal", f"({minimal})")]
-        parts = [("shard", "the stored generated shard column", [col("shard")], ""),
+        if "shard" in cols:
+            stored_shard = col("shard")
+        else:
+            # Schema version 3 computes the shard with <table>_shard(key, id); version 2 stored the
+            # same expression (its parameters are named as the columns) in a generated column.
+            body = self.admin.scalar(f"SELECT pg_get_functiondef({qlit(qident(migrated + '_shard') + '(bytea, bigint)')}::regprocedure)")
+            stored_shard = f"shard integer NOT NULL GENERATED ALWAYS AS ({body.split(chr(10) + 'RETURN ', 1)[1].strip()}) STORED"
+        parts = [("shard", "schema version 2's stored shard column", [stored_shard], ""),
                  ("checks", "the CHECK constraints", checks and [", ".join(f"CHECK {c[len('CHECK '):]}" for c in checks)], ""),
                  ("txid", "txid and its index", [col("txid")], f"CREATE INDEX ON {{t}} (txid)"),
                  ("retry", "attempts, last_error, not_before", [col("attempts"), col("last_error"), col("not_before")], "")]

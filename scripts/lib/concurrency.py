@@ -1028,7 +1028,7 @@ def main():
     ap.add_argument("--log-dir", help="relay logs (default: a temporary directory, removed when the run is OK)")
     ap.add_argument("--json-out")
     ap.add_argument("--naive-migrated-table", action="store_true",
-                    help="--naive with --relay: the naive relay's table is made by the relay's migrate (txid, shard and "
+                    help="--naive with --relay: the naive relay's table is made by the relay's migrate (txid, the retry columns and "
                          "the other columns the relay needs), less its NOTIFY trigger, instead of a minimal table")
     ap.add_argument("--cpu", action="store_true",
                     help="measure the relays' and PostgreSQL's CPU from the writers' start to the outbox empty "

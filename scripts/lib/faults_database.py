@@ -480,7 +480,8 @@ def insert_rows(url, table, topics, label, n, keys=20):
                 INSERT INTO {} (topic, key, value, headers)
                 SELECT (%s::text[])[(i %% %s) %% %s + 1], convert_to('k' || (i %% %s), 'UTF8'),
                        convert_to(%s || '/' || i || '/' || md5(random()::text), 'UTF8'), %s
-                FROM generate_series(0, %s - 1) i RETURNING id, key, value, shard""").format(cc.table_ident(table)),
+                FROM generate_series(0, %s - 1) i RETURNING id, key, value, {}(key, id)""").format(
+                cc.table_ident(table), cc.table_ident(table + "_shard")),
                 (topics, keys, len(topics), keys, label, Jsonb({"txn": label}), n)).fetchall()
         t.commit_returned = time.time()
     t.outcome = "committed"

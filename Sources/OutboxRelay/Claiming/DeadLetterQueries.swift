@@ -20,7 +20,7 @@ public struct DeadLetterQueries: Sendable {
         let r = try conn.execute(prepared: "dead_letter_move", """
             WITH moved AS (
                 DELETE FROM \(table.sql) AS o USING \(table.leasesSQL) AS l
-                WHERE o.\(table.idSQL) = $1 AND l.shard = o.shard AND l.owner = $2 AND l.epoch = $3
+                WHERE o.\(table.idSQL) = $1 AND l.shard = \(table.shardSQL("o")) AND l.owner = $2 AND l.epoch = $3
                   AND ($6::bigint IS NULL OR (EXTRACT(EPOCH FROM o.created_at) * 1000000)::bigint = $6)
                 RETURNING \(table.messageColumnsSQL(alias: "o"))
             )

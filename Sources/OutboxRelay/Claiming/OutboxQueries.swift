@@ -98,8 +98,8 @@ public final class OutboxQueries: Sendable {
             """
             DELETE FROM \(table.sql) AS o
             WHERE o.\(table.idSQL) = ANY($\(n)::bigint[])
-              AND (SELECT l.owner = $\(n + 1) AND l.epoch = ($\(n + 2)::bigint[])[o.shard + 1]
-                   FROM \(table.leasesSQL) AS l WHERE l.shard = o.shard)
+              AND (SELECT l.owner = $\(n + 1) AND l.epoch = ($\(n + 2)::bigint[])[l.shard + 1]
+                   FROM \(table.leasesSQL) AS l WHERE l.shard = \(table.shardSQL("o")))
             """
         }
         // The fused form: the same lease check, with the epoch looked up per row (see FusedDelete).
@@ -108,7 +108,7 @@ public final class OutboxQueries: Sendable {
             DELETE FROM \(table.sql) AS o
             WHERE o.\(table.idSQL) = ANY($\(n)::bigint[])
               AND (SELECT l.owner = $\(n + 1) AND l.epoch = ($\(n + 2)::bigint[])[array_position($\(n)::bigint[], o.\(table.idSQL))]
-                   FROM \(table.leasesSQL) AS l WHERE l.shard = o.shard)
+                   FROM \(table.leasesSQL) AS l WHERE l.shard = \(table.shardSQL("o")))
             """
         }
         func statement(_ name: String, snapshot: (Int) -> String, where condition: (Int) -> String, order: String) -> ClaimStatement {
@@ -121,14 +121,14 @@ public final class OutboxQueries: Sendable {
                 SELECT s.snap::text, \(columns)\(deleting ? ", (SELECT count(*) FROM d)" : "")
                 FROM (SELECT \(snapshot(first)) OFFSET 0) AS s
                 LEFT JOIN LATERAL (
-                    SELECT id, shard, topic, key, value, created_at, headers, not_before FROM \(table.sourceSQL) AS src
+                    SELECT id, \(table.shardSQL("src")) AS shard, topic, key, value, created_at, headers, not_before FROM \(table.sourceSQL) AS src
                     WHERE \(filter)\(condition(first + 1))
                     ORDER BY \(order) LIMIT $\(first + 1)
                 ) AS o ON true
                 ORDER BY o.id
                 """
             }
-            let filter = "shard = ANY($1::integer[]) AND "
+            let filter = "\(table.shardSQL("src")) = ANY($1::integer[]) AND "
             return ClaimStatement(name: name, filtered: text(filter: filter, first: 2), all: text(filter: "", first: 1),
                                   filteredDeleting: text(filter: filter, first: 2, deleting: true),
                                   allDeleting: text(filter: "", first: 1, deleting: true))
@@ -172,7 +172,7 @@ public final class OutboxQueries: Sendable {
         deleteManySQL = """
             DELETE FROM \(table.sql) AS o
             WHERE o.\(table.idSQL) = ANY($1::bigint[])
-              AND o.shard = ANY(ARRAY(SELECT l.shard FROM \(table.leasesSQL) AS l
+              AND \(table.shardSQL("o")) = ANY(ARRAY(SELECT l.shard FROM \(table.leasesSQL) AS l
                                       WHERE l.owner = $2 AND l.epoch = ($3::bigint[])[l.shard + 1]))
             """
     }

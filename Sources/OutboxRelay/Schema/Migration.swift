@@ -7,13 +7,14 @@ import PGClient
 ///   transaction's `pg_current_xact_id()`, indexed: the claim protocol's invariants
 ///   (``ClaimInvariants``, docs/DESIGN.md). An existing table that breaks them is refused with the
 ///   statements that fix it, never silently adopted; one created by schema version 1 is converted.
-/// - `shard` is a stored generated column: a hash of the key (or of the id for NULL keys), so
-///   every row of one key lands in one shard and one lease owner relays it.
+/// - A row's shard is a hash of its key (or its id for a NULL key), so every row of one key lands
+///   in one shard and one lease owner relays it. Native layout: computed where it is needed by
+///   `<table>_shard(key, id)` (schema version 3; a stored generated column until version 2).
 /// - A statement-level trigger notifies the relay's channel with a constant payload; PostgreSQL
 ///   folds identical notifications of one transaction into one.
 public enum Migration {
     /// Version of the relay's schema objects this build expects.
-    public static let schemaVersion = 2
+    public static let schemaVersion = 3
     public static let defaultShardCount = 256
 
     /// Autovacuum settings for a high-churn queue table: vacuum after a fixed number of dead
@@ -33,6 +34,21 @@ public enum Migration {
     static func shardExpression(shards: Int, key: String = "key", id: String = "id") -> String {
         "CASE WHEN \(key) IS NULL THEN (\(id) % \(shards))::integer " +
         "ELSE ((('x' || substr(md5(\(key)), 1, 8))::bit(32)::integer & 2147483647) % \(shards)) END"
+    }
+
+    /// The native layout's shard function (schema version 3): ``shardExpression(shards:key:id:)``
+    /// of its arguments. Until version 3 the table stored it as a generated column, and computing
+    /// it cost every INSERT about 24 us of PostgreSQL CPU (of 160; `scripts/bench --scenarios
+    /// insert_cost`): PostgreSQL prepares a stored generated expression again for every INSERT
+    /// statement. Now the statements that need a row's shard — a claim's filter, the lease check
+    /// of a DELETE, the trigger while the gate is open — compute it. The SQL-standard body is
+    /// parsed once, here, with its functions and operators resolved (no search_path at call
+    /// time), and the planner inlines it: prepared statements pay the expression per row read,
+    /// not a function call. Same values as the version-2 column, which a converted table keeps
+    /// (`validate` suggests dropping it once every replica runs version 3).
+    static func shardFunctionSQL(_ t: OutboxTable, shards: Int) -> String {
+        "CREATE OR REPLACE FUNCTION \(t.shardFunctionSQL)(key bytea, id bigint) RETURNS integer " +
+        "LANGUAGE sql IMMUTABLE PARALLEL SAFE RETURN \(shardExpression(shards: shards));"
     }
 
     /// One notification per inserted row, naming its shard (`shards:17`), so that only its owner
@@ -59,13 +75,13 @@ public enum Migration {
             -- whether its time has come is tested here, where a closed gate's INSERTs never go.
             IF TG_LEVEL = 'ROW' THEN
                 IF pg_sequence_last_value(\(quoteLiteral(t.notifyUntilSQL))::regclass) > \(OutboxTable.gateClockSQL) THEN
-                    PERFORM pg_notify(\(quoteLiteral(t.channel)), '\(WakeFilter.payloadPrefix)' || NEW.shard);
+                    PERFORM pg_notify(\(quoteLiteral(t.channel)), '\(WakeFilter.payloadPrefix)' || \(t.shardSQL("NEW")));
                 END IF;
             ELSIF (SELECT last_value FROM \(t.notifyUntilSQL)) > \(OutboxTable.gateClockSQL) THEN
                 PERFORM pg_notify(\(quoteLiteral(t.channel)),
-                    CASE WHEN count(DISTINCT shard) > \(WakeFilter.maxListed) THEN '*'
-                         ELSE '\(WakeFilter.payloadPrefix)' || string_agg(DISTINCT shard::text, ',') END)
-                FROM outbox_relay_new_rows HAVING count(*) > 0;
+                    CASE WHEN count(DISTINCT \(t.shardSQL("n"))) > \(WakeFilter.maxListed) THEN '*'
+                         ELSE '\(WakeFilter.payloadPrefix)' || string_agg(DISTINCT \(t.shardSQL("n"))::text, ',') END)
+                FROM outbox_relay_new_rows AS n HAVING count(*) > 0;
             END IF;
             RETURN NULL;
         END
@@ -113,6 +129,7 @@ public enum Migration {
         let t = table
         return """
         \(metaScript(t, shards: shards))
+        \(shardFunctionSQL(t, shards: shards))
         CREATE TABLE IF NOT EXISTS \(t.sql) (
             id bigint GENERATED ALWAYS AS IDENTITY (SEQUENCE NAME \(t.sequenceSQL) CACHE 1),
             txid xid8 NOT NULL DEFAULT \(ClaimInvariants.txidDefault),
@@ -120,7 +137,6 @@ public enum Migration {
             key bytea,
             value bytea,
             headers jsonb CHECK (headers IS NULL OR jsonb_typeof(headers) = 'object'),
-            shard integer NOT NULL GENERATED ALWAYS AS (\(shardExpression(shards: shards))) STORED,
             created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             attempts integer NOT NULL DEFAULT 0,
             last_error text,

@@ -10,9 +10,10 @@ import PGClient
 ///   `not_before`, all with defaults), so the application's INSERT keeps working unchanged.
 ///
 /// Every statement reads rows through ``sourceSQL``: a subquery that presents either layout as
-/// the native columns (`id, txid, shard, topic, key, value, headers, created_at, not_before,
-/// attempts`). PostgreSQL pulls such a subquery up into the statement, so the indexes on the
-/// underlying columns serve it as before.
+/// the native columns (`id, txid, topic, key, value, headers, created_at, not_before,
+/// attempts`, and for the Debezium layout its stored `shard`; a native row's shard is
+/// ``OutboxTable/shardSQL(_:)``). PostgreSQL pulls such a subquery up into the statement, so the
+/// indexes on the underlying columns serve it as before.
 public enum OutboxLayout: Sendable, Equatable {
     case native
     case debezium(DebeziumRouting)

@@ -52,6 +52,20 @@ public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
     /// declaration in ``notifyUntilSQL`` is set from and compared with.
     public static let gateClockSQL = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
     public var notifyFunctionSQL: String { qualify("\(name)_notify") }
+    /// The native layout's shard of a row, `<table>_shard(key, id)`: an IMMUTABLE SQL function
+    /// with a SQL-standard body, which the planner inlines (schema version 3; see
+    /// ``Migration/shardFunctionSQL(_:shards:)``).
+    public var shardFunctionSQL: String { qualify("\(name)_shard") }
+    /// The shard of the row `alias` (an alias of this table, or of ``sourceSQL``) as an SQL
+    /// expression. Native layout: a call of ``shardFunctionSQL`` on its key and id, so that no
+    /// INSERT computes a stored column (a table of schema version 2 still has one, with the same
+    /// values, which nothing reads). Debezium layout: its stored `shard` column.
+    public func shardSQL(_ alias: String) -> String {
+        switch layout {
+        case .native: return "\(shardFunctionSQL)(\(alias).key, \(alias).\(idSQL))"
+        case .debezium: return "\(alias).shard"
+        }
+    }
     public var notifyTriggerName: String { "\(name)_notify" }
     /// LISTEN/NOTIFY channel: at most 63 bytes (the identifier limit; `pg_notify` refuses
     /// longer names while `LISTEN` would silently truncate them), cut at a character boundary so

@@ -18,7 +18,7 @@ public enum SchemaCheck {
     /// Expected columns of the outbox table and their types (`format_type` spelling).
     public static let expectedColumns: [(String, String)] = [
         ("id", "bigint"), ("txid", "xid8"), ("topic", "text"), ("key", "bytea"), ("value", "bytea"), ("headers", "jsonb"),
-        ("shard", "integer"), ("created_at", "timestamp with time zone"), ("attempts", "integer"),
+        ("created_at", "timestamp with time zone"), ("attempts", "integer"),
         ("last_error", "text"), ("not_before", "timestamp with time zone"),
     ]
 
@@ -130,6 +130,10 @@ public enum SchemaCheck {
             }
             if info.schemaVersion < Migration.schemaVersion {
                 throw RelayError(.schema, "table \(table) has schema version \(info.schemaVersion), older than this relay's \(Migration.schemaVersion): \(hint)")
+            }
+            if table.layout == .native,
+               !(try conn.query("SELECT to_regprocedure($1) IS NOT NULL", [.text(table.shardFunctionSQL + "(bytea, bigint)")]).bool(0, 0)) {
+                throw RelayError(.schema, "function \(table.shardFunctionSQL)(bytea, bigint), which gives a row's shard, does not exist: \(hint)")
             }
             let leaseRows = try conn.query("SELECT count(*) FROM \(table.leasesSQL)").int64(0, 0)
             if leaseRows != info.shardCount {

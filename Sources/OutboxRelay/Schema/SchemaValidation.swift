@@ -53,6 +53,20 @@ public enum SchemaValidation {
         if found[t.layout.idColumn] != nil || t.layout != .native {
             out += try ClaimInvariants.problems(conn, table: t).filter { !(found["txid"] == nil && $0.problem.contains("txid")) }
         }
+        // The native layout's shard: the function (schema version 3), and no stored column left
+        // from version 2 (same values, read by nothing since, and prepared for every INSERT).
+        if t.layout == .native {
+            let function = try conn.query("SELECT to_regprocedure($1) IS NOT NULL", [.text(t.shardFunctionSQL + "(bytea, bigint)")]).bool(0, 0)
+            if !function {
+                let shards = try exists(t.metaSQL) ? Int(try conn.query("SELECT shard_count FROM \(t.metaSQL)").int32(0, 0)) : Migration.defaultShardCount
+                out.append(Difference(problem: "function \(t.shardFunctionSQL)(bytea, bigint) is missing (a row's shard)",
+                                      fix: Migration.shardFunctionSQL(t, shards: shards)))
+            }
+            if found["shard"] != nil {
+                out.append(Difference(problem: "column \"shard\" of \(t.sql) is left from schema version 2: this version computes a row's shard with \(t.shardFunctionSQL)() and reads the column nowhere, but every INSERT still computes it (about 24 us of PostgreSQL CPU of 160 in `scripts/bench --scenarios insert_cost`); drop it once no replica older than schema version 3 runs",
+                                      fix: "ALTER TABLE \(t.sql) DROP COLUMN shard;"))
+            }
+        }
         // Primary key on id.
         let pk = try conn.query("""
             SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)

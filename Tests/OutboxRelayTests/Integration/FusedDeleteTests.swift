@@ -23,7 +23,7 @@ import Testing
 
     @Test func aClaimDeletesOnlyRowsWhoseLeaseItHolds() throws {
         let (table, conn, queries) = try tableLeasedToMe(rows: 3)
-        let rows = try conn.query("SELECT id, shard FROM \(table.sql) ORDER BY id")
+        let rows = try conn.query("SELECT id, \(table.shardSQL("o")) FROM \(table.sql) AS o ORDER BY id")
         let ids = try (0..<rows.rowCount).map { try rows.int64($0, 0) }
         // One epoch per id: the second row was produced under an epoch its shard's lease no
         // longer has (a lease this replica lost), so it must stay. Ids in any order, each with its own.
@@ -42,7 +42,7 @@ import Testing
                                       deleting: .init(ids: [ids[1]], owner: "someone-else", epochs: [7]))
         #expect(other.deleted == 0)
         // Nor one whose shard's lease moved on to another epoch in the database.
-        try conn.query("UPDATE \(table.leasesSQL) SET epoch = 8 WHERE shard = (SELECT shard FROM \(table.sql) WHERE id = \(ids[1]))")
+        try conn.query("UPDATE \(table.leasesSQL) SET epoch = 8 WHERE shard = (SELECT \(table.shardSQL("o")) FROM \(table.sql) AS o WHERE id = \(ids[1]))")
         let moved = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
                                       deleting: .init(ids: [ids[1]], owner: "me", epochs: [7]))
         #expect(moved.deleted == 0)
@@ -215,7 +215,7 @@ import Testing
         try conn.query("UPDATE \(table.leasesSQL) SET owner = 'other' WHERE shard < 10")
         try conn.query("UPDATE \(table.leasesSQL) SET epoch = 8 WHERE shard BETWEEN 10 AND 19")
         let epochs = [Int64](repeating: 7, count: 256)
-        let rows = try conn.query("SELECT id, shard FROM \(table.sql) ORDER BY id")
+        let rows = try conn.query("SELECT id, \(table.shardSQL("o")) FROM \(table.sql) AS o ORDER BY id")
         let all = try (0..<rows.rowCount).map { (id: try rows.int64($0, 0), shard: try rows.int32($0, 1)) }
         let deletable = Set(all.filter { $0.shard >= 20 }.map(\.id))
         #expect(deletable.count > 0 && deletable.count < all.count, "the keys must spread over the shards")

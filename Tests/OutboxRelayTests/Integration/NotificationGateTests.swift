@@ -154,7 +154,7 @@ import Testing
         func insertAndListen(_ keys: [String], expected: (Set<Int32>) -> Int) async throws -> (payloads: [String], shards: Set<Int32>) {
             let values = keys.flatMap { [$0, $0] }.map { "('t', convert_to('\($0)', 'UTF8'), 'v')" }.joined(separator: ", ")
             try conn.executeScript("DELETE FROM \(table.sql); INSERT INTO \(table.sql) (topic, key, value) VALUES \(values)")
-            let r = try conn.query("SELECT DISTINCT shard FROM \(table.sql)")
+            let r = try conn.query("SELECT DISTINCT \(table.shardSQL("o")) FROM \(table.sql) AS o")
             let shards = Set(try (0..<r.rowCount).map { i throws(PGError) in try r.int32(i, 0) })
             var payloads: [String] = []
             try await TestEnvironment.eventually("the transaction's notifications", timeout: 5) {
@@ -210,7 +210,7 @@ import Testing
         }
         func gate() throws -> Int64 { try conn.query("SELECT last_value FROM \(table.notifyUntilSQL)").int64(0, 0) }
         let shard = { (key: String) throws -> Int32 in
-            try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ('t', convert_to($1, 'UTF8'), 'v') RETURNING shard", [.text(key)]).int32(0, 0)
+            try conn.query("INSERT INTO \(table.sql) (topic, key, value) VALUES ('t', convert_to($1, 'UTF8'), 'v') RETURNING \(table.shardSQL(table.sql))", [.text(key)]).int32(0, 0)
         }
 
         // Ran out five seconds ago: the row in between notifies nobody. (Notifications arrive in
