@@ -75,7 +75,11 @@ public enum Migration {
             -- whether its time has come is tested here, where a closed gate's INSERTs never go.
             IF TG_LEVEL = 'ROW' THEN
                 IF pg_sequence_last_value(\(quoteLiteral(t.notifyUntilSQL))::regclass) > \(OutboxTable.gateClockSQL) THEN
-                    PERFORM pg_notify(\(quoteLiteral(t.channel)), '\(WakeFilter.payloadPrefix)' || \(t.shardSQL("NEW")));
+                    -- A condition, not PERFORM: PL/pgSQL evaluates a simple expression directly,
+                    -- while PERFORM runs a query (3.5 us more per notifying INSERT).
+                    IF pg_notify(\(quoteLiteral(t.channel)), '\(WakeFilter.payloadPrefix)' || \(t.shardSQL("NEW"))) IS NULL THEN
+                        NULL;
+                    END IF;
                 END IF;
             ELSIF (SELECT last_value FROM \(t.notifyUntilSQL)) > \(OutboxTable.gateClockSQL) THEN
                 PERFORM pg_notify(\(quoteLiteral(t.channel)),
