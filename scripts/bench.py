@@ -343,6 +343,12 @@ class Bench:
         subprocess.run([binary or self.a.relay, "migrate", "--database-url", self.admin_url, "--table", table, "--shards", str(SHARDS)],
                        check=True, stdout=subprocess.DEVNULL)
 
+    def drop_triggers(self, table):
+        """Drops every trigger `migrate` made on `table`, whatever its name (the NOTIFY trigger)."""
+        for (tg,) in self.admin.query(f"SELECT tgname FROM pg_trigger WHERE tgrelid = {qlit(qident(table))}::regclass "
+                                      f"AND NOT tgisinternal"):
+            self.admin.query(f"DROP TRIGGER {qident(tg)} ON {qident(table)}")
+
     def create_topic(self, topic, partitions=8):
         subprocess.run([self.a.tansu, "topic", "create", topic, "--broker", f"tcp://{self.a.brokers}",
                         "--partitions", str(partitions)], check=True,
@@ -809,8 +815,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         migrated, bare = base + "_migrated", base + "_notrigger"
         self.migrate(migrated)
         self.migrate(bare)
-        for (tg,) in self.admin.query(f"SELECT tgname FROM pg_trigger WHERE tgrelid = {qlit(qident(bare))}::regclass AND NOT tgisinternal"):
-            self.admin.query(f"DROP TRIGGER {qident(tg)} ON {qident(bare)}")
+        self.drop_triggers(bare)
         cols = {r[0]: r[1:] for r in self.admin.query(f"""
             SELECT a.attname, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid), a.attgenerated::text
             FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -1028,9 +1033,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             # database-wide lock from a notifying transaction's pre-commit until after its WAL
             # flush). The trigger is part of outbox-relay's cost per row, not the naive relay's.
             # (Every trigger migrate made, whatever its name; the bench's own is made below.)
-            for (tg,) in self.admin.query(f"SELECT tgname FROM pg_trigger WHERE tgrelid = {qlit(qident(table))}::regclass "
-                                          f"AND NOT tgisinternal"):
-                self.admin.query(f"DROP TRIGGER {qident(tg)} ON {qident(table)}")
+            self.drop_triggers(table)
             notify_trigger = False
         # Bench-only: record, in the relay's DELETE, how long ago each row was inserted.
         self.admin.query(f"CREATE TABLE {lat} (id bigint, ms double precision, deleted_at double precision)")
