@@ -56,6 +56,8 @@ public struct OutboxTable: Sendable, Equatable, CustomStringConvertible {
     /// with a SQL-standard body, which the planner inlines (schema version 3; see
     /// ``Migration/shardFunctionSQL(_:shards:)``).
     public var shardFunctionSQL: String { qualify("\(name)_shard") }
+    /// ``shardFunctionSQL`` with its argument types, as `to_regprocedure` and `DROP FUNCTION` name it.
+    public var shardFunctionSignatureSQL: String { "\(shardFunctionSQL)(bytea, bigint)" }
     /// The shard of the row `alias` (an alias of this table, or of ``sourceSQL``) as an SQL
     /// expression. Native layout: a call of ``shardFunctionSQL`` on its key and id, so that no
     /// INSERT computes a stored column (a table of schema version 2 still has one, with the same

@@ -132,8 +132,8 @@ public enum SchemaCheck {
                 throw RelayError(.schema, "table \(table) has schema version \(info.schemaVersion), older than this relay's \(Migration.schemaVersion): \(hint)")
             }
             if table.layout == .native,
-               !(try conn.query("SELECT to_regprocedure($1) IS NOT NULL", [.text(table.shardFunctionSQL + "(bytea, bigint)")]).bool(0, 0)) {
-                throw RelayError(.schema, "function \(table.shardFunctionSQL)(bytea, bigint), which gives a row's shard, does not exist: \(hint)")
+               !(try conn.query("SELECT to_regprocedure($1) IS NOT NULL", [.text(table.shardFunctionSignatureSQL)]).bool(0, 0)) {
+                throw RelayError(.schema, "function \(table.shardFunctionSignatureSQL), which gives a row's shard, does not exist: \(hint)")
             }
             let leaseRows = try conn.query("SELECT count(*) FROM \(table.leasesSQL)").int64(0, 0)
             if leaseRows != info.shardCount {

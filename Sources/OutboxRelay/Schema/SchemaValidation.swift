@@ -56,10 +56,10 @@ public enum SchemaValidation {
         // The native layout's shard: the function (schema version 3), and no stored column left
         // from version 2 (same values, read by nothing since, and prepared for every INSERT).
         if t.layout == .native {
-            let function = try conn.query("SELECT to_regprocedure($1) IS NOT NULL", [.text(t.shardFunctionSQL + "(bytea, bigint)")]).bool(0, 0)
+            let function = try conn.query("SELECT to_regprocedure($1) IS NOT NULL", [.text(t.shardFunctionSignatureSQL)]).bool(0, 0)
             if !function {
                 let shards = try exists(t.metaSQL) ? Int(try conn.query("SELECT shard_count FROM \(t.metaSQL)").int32(0, 0)) : Migration.defaultShardCount
-                out.append(Difference(problem: "function \(t.shardFunctionSQL)(bytea, bigint) is missing (a row's shard)",
+                out.append(Difference(problem: "function \(t.shardFunctionSignatureSQL) is missing (a row's shard)",
                                       fix: Migration.shardFunctionSQL(t, shards: shards)))
             }
             if found["shard"] != nil {

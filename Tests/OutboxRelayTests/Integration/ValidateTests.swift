@@ -50,7 +50,7 @@ import Testing
         // Back to version 2: the stored column (version 2's expression, verbatim), no function.
         try conn.executeScript("""
             ALTER TABLE \(table.sql) ADD COLUMN shard integer NOT NULL GENERATED ALWAYS AS (CASE WHEN key IS NULL THEN (id % 256)::integer ELSE ((('x' || substr(md5(key), 1, 8))::bit(32)::integer & 2147483647) % 256) END) STORED;
-            DROP FUNCTION \(table.shardFunctionSQL)(bytea, bigint);
+            DROP FUNCTION \(table.shardFunctionSignatureSQL);
             UPDATE \(table.metaSQL) SET schema_version = 2;
             INSERT INTO \(table.sql) (topic, key) SELECT 't', CASE WHEN i % 7 = 0 THEN NULL ELSE convert_to('key-' || i, 'UTF8') END
             FROM generate_series(1, 2000) AS i;
@@ -80,7 +80,7 @@ import Testing
         for d in diffs { try conn.executeScript(d.fix) }
         #expect(try SchemaValidation.differences(conn, table: table).isEmpty)
         // A missing function is named with the statement that makes it.
-        try conn.executeScript("DROP FUNCTION \(table.shardFunctionSQL)(bytea, bigint)")
+        try conn.executeScript("DROP FUNCTION \(table.shardFunctionSignatureSQL)")
         let missing = try SchemaValidation.differences(conn, table: table)
         #expect(missing.count == 1 && missing[0].fix.contains("CREATE OR REPLACE FUNCTION \(table.shardFunctionSQL)"), "\(missing)")
         #expect(throws: RelayError.self) { try SchemaCheck.check(conn, table: table) }
