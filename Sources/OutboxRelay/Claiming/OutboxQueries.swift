@@ -55,15 +55,22 @@ public final class OutboxQueries: Sendable {
     /// decoding) an epoch for each of 256 shards with every claim was a tenth of the claim
     /// session's CPU and about 0.04 ms of PostgreSQL CPU per row at 100 rows/s. The statement finds
     /// a row's epoch with `array_position` (linear), so a claim carries at most `maxIds` rows.
+    ///
+    /// `shards` are per row too: the shard each row was claimed in (the claim computed it, from
+    /// the row's key and id, which never change). The lease check reads that shard's lease row
+    /// instead of computing the shard again: the expression's `md5` cost the relay's backends
+    /// 5-8 us per row at a trickle, where every call runs with cold caches (perf, 100 rows/s).
     public struct FusedDelete: Sendable {
         public static let maxIds = 64
         public var ids: [Int64]
         public var owner: String
+        public var shards: [Int32]
         public var epochs: [Int64]
-        public init(ids: [Int64], owner: String, epochs: [Int64]) {
-            precondition(ids.count == epochs.count, "a fused DELETE needs one epoch per id")
+        public init(ids: [Int64], owner: String, shards: [Int32], epochs: [Int64]) {
+            precondition(ids.count == epochs.count && ids.count == shards.count, "a fused DELETE needs one shard and one epoch per id")
             self.ids = ids
             self.owner = owner
+            self.shards = shards
             self.epochs = epochs
         }
     }
@@ -102,13 +109,15 @@ public final class OutboxQueries: Sendable {
                    FROM \(table.leasesSQL) AS l WHERE l.shard = \(table.shardSQL("o")))
             """
         }
-        // The fused form: the same lease check, with the epoch looked up per row (see FusedDelete).
+        // The fused form: the same lease check, with the shard it was claimed in and the epoch
+        // looked up per row (see FusedDelete).
         func fusedDeleteStatement(first n: Int) -> String {
             """
             DELETE FROM \(table.sql) AS o
             WHERE o.\(table.idSQL) = ANY($\(n)::bigint[])
               AND (SELECT l.owner = $\(n + 1) AND l.epoch = ($\(n + 2)::bigint[])[array_position($\(n)::bigint[], o.\(table.idSQL))]
-                   FROM \(table.leasesSQL) AS l WHERE l.shard = \(table.shardSQL("o")))
+                   FROM \(table.leasesSQL) AS l
+                   WHERE l.shard = ($\(n + 3)::integer[])[array_position($\(n)::bigint[], o.\(table.idSQL))])
             """
         }
         func statement(_ name: String, snapshot: (Int) -> String, where condition: (Int) -> String, order: String) -> ClaimStatement {
@@ -188,9 +197,9 @@ public final class OutboxQueries: Sendable {
                       request: ClaimCursor.Request, deleting: FusedDelete? = nil) throws(PGError) -> ClaimBatch {
         let statement: ClaimStatement
         // One array, sized once: the shard filter's (unless every shard), the claim's four, a
-        // fused DELETE's three.
+        // fused DELETE's four.
         var parameters: [PGParameter] = []
-        parameters.reserveCapacity(9)
+        parameters.reserveCapacity(10)
         if !allShards { parameters.append(.int4Array(shards)) }
         parameters.append(request.snapshot.map { .text($0.description) } ?? .null(oid: PGType.text))
         parameters.append(.int8(Int64(request.limit)))
@@ -216,6 +225,7 @@ public final class OutboxQueries: Sendable {
             parameters.append(.int8Array(deleting.ids))
             parameters.append(.text(deleting.owner))
             parameters.append(.int8Array(deleting.epochs))
+            parameters.append(.int4Array(deleting.shards))
         }
         let result = switch (allShards, deleting == nil) {
         case (true, true): try conn.execute(prepared: statement.allName, statement.all, parameters)

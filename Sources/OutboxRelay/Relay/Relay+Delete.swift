@@ -155,12 +155,14 @@ extension Relay {
     func takeFusableDeletes() -> FusableDeletes? {
         guard !pendingDeletes.isEmpty, !deleteNeededNow else { return nil }
         let seqs = Array(pendingDeletes.prefix(OutboxQueries.FusedDelete.maxIds))
-        var ids: [Int64] = [], epochs: [Int64] = []
+        var ids: [Int64] = [], shards: [Int32] = [], epochs: [Int64] = []
         ids.reserveCapacity(seqs.count)
+        shards.reserveCapacity(seqs.count)
         epochs.reserveCapacity(seqs.count)
         for seq in seqs {
             guard let entry = window.entry(seq) else { return nil }
             ids.append(entry.rowId)
+            shards.append(entry.shard)
             epochs.append(leases.heldEpoch(entry.shard))
         }
         if seqs.count == pendingDeletes.count {
@@ -170,7 +172,7 @@ extension Relay {
         } else {
             pendingDeletes.removeFirst(seqs.count)  // still pending since then; the timer stays armed
         }
-        return (seqs, OutboxQueries.FusedDelete(ids: ids, owner: replicaId, epochs: epochs))
+        return (seqs, OutboxQueries.FusedDelete(ids: ids, owner: replicaId, shards: shards, epochs: epochs))
     }
 
     /// Wakes the delete loop `fusedDeleteWaitSeconds` from now unless a claim carries the pending

@@ -25,11 +25,12 @@ import Testing
         let (table, conn, queries) = try tableLeasedToMe(rows: 3)
         let rows = try conn.query("SELECT id, \(table.shardSQL("o")) FROM \(table.sql) AS o ORDER BY id")
         let ids = try (0..<rows.rowCount).map { try rows.int64($0, 0) }
+        let shards = try (0..<rows.rowCount).map { try rows.int32($0, 1) }
         // One epoch per id: the second row was produced under an epoch its shard's lease no
         // longer has (a lease this replica lost), so it must stay. Ids in any order, each with its own.
         let batch = try queries.claim(conn, shards: Array(0..<256), allShards: true,
                                       request: ClaimCursor().nextRequest(limit: 100, inFlight: ids),
-                                      deleting: .init(ids: ids.reversed(), owner: "me", epochs: [7, 6, 7]))
+                                      deleting: .init(ids: ids.reversed(), owner: "me", shards: shards.reversed(), epochs: [7, 6, 7]))
         let request = ClaimCursor().nextRequest(limit: 100, inFlight: ids)
         #expect(batch.deleted == 2)
         #expect(batch.rows.isEmpty, "the rows being deleted are in flight: not read again")
@@ -39,32 +40,43 @@ import Testing
         #expect(kept == ids[1])
         // Another owner's DELETE deletes nothing.
         let other = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
-                                      deleting: .init(ids: [ids[1]], owner: "someone-else", epochs: [7]))
+                                      deleting: .init(ids: [ids[1]], owner: "someone-else", shards: [shards[1]], epochs: [7]))
         #expect(other.deleted == 0)
         // Nor one whose shard's lease moved on to another epoch in the database.
         try conn.query("UPDATE \(table.leasesSQL) SET epoch = 8 WHERE shard = (SELECT \(table.shardSQL("o")) FROM \(table.sql) AS o WHERE id = \(ids[1]))")
         let moved = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
-                                      deleting: .init(ids: [ids[1]], owner: "me", epochs: [7]))
+                                      deleting: .init(ids: [ids[1]], owner: "me", shards: [shards[1]], epochs: [7]))
         #expect(moved.deleted == 0)
         #expect(try TestEnvironment.count(table) == 1)
+        // The lease checked is the one of the shard named for the row (the shard it was claimed
+        // in): another shard's lease, at epoch 7, does not match epoch 8; its own does.
+        let otherShard = (shards[1] + 1) % 256
+        let elsewhere = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
+                                          deleting: .init(ids: [ids[1]], owner: "me", shards: [otherShard], epochs: [8]))
+        #expect(elsewhere.deleted == 0)
+        let held = try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request,
+                                     deleting: .init(ids: [ids[1]], owner: "me", shards: [shards[1]], epochs: [8]))
+        #expect(held.deleted == 1)
+        #expect(try TestEnvironment.count(table) == 0)
         // Without a DELETE the claim reports none.
         #expect(try queries.claim(conn, shards: Array(0..<256), allShards: true, request: request).deleted == nil)
     }
 
-    /// A claim carries up to `FusedDelete.maxIds` rows, each with its own epoch, in any order: the
-    /// statement pairs every id with its own epoch, never a neighbour's.
+    /// A claim carries up to `FusedDelete.maxIds` rows, each with its own shard and epoch, in any
+    /// order: the statement pairs every id with its own, never a neighbour's.
     @Test func aFullFusedDeleteMatchesEachIdWithItsOwnEpoch() throws {
         let n = OutboxQueries.FusedDelete.maxIds
         let (table, conn, queries) = try tableLeasedToMe(rows: n)
-        let rows = try conn.query("SELECT id FROM \(table.sql) ORDER BY id")
+        let rows = try conn.query("SELECT id, \(table.shardSQL("o")) FROM \(table.sql) AS o ORDER BY id")
         var generator = SystemRandomNumberGenerator()
-        let ids = try (0..<rows.rowCount).map { try rows.int64($0, 0) }.shuffled(using: &generator)
+        let claimed = try (0..<rows.rowCount).map { (try rows.int64($0, 0), try rows.int32($0, 1)) }.shuffled(using: &generator)
+        let ids = claimed.map(\.0)
         // Every third id (in the shuffled order) names an epoch its lease does not have.
         let epochs: [Int64] = ids.indices.map { $0 % 3 == 0 ? 6 : 7 }
         let stale = Set(ids.indices.filter { $0 % 3 == 0 }.map { ids[$0] })
         let batch = try queries.claim(conn, shards: Array(0..<256), allShards: true,
                                       request: ClaimCursor().nextRequest(limit: 100, inFlight: ids),
-                                      deleting: .init(ids: ids, owner: "me", epochs: epochs))
+                                      deleting: .init(ids: ids, owner: "me", shards: claimed.map(\.1), epochs: epochs))
         #expect(batch.deleted == n - stale.count)
         let left = try conn.query("SELECT id FROM \(table.sql)")
         #expect(Set(try (0..<left.rowCount).map { try left.int64($0, 0) }) == stale)
