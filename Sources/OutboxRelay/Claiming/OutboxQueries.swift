@@ -331,18 +331,25 @@ public final class OutboxQueries: Sendable {
     /// with `takingXid` (a gate that was closed), an xid the statement took after setting it:
     /// every transaction that had its xid before the gate opened has a lower one (WakeMode's
     /// follow-up). The subquery runs the `setval` before the outer query takes the xid.
+    ///
+    /// `routed`: this replica holds only some shards, so notifications must name the row's shard
+    /// (an odd value; even otherwise: the trigger leaves the payload empty, which wakes every
+    /// listener). A replica whose holding changes declares again within half a declaration; until
+    /// then an even gate only wakes listeners for rows of other replicas' shards.
     public func openNotificationGate(_ conn: PGConnection, forMillis millis: Int64,
-                                     takingXid: Bool = false) throws(PGError) -> (value: Int64, xid: UInt64?) {
+                                     takingXid: Bool = false, routed: Bool = true) throws(PGError) -> (value: Int64, xid: UInt64?) {
+        // `& -2 | $2`: the time with its lowest bit replaced by `routed` (never 0, closed).
         let setval = """
             SELECT setval(\(quoteLiteral(table.notifyUntilSQL))::regclass,
-                          greatest(\(OutboxTable.gateClockSQL) + $1, 1)) AS v
+                          greatest((\(OutboxTable.gateClockSQL) + $1) & -2 | $2, 1)) AS v
             """
+        let parameters: [PGParameter] = [.int8(millis), .int8(routed ? 1 : 0)]
         guard takingXid else {
-            return (try conn.execute(prepared: "outbox_notify_gate", setval, [.int8(millis)]).int64(0, 0), nil)
+            return (try conn.execute(prepared: "outbox_notify_gate", setval, parameters).int64(0, 0), nil)
         }
         let result = try conn.execute(prepared: "outbox_notify_gate_xid", """
             SELECT s.v, pg_current_xact_id()::text::bigint FROM (\(setval) OFFSET 0) AS s
-            """, [.int8(millis)])
+            """, parameters)
         return (try result.int64(0, 0), UInt64(try result.int64(0, 1)))
     }
 

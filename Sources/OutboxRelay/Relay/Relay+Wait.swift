@@ -50,13 +50,18 @@ extension Relay {
             wakeMode.gateClosed()
             gateOpenedAt = nil
         }
-        if wakeMode.needsDeclaration(now: now) {
+        // Holding every shard, this replica needs no shard in the notifications (see
+        // Migration.notifyFunctionSQL): they wake every listener, and no other listens. A change
+        // of holding declares again at once, with the other parity.
+        let routed = leases.heldShards.count < leases.shardCount
+        let parityChanged = wakeMode.mode == .notified && gateOpenedAt.map { ($0 & 1 == 1) != routed } == true
+        if wakeMode.needsDeclaration(now: now) || parityChanged {
             let queries = outbox
             let millis = Int64(wakeMode.declaration * 1000)
             let reopening = wakeMode.declarationReopens(now: now)
             do {
                 let opened = try await session.withConnection { conn throws(PGError) in
-                    try queries.openNotificationGate(conn, forMillis: millis, takingXid: reopening)
+                    try queries.openNotificationGate(conn, forMillis: millis, takingXid: reopening, routed: routed)
                 }
                 gateOpenedAt = opened.value
                 wakeMode.declared(now: now, reopeningXid: opened.xid)

@@ -64,6 +64,13 @@ public enum Migration {
     /// still serves a statement-level trigger of an older migration (`TG_LEVEL`), with that
     /// trigger's payload (`shards:3,17`, `*` past WakeFilter.maxListed) and its own gate test
     /// (the oldest triggers have no `WHEN`), until `migrate` replaces the trigger.
+    ///
+    /// The row's shard goes into the payload only while the gate's value is odd: a replica that
+    /// holds only some shards declares it so (``OutboxQueries/openNotificationGate(_:forMillis:takingXid:routed:)``).
+    /// A lone listener holding every shard — a single replica, or the claiming one of a quiet
+    /// group under the load spread, whose standbys do not listen — declares it even, and its
+    /// notifications carry an empty payload, which wakes every listener (``WakeFilter``). The
+    /// shard's `md5` and its text cost a notifying INSERT about 8 us in a loop, more at a trickle.
     static func notifyFunctionSQL(_ t: OutboxTable) -> String {
         """
         CREATE OR REPLACE FUNCTION \(t.notifyFunctionSQL)() RETURNS trigger LANGUAGE plpgsql AS \(dollarQuote("""
@@ -76,8 +83,11 @@ public enum Migration {
             IF TG_LEVEL = 'ROW' THEN
                 IF pg_sequence_last_value(\(quoteLiteral(t.notifyUntilSQL))::regclass) > \(OutboxTable.gateClockSQL) THEN
                     -- A condition, not PERFORM: PL/pgSQL evaluates a simple expression directly,
-                    -- while PERFORM runs a query (3.5 us more per notifying INSERT).
-                    IF pg_notify(\(quoteLiteral(t.channel)), '\(WakeFilter.payloadPrefix)' || \(t.shardSQL("NEW"))) IS NULL THEN
+                    -- while PERFORM runs a query (3.5 us more per notifying INSERT). The row's
+                    -- shard only if the gate is odd: some listener holds only some shards.
+                    IF pg_notify(\(quoteLiteral(t.channel)),
+                                 CASE WHEN pg_sequence_last_value(\(quoteLiteral(t.notifyUntilSQL))::regclass) & 1 = 1
+                                      THEN '\(WakeFilter.payloadPrefix)' || \(t.shardSQL("NEW")) ELSE '' END) IS NULL THEN
                         NULL;
                     END IF;
                 END IF;

@@ -13,13 +13,25 @@ import Testing
         let topic = try TestEnvironment.topics(1)[0]
         let config = TestEnvironment.notifiedConfiguration(table: table, pollMillis: 30_000)  // only a NOTIFY or a busy poll wakes it
         let notifications = Mutex(0)
+        let payloads = Mutex<[String]>([])
         let listener = PGListener(url: TestEnvironment.databaseURL, applicationName: "gate-test", channels: [table.channel]) { n in
-            if n != nil { notifications.withLock { $0 += 1 } }
+            if let n {
+                notifications.withLock { $0 += 1 }
+                payloads.withLock { $0.append(n.payload) }
+            }
         }
         listener.start()
         defer { listener.stop() }
         let relay = try await RunningRelay.startWaitingForNotifications(config)
         let conn = try TestEnvironment.connect()
+
+        // The relay holds every shard: it declares the gate even (a declaration made while it
+        // held only some is made again at once), so notifications name no shard — nobody else
+        // listens to be spared the wake-up.
+        try await TestEnvironment.eventually("an even gate", timeout: 10) {
+            let gate = try conn.query("SELECT last_value FROM \(table.notifyUntilSQL)").int64(0, 0)
+            return gate > 0 && gate % 2 == 0
+        }
 
         // Idle: one row is notified and relayed at once, though the poll timer is 30 s.
         let before = notifications.withLock { $0 }
@@ -28,6 +40,8 @@ import Testing
         try await TestEnvironment.eventually("the idle row relayed", timeout: 5) { try TestEnvironment.count(table) == 0 }
         #expect(Date().timeIntervalSince(started) < 2, "woken by its NOTIFY")
         try await TestEnvironment.eventually("the row's notification seen", timeout: 5) { notifications.withLock { $0 } > before }
+        // The gate was even: the row's notification names no shard.
+        #expect(payloads.withLock { $0.last } == "", "\(payloads.withLock { $0 })")
 
         // Busy: 3 000 single-row transactions back to back (about one per 0.3 ms). Once the relay
         // polls, the gate lapses and the inserts stop notifying.
@@ -144,8 +158,10 @@ import Testing
         let conn = try TestEnvironment.connect()
         let listener = try TestEnvironment.connect()
         try listener.executeScript("LISTEN \(quoteIdentifier(table.channel))")
-        // Open the gate for ten minutes, as a waiting replica would.
-        try conn.query("SELECT setval($1::regclass, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 600000)", [.text(table.notifyUntilSQL)])
+        // Open the gate for ten minutes, as a waiting replica that holds only some shards would.
+        let queries = OutboxQueries(table: table)
+        let routed = try queries.openNotificationGate(conn, forMillis: 600_000, routed: true).value
+        #expect(routed % 2 == 1, "a routed gate is odd: \(routed)")
         let rowLevel = "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND tgname = $2 AND tgtype::integer & 1 = 1"
         #expect(try conn.query(rowLevel, [.text(table.sql), .text(table.notifyTriggerName)]).int64(0, 0) == 1)
 
@@ -191,6 +207,17 @@ import Testing
         #expect(try SchemaValidation.differences(conn, table: table).isEmpty)
         let again = try await insertAndListen(keys) { $0.count }
         #expect(again.payloads.sorted() == again.shards.map { "\(prefix)\($0)" }.sorted(), "\(again.payloads)")
+
+        // A gate declared by a replica that holds every shard (even): the trigger leaves the
+        // shard out, and the transaction notifies once, with an empty payload, which wakes
+        // every listener.
+        let unrouted = try queries.openNotificationGate(conn, forMillis: 600_000, routed: false).value
+        #expect(unrouted % 2 == 0 && unrouted > 0, "an unrouted gate is even: \(unrouted)")
+        let whole = try await insertAndListen(keys) { _ in 1 }
+        #expect(whole.payloads == [""], "one notification without a shard: \(whole.payloads)")
+        let filter = WakeFilter(shardCount: 256)
+        filter.update([])
+        #expect(filter.wakes(""), "an empty payload wakes a replica whatever it holds")
     }
 
     /// The trigger's WHEN only asks whether a gate is declared; the function compares the
@@ -205,7 +232,8 @@ import Testing
         try listener.executeScript("LISTEN \(quoteIdentifier(table.channel))")
         let queries = OutboxQueries(table: table)
         func declare(_ offsetMillis: Int64) throws {
-            try conn.query("SELECT setval($1::regclass, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $2)",
+            // Odd: notifications name the row's shard.
+            try conn.query("SELECT setval($1::regclass, ((extract(epoch FROM clock_timestamp()) * 1000)::bigint + $2) | 1)",
                            [.text(table.notifyUntilSQL), .int8(offsetMillis)])
         }
         func gate() throws -> Int64 { try conn.query("SELECT last_value FROM \(table.notifyUntilSQL)").int64(0, 0) }
