@@ -936,6 +936,11 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 raise RuntimeError(f"{n} {relay} relay(s) not ready within {timeout} s")
             time.sleep(0.05)
 
+    def wal_stats(self):
+        """pg_stat_wal's counters (PostgreSQL 14+): records, full-page images, bytes, writes, syncs."""
+        r = self.admin.query("SELECT wal_records, wal_fpi, wal_bytes, wal_write, wal_sync FROM pg_stat_wal")[0]
+        return dict(zip(("records", "fpi", "bytes", "writes", "syncs"), (int(x) for x in r)))
+
     def xacts(self):
         c, r = self.admin.query("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()")[0]
         return int(c), int(r)
@@ -1073,6 +1078,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         self.admin.query("SELECT pg_stat_force_next_flush()")
         admin_q0 = self.admin.queries
         c0, r0 = self.xacts()
+        wal0 = self.wal_stats()
+        probe = start_machine_probe()
         cpu = CpuWindow(self.a.tansu_pid, pids)
         perf = self.start_perf(table, rate, seconds)
         ins, total, t0, send_done, ins_done, max_lag = self.paced_inserts(table, topic, rate, seconds)
@@ -1084,6 +1091,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 raise RuntimeError(f"{table} not empty 120 s after the last insert")
             time.sleep(0.02)
         drained = time.monotonic()
+        machine_probe = stop_machine_probe(probe)
         # How many replicas held shards at the end (with --shard-spread load, as few as the
         # load needed; with even, all).
         lease_owners = None if relay == "naive" else int(self.admin.scalar(
@@ -1095,6 +1103,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         pg_pids = [pid for pid, (_, ppid, _) in all_cpu(pm).items() if pid == pm or ppid == pm]
         # Before the inserter's and the relays' backends exit, so their CPU counts.
         res = cpu.finish(pids, pg_groups={"relay_backends": relay_backends, "inserter_backend": inserter_pids})
+        res["machine_probe_ms"] = machine_probe
         ins.close()
         codes = self.stop_relays(procs)
         self.wait_no_relay_backends()
@@ -1103,6 +1112,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         self.admin.query("SELECT pg_stat_force_next_flush()")
         own = self.admin.queries - admin_q0
         c1, r1 = self.xacts()
+        wal = {k: v - wal0[k] for k, v in self.wal_stats().items()}
         commits = c1 - c0 - own - total
         rollbacks = r1 - r0
         r = self.admin.query(f"""
@@ -1201,6 +1211,11 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 "transactions": per_row(commits + rollbacks, 1),
                 "commits": per_row(commits, 1),
                 "rollbacks": per_row(rollbacks, 1),
+                # The whole cluster's WAL over the window (pg_stat_wal): records, full-page
+                # images and bytes per row, and the WAL writes and flushes (fsyncs) per row,
+                # whichever backend did them — an asynchronous commit's WAL is written by the
+                # next backend (or the walwriter) that flushes past it.
+                "wal": {k: per_row(v, 1) for k, v in wal.items()},
             },
             "relay_top_statements": top_statements,
             "relay_backend_pids": relay_backends, "relay_pids": pids, "notify_trigger": notify_trigger,
@@ -1386,6 +1401,52 @@ def per_row_table(out, runs):
     return lines
 
 
+PROBE_CODE = """
+import hashlib, json, signal, sys, time, zlib
+data = b"".join(hashlib.sha256(i.to_bytes(4, "little")).hexdigest().encode() for i in range(4096))
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+out = []
+end = time.monotonic() + 900  # a bench that failed mid-run leaves no probe behind for long
+while not stop and time.monotonic() < end:
+    t0 = time.thread_time()
+    zlib.compress(data, 6)
+    d = {}
+    for i in range(12_500):
+        d[(i * 2654435761) & 0xFFFFFFF] = i
+    out.append(round((time.thread_time() - t0) * 1000, 3))
+    for _ in range(25):
+        if stop:
+            break
+        time.sleep(0.02)
+print(json.dumps(out))
+"""
+
+
+def start_machine_probe():
+    """The machine's speed during a run: a separate process (no GIL shared with the pacer) does a
+    fixed piece of work every half second — zlib over 256 KiB of pseudo-random text and a
+    12 500-entry dict, memory and caches as much as arithmetic, about 10 ms — and records its own
+    CPU ms for each. The same work costs more CPU time when the VM's host is busier (its caches
+    and memory bandwidth shared), and every process of the run pays that too: a pair of runs
+    whose probes differ was measured in different phases of the machine, and their ratio says
+    less. Its CPU (about 2 % of a core) counts as "others"."""
+    return subprocess.Popen([sys.executable, "-c", PROBE_CODE], stdout=subprocess.PIPE, text=True)
+
+
+def stop_machine_probe(p):
+    """Median and range of the probe's samples (CPU ms each), and their count."""
+    p.send_signal(signal.SIGTERM)
+    try:
+        samples = json.loads(p.communicate(timeout=10)[0] or "[]")
+    except (subprocess.TimeoutExpired, ValueError):
+        p.kill()
+        return None
+    if not samples:
+        return None
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "samples": len(samples)}
+
+
 def targets_table(out):
     """Issue 13's targets, each against the naive relay at the same rate in the same round (see
     --steady-rounds): the median over the rounds, its range, and in how many rounds it was met."""
@@ -1407,11 +1468,13 @@ def targets_table(out):
     for s in ours:
         groups.setdefault((relay_order(s), relay_label(s), s["rate_target"]), []).append(s)
     for (_, label, rate), runs in sorted(groups.items()):
-        rc, pg, p99, np99 = [], [], [], []
+        rc, pg, p99, np99, probe = [], [], [], [], []
         for s in runs:
             n = naive.get((rate, s.get("round", 0)))
             if not n:
                 continue
+            if s.get("machine_probe_ms") and n.get("machine_probe_ms"):
+                probe.append(ratio(s["machine_probe_ms"]["median"], n["machine_probe_ms"]["median"]))
             rc.append(ratio(s["per_row"]["relay_cpu_ms"], n["per_row"]["relay_cpu_ms"]))
             pg.append(ratio(s["per_row"]["postgres_cpu_ms"], n["per_row"]["postgres_cpu_ms"]))
             p99.append((s.get("commit_to_kafka_ms") or {}).get("p99"))
@@ -1423,6 +1486,10 @@ def targets_table(out):
                      f"PostgreSQL CPU {summary(pg, lambda v: v <= 1.0)} (≤ 1); "
                      f"COMMIT → Kafka p99 {summary(p99, lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "
                      f"{fmt(statistics.median(nv), 1) if nv else '-'} ms)")
+        if probe:
+            # Not a target: how alike the machine was during the two runs of each pair.
+            lines.append(f"   {'':<22}{'':>5}         machine probe ÷ the naive run's: "
+                         + ", ".join(fmt(v, 2) for v in probe) + " (by round; 1 = the same speed)")
     sc = out.get("steady_scale") or []
     for label in sorted({relay_label(s) for s in sc if s["relay"] == "outbox-relay"}):
         for k, rs in replica_ratios(sc, label).items():
