@@ -855,37 +855,60 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
     def insert_cost(self):
         """Backend CPU per single-row INSERT transaction (the bench's INSERT, durable commits) on
         each outbox shape of insert_cost_shapes: what the table's shape costs every application
-        INSERT, whichever relay reads it. One connection per run, --insert-cost-rows INSERTs
-        pipelined in chunks after a warm-up; the shapes in rotating order over
-        --insert-cost-rounds rounds."""
+        INSERT, whichever relay reads it. Per round, one connection per shape, warmed with 200
+        INSERTs; then the shapes take turns, 100 INSERTs (pipelined) each, in an order that
+        rotates every cycle, until each has sent --insert-cost-rows: the machine's speed changes
+        within seconds (by a third in the runs of 2026-12-04, when a shape's 4 000 INSERTs ran as
+        one block and the table less its trigger measured more than the one with it), and
+        interleaved cycles give every shape the same phases. Each shape is also compared with the
+        minimal table cycle by cycle (median of the paired differences)."""
         base = self.name("insertcost")
         shapes = self.insert_cost_shapes(base)
         self.admin.query("CHECKPOINT")
         rows, chunk = self.a.insert_cost_rows, 100
         runs = {label: [] for label, _, _ in shapes}
+        paired = {label: [] for label, _, _ in shapes}  # per cycle: µs per INSERT over the minimal table's
+        minimal_label = next(label for label, _, _ in shapes if label.startswith("minimal outbox"))
         for rnd in range(self.a.insert_cost_rounds):
-            order = shapes[rnd % len(shapes):] + shapes[:rnd % len(shapes)]
-            for label, table, _ in order:
-                conn = PG(self.pg_host, self.pg_port, "postgres", self.dbname, application_name="outbox-bench-insert-cost")
-                try:
-                    def insert(n, start):
-                        for c0 in range(0, n, chunk):
-                            k = min(chunk, n - c0)
-                            conn.sock.sendall(b"".join(PG.encode(
-                                f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ('bench-insert-cost', "
-                                f"convert_to('key-{(start + c0 + j) % self.a.keys}', 'UTF8'), "
-                                f"substring(decode(repeat(md5('{start + c0 + j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
-                                f"'{{\"type\": \"BenchEvent\"}}')") for j in range(k)))
-                            for _ in range(k):
-                                conn.result()
-                    insert(200, 0)
-                    ns0, t0 = self.backend_cpu_ns(conn.backend_pid), time.monotonic()
-                    insert(rows, 200)
-                    ns1, t1 = self.backend_cpu_ns(conn.backend_pid), time.monotonic()
-                finally:
+            conns = {label: PG(self.pg_host, self.pg_port, "postgres", self.dbname, application_name="outbox-bench-insert-cost")
+                     for label, _, _ in shapes}
+            try:
+                def insert(label, table, n, start):
+                    conn = conns[label]
+                    conn.sock.sendall(b"".join(PG.encode(
+                        f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ('bench-insert-cost', "
+                        f"convert_to('key-{(start + j) % self.a.keys}', 'UTF8'), "
+                        f"substring(decode(repeat(md5('{start + j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
+                        f"'{{\"type\": \"BenchEvent\"}}')") for j in range(n)))
+                    for _ in range(n):
+                        conn.result()
+                for label, table, _ in shapes:
+                    insert(label, table, 200, 0)
+                ns = {label: 0 for label, _, _ in shapes}
+                wall = {label: 0.0 for label, _, _ in shapes}
+                for cyc, c0 in enumerate(range(0, rows, chunk)):
+                    k = min(chunk, rows - c0)
+                    r = (cyc + rnd) % len(shapes)
+                    cycle = {}
+                    for label, table, _ in shapes[r:] + shapes[:r]:
+                        pid = conns[label].backend_pid
+                        n0, t0 = self.backend_cpu_ns(pid), time.monotonic()
+                        insert(label, table, k, 200 + c0)
+                        n1, t1 = self.backend_cpu_ns(pid), time.monotonic()
+                        if n0 is not None and n1 is not None:
+                            ns[label] += n1 - n0
+                            cycle[label] = (n1 - n0) / 1000 / k
+                        wall[label] += t1 - t0
+                    if minimal_label in cycle:
+                        for label, us in cycle.items():
+                            paired[label].append(us - cycle[minimal_label])
+                for label, _, _ in shapes:
+                    if ns[label]:
+                        runs[label].append({"us_per_insert": round(ns[label] / 1000 / rows, 2),
+                                            "inserts_per_s": round(rows / wall[label], 1) if wall[label] else None})
+            finally:
+                for conn in conns.values():
                     conn.close()
-                if ns0 is not None and ns1 is not None:
-                    runs[label].append({"us_per_insert": round((ns1 - ns0) / 1000 / rows, 2), "inserts_per_s": round(rows / (t1 - t0), 1)})
         for _, table, _ in shapes:
             self.admin.query(f"DROP TABLE IF EXISTS {qident(table)}")
         out = []
@@ -893,8 +916,9 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             us = [r["us_per_insert"] for r in runs[label]]
             out.append({"shape": label, "rounds": runs[label],
                         "us_per_insert_median": round(statistics.median(us), 2) if us else None,
-                        "us_per_insert_range": [min(us), max(us)] if us else None})
-        return {"rows_per_run": rows, "rounds": self.a.insert_cost_rounds, "shapes": out}
+                        "us_per_insert_range": [min(us), max(us)] if us else None,
+                        "us_over_minimal_paired_median": round(statistics.median(paired[label]), 2) if paired[label] else None})
+        return {"rows_per_run": rows, "rounds": self.a.insert_cost_rounds, "interleaved_chunk": chunk, "shapes": out}
 
     def start_naive(self, table, name):
         """One naive SKIP LOCKED relay (scripts/lib/naive_relay.py under .tools/venv's Python). It
@@ -1609,11 +1633,14 @@ def report(out):
     ic = out.get("insert_cost")
     if ic:
         lines.append(f"7. INSERT cost by the outbox's shape (backend CPU µs per single-row INSERT transaction, durable; "
-                     f"{fmt(ic['rows_per_run'])} INSERTs per run, median (range) of {ic['rounds']} rounds; any relay pays it)")
+                     f"{fmt(ic['rows_per_run'])} INSERTs per shape and round, the shapes interleaved 100 at a time; median (range) of {ic['rounds']} rounds; any relay pays it)")
         minimal = next((x["us_per_insert_median"] for x in ic["shapes"] if x["shape"].startswith("minimal outbox")), None)
         for x in ic["shapes"]:
             m, rg = x["us_per_insert_median"], x["us_per_insert_range"]
             delta = f"{m - minimal:+.1f} µs against the minimal table" if m is not None and minimal else ""
+            if x.get("us_over_minimal_paired_median") is not None:
+                # Since the shapes run interleaved: the median of the cycle-by-cycle differences.
+                delta = f"{x['us_over_minimal_paired_median']:+.1f} µs against the minimal table (median of paired cycles)"
             lines.append(f"   {x['shape']:<62}{fmt(m, 1):>8} µs ({fmt(rg[0], 1) if rg else '-'}–{fmt(rg[1], 1) if rg else '-'})  {delta}")
         lines.append("")
     if out.get("scale"):
