@@ -850,7 +850,25 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         for label, table, ddl in shapes:
             if ddl:
                 self.admin.query(f"CREATE TABLE {qident(table)} {ddl.replace('{t}', qident(table))}")
+        # The trigger with its gate open, as while a replica waits for notifications (a trickle):
+        # the gate's lowest bit even (the one listening replica holds every shard: no shard named)
+        # and odd (the row's shard named). One connection of the bench LISTENs to both.
+        if self.admin.scalar(f"SELECT to_regclass({qlit(qident(migrated + '_relay_notify'))}) IS NOT NULL") == "t":
+            for parity, label in ((0, "as migrated, gate open, even (no shard named)"), (1, "as migrated, gate open, odd (shard named)")):
+                table = f"{base}_open{parity}"
+                self.migrate(table)
+                self.admin.query(f"SELECT setval({qlit(qident(table + '_relay_notify'))}, "
+                                 f"((date_part('epoch', clock_timestamp()) * 1000)::bigint + 86400000) & -2 | {parity})")
+                shapes.append((label, table, None))
         return shapes
+
+    def notify_channels(self, table):
+        """The channels `table`'s NOTIFY trigger function notifies (read from its definition)."""
+        fn = self.admin.scalar(f"SELECT to_regproc({qlit(qident(table + '_notify'))})")
+        if not fn:
+            return []
+        body = self.admin.scalar(f"SELECT pg_get_functiondef({qlit(qident(table + '_notify'))}::regproc)")
+        return sorted(set(re.findall(r"pg_notify\('((?:[^']|'')*)'", body)))
 
     def insert_cost(self):
         """Backend CPU per single-row INSERT transaction (the bench's INSERT, durable commits) on
@@ -869,6 +887,13 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         runs = {label: [] for label, _, _ in shapes}
         paired = {label: [] for label, _, _ in shapes}  # per cycle: µs per INSERT over the minimal table's
         minimal_label = next(label for label, _, _ in shapes if label.startswith("minimal outbox"))
+        # A listener for the gate-open shapes, read after every cycle (notifications the bench
+        # ignores), so that each NOTIFY signals a listening backend as a waiting replica's does.
+        listener = PG(self.pg_host, self.pg_port, "postgres", self.dbname, application_name="outbox-bench-insert-cost-listener")
+        for label, table, _ in shapes:
+            if "gate open" in label:
+                for ch in self.notify_channels(table):
+                    listener.query("LISTEN " + qident(ch.replace("''", "'")))
         for rnd in range(self.a.insert_cost_rounds):
             conns = {label: PG(self.pg_host, self.pg_port, "postgres", self.dbname, application_name="outbox-bench-insert-cost")
                      for label, _, _ in shapes}
@@ -902,6 +927,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                     if minimal_label in cycle:
                         for label, us in cycle.items():
                             paired[label].append(us - cycle[minimal_label])
+                    listener.query("SELECT 1")
                 for label, _, _ in shapes:
                     if ns[label]:
                         runs[label].append({"us_per_insert": round(ns[label] / 1000 / rows, 2),
@@ -909,6 +935,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             finally:
                 for conn in conns.values():
                     conn.close()
+        listener.close()
         for _, table, _ in shapes:
             self.admin.query(f"DROP TABLE IF EXISTS {qident(table)}")
         out = []
