@@ -334,8 +334,8 @@ public final class OutboxQueries: Sendable {
     ///
     /// `routed`: this replica holds only some shards, so notifications must name the row's shard
     /// (an odd value; even otherwise: the trigger leaves the payload empty, which wakes every
-    /// listener). A replica whose holding changes declares again within half a declaration; until
-    /// then an even gate only wakes listeners for rows of other replicas' shards.
+    /// listener). A replica whose holding changes declares again at once (`Relay.waitWhenCaughtUp`);
+    /// a stale even gate only wakes listeners for rows of other replicas' shards.
     public func openNotificationGate(_ conn: PGConnection, forMillis millis: Int64,
                                      takingXid: Bool = false, routed: Bool = true) throws(PGError) -> (value: Int64, xid: UInt64?) {
         // `& -2 | $2`: the time with its lowest bit replaced by `routed` (never 0, closed).
