@@ -682,6 +682,14 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         }
 
     # ---- scenario 2 -------------------------------------------------------------------------
+    def insert_sql(self, table, topic, j):
+        """The steady state's single-row INSERT of row number `j` (key j % --keys, a --value-bytes
+        value, a small JSON header), which insert_cost measures as well."""
+        return (f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ({qlit(topic)}, "
+                f"convert_to('key-{j % self.a.keys}', 'UTF8'), "
+                f"substring(decode(repeat(md5('{j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
+                f"'{{\"type\": \"BenchEvent\"}}')")
+
     def paced_inserts(self, table, topic, rate, seconds):
         """Single-row autocommit INSERTs at `rate` rows/s for `seconds`, over --insert-connections
         connections, pipelined: this thread sends every INSERT due (1 ms pacing granularity), one
@@ -748,11 +756,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             if due > i:
                 bufs = [[] for _ in range(n)]
                 for j in range(i, due):
-                    bufs[conn_of[j]].append(PG.encode(
-                        f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ({qlit(topic)}, "
-                        f"convert_to('key-{j % self.a.keys}', 'UTF8'), "
-                        f"substring(decode(repeat(md5('{j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
-                        f"'{{\"type\": \"BenchEvent\"}}') RETURNING id"))
+                    bufs[conn_of[j]].append(PG.encode(self.insert_sql(table, topic, j) + " RETURNING id"))
                 max_lag = max(max_lag, now - (t0 + due_at[i]))
                 for ci, (c, b) in enumerate(zip(conns, bufs)):
                     if b:
@@ -868,7 +872,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         if not fn:
             return []
         body = self.admin.scalar(f"SELECT pg_get_functiondef({qlit(qident(table + '_notify'))}::regproc)")
-        return sorted(set(re.findall(r"pg_notify\('((?:[^']|'')*)'", body)))
+        return sorted({ch.replace("''", "'") for ch in re.findall(r"pg_notify\('((?:[^']|'')*)'", body)})
 
     def insert_cost(self):
         """Backend CPU per single-row INSERT transaction (the bench's INSERT, durable commits) on
@@ -893,18 +897,14 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         for label, table, _ in shapes:
             if "gate open" in label:
                 for ch in self.notify_channels(table):
-                    listener.query("LISTEN " + qident(ch.replace("''", "'")))
+                    listener.query("LISTEN " + qident(ch))
         for rnd in range(self.a.insert_cost_rounds):
             conns = {label: PG(self.pg_host, self.pg_port, "postgres", self.dbname, application_name="outbox-bench-insert-cost")
                      for label, _, _ in shapes}
             try:
                 def insert(label, table, n, start):
                     conn = conns[label]
-                    conn.sock.sendall(b"".join(PG.encode(
-                        f"INSERT INTO {qident(table)} (topic, key, value, headers) VALUES ('bench-insert-cost', "
-                        f"convert_to('key-{(start + j) % self.a.keys}', 'UTF8'), "
-                        f"substring(decode(repeat(md5('{start + j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
-                        f"'{{\"type\": \"BenchEvent\"}}')") for j in range(n)))
+                    conn.sock.sendall(b"".join(PG.encode(self.insert_sql(table, "bench-insert-cost", start + j)) for j in range(n)))
                     for _ in range(n):
                         conn.result()
                 for label, table, _ in shapes:
@@ -1453,7 +1453,7 @@ def per_row_table(out, runs):
 
 
 PROBE_CODE = """
-import hashlib, json, signal, sys, time, zlib
+import hashlib, json, signal, time, zlib
 data = b"".join(hashlib.sha256(i.to_bytes(4, "little")).hexdigest().encode() for i in range(4096))
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
