@@ -371,9 +371,10 @@ class Bench:
         log(f"loaded {n} rows into {table} in {time.monotonic() - t0:.1f}s")
         return int(lo), int(hi), int(n)
 
-    def start_relay(self, table, name, extra=(), binary=None):
+    def start_relay(self, table, name, extra=(), binary=None, application_name=None):
         logf = open(os.path.join(self.run_dir, f"relay-{name}.log"), "wb")
-        p = subprocess.Popen([binary or self.a.relay, "run", "--database-url", self.relay_url, "--brokers", self.a.brokers,
+        url = self.relay_url + (f"?application_name={urllib.parse.quote(application_name)}" if application_name else "")
+        p = subprocess.Popen([binary or self.a.relay, "run", "--database-url", url, "--brokers", self.a.brokers,
                               "--table", table, "--replica-name", name] + self.relay_args() + list(extra),
                              stdout=logf, stderr=subprocess.STDOUT)
         p.bench_log = logf.name
@@ -690,7 +691,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 f"substring(decode(repeat(md5('{j}'), 16), 'hex') FROM 1 FOR {self.a.value_bytes}), "
                 f"'{{\"type\": \"BenchEvent\"}}')")
 
-    def paced_inserts(self, table, topic, rate, seconds):
+    def paced_inserts(self, table, topic, rate, seconds, seed=None):
         """Single-row autocommit INSERTs at `rate` rows/s for `seconds`, over --insert-connections
         connections, pipelined: this thread sends every INSERT due (1 ms pacing granularity), one
         reader thread per connection consumes the responses, so a slow response does not delay the
@@ -736,7 +737,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         # exponential gaps of the same mean, seeded by the rate — what independent application
         # requests look like, and what pgbench -R sends.
         if self.a.arrivals == "poisson":
-            rng = random.Random(f"arrivals-{rate}")
+            rng = random.Random(seed or f"arrivals-{rate}")
             due_at, at = [], 0.0
             for _ in range(total):
                 due_at.append(at)
@@ -1073,6 +1074,25 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         the load window (first INSERT → table empty again): relay and PostgreSQL CPU, the relay
         role's statements (pg_stat_statements, reset at the window's start) and the database's
         transactions less the INSERTs' and the bench's own."""
+        return self.steady_runs(rate, [(relay, replicas)])[0]
+
+    def steady_runs(self, rate, specs):
+        """steady() for each (relay, replicas) of `specs`, all in one window (--steady-pairing
+        together): each on its own table and topic with its own inserting connections and its own
+        arrivals, at `rate` each. The relays then share the machine's phases — every process's CPU
+        per row here moves with how busy the VM's host is, by up to 2 × within minutes — at the
+        price of a machine twice as loaded as in a run of its own. What cannot be told apart
+        between them is left out of each run (None): the database's transactions, WAL and the
+        relay role's statements not naming the table (pg_stat_statements and pg_stat_database
+        count per role and database), and Tansu's CPU. The cluster's CPU outside every relay's
+        and inserter's backends (checkpointer, WAL writer, …) is shared by rows: each run's
+        PostgreSQL CPU is its own backends' plus its share of that."""
+        together = len(specs) > 1
+        ctxs = [self.steady_prepare(rate, relay, replicas, together) for relay, replicas in specs]
+        return self.steady_window(rate, ctxs)
+
+    def steady_prepare(self, rate, relay, replicas, together=False):
+        """A steady run's table, topic, latency trigger and started relays (ready, idle CPU measured)."""
         seconds = self.a.steady_seconds
         kind = (f"steady{rate}" + {"naive": "_naive", "batched": f"_bp{self.batched_busy_poll_ms()}"}.get(relay, "")
                 + (f"_x{replicas}" if replicas > 1 else ""))
@@ -1108,6 +1128,12 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         extra = []
         if relay == "naive":
             procs = [self.start_naive(table, f"{table}-n{i}") for i in range(replicas)]
+        elif together:
+            # Its backends named after the table (the URL's setting wins over the relay's own), so
+            # that they can be told apart from another relay's of the same role.
+            extra = self.batched_extra() if relay == "batched" else []
+            binary = self.a.batched_binary if relay == "batched" else None
+            procs = [self.start_relay(table, f"{table}-r{i}", extra, binary, application_name=table) for i in range(replicas)]
         else:
             extra = self.batched_extra() if relay == "batched" else []
             binary = self.a.batched_binary if relay == "batched" else None
@@ -1119,7 +1145,14 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         idle0, idle_t0 = sum(proc_cpu(p) or 0.0 for p in pids), time.monotonic()
         time.sleep(self.a.idle_seconds)
         idle_cpu = (sum(proc_cpu(p) or 0.0 for p in pids) - idle0) / (time.monotonic() - idle_t0)
+        return {"rate": rate, "relay": relay, "replicas": replicas, "seconds": seconds, "table": table, "topic": topic,
+                "lat": lat, "notify_trigger": notify_trigger, "extra": extra, "procs": procs, "pids": pids,
+                "idle_cpu": idle_cpu, "together": together}
 
+    def steady_window(self, rate, ctxs):
+        """The load window of steady_runs: paced INSERTs into every run's table at once (each its
+        own connections and arrivals), each run's CPU window closed when its table is empty."""
+        together = len(ctxs) > 1
         # The window. Statements: reset now, so start-up and the idle probe are not counted.
         # Transactions: as in the drain (flush, baseline; at the end the relays' and the inserter's
         # backends exit, which flushes their counts), less the INSERTs (one each) and the bench's
@@ -1131,54 +1164,124 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         c0, r0 = self.xacts()
         wal0 = self.wal_stats()
         probe = start_machine_probe()
-        cpu = CpuWindow(self.a.tansu_pid, pids)
-        perf = self.start_perf(table, rate, seconds)
-        ins, total, t0, send_done, ins_done, max_lag = self.paced_inserts(table, topic, rate, seconds)
-        # Let the relays finish the tail.
+        for c in ctxs:
+            c["cpu"] = CpuWindow(self.a.tansu_pid, c["pids"])
+        perf = None if together else self.start_perf(ctxs[0]["table"], rate, ctxs[0]["seconds"])
+        if together:
+            loads, errors = [None] * len(ctxs), []
+
+            def load(k, c):
+                try:
+                    # Arrivals of their own: the same seed would send both tables' rows in lock step.
+                    loads[k] = self.paced_inserts(c["table"], c["topic"], rate, c["seconds"], seed=f"arrivals-{rate}-{k}")
+                except Exception as e:  # noqa: BLE001
+                    errors.append(e)
+            threads = [threading.Thread(target=load, args=(k, c), daemon=True) for k, c in enumerate(ctxs)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+        else:
+            loads = [self.paced_inserts(ctxs[0]["table"], ctxs[0]["topic"], rate, ctxs[0]["seconds"])]
+        for c, ld in zip(ctxs, loads):
+            c["ins"], c["total"], c["t0"], c["send_done"], c["ins_done"], c["max_lag"] = ld
+        # Let the relays finish the tail; each run's window closes as its table empties.
+        pending = list(ctxs)
         deadline = time.monotonic() + 120
-        while self.admin.scalar(f"SELECT min(id) FROM {qident(table)}") is not None:
-            self.check_alive(procs)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{table} not empty 120 s after the last insert")
-            time.sleep(0.02)
-        drained = time.monotonic()
+        while pending:
+            for c in list(pending):
+                if self.admin.scalar(f"SELECT min(id) FROM {qident(c['table'])}") is None:
+                    c["drained"] = time.monotonic()
+                    self.steady_cpu(c, ctxs)
+                    pending.remove(c)
+                else:
+                    self.check_alive(c["procs"])
+            if pending:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{pending[0]['table']} not empty 120 s after the last insert")
+                time.sleep(0.02)
         machine_probe = stop_machine_probe(probe)
-        # How many replicas held shards at the end (with --shard-spread load, as few as the
-        # load needed; with even, all).
-        lease_owners = None if relay == "naive" else int(self.admin.scalar(
-            f"SELECT count(DISTINCT owner) FROM {qident(table + '_leases')} WHERE owner IS NOT NULL"))
-        relay_backends = [int(r[0]) for r in self.admin.query(
-            f"SELECT pid FROM pg_stat_activity WHERE usename = '{self.relay_user}'")]
-        inserter_pids = ins.backend_pids
-        pm = CpuWindow.postmaster_pid
-        pg_pids = [pid for pid, (_, ppid, _) in all_cpu(pm).items() if pid == pm or ppid == pm]
-        # Before the inserter's and the relays' backends exit, so their CPU counts.
-        res = cpu.finish(pids, pg_groups={"relay_backends": relay_backends, "inserter_backend": inserter_pids})
-        res["machine_probe_ms"] = machine_probe
-        ins.close()
-        codes = self.stop_relays(procs)
+        for c in ctxs:
+            c["res"]["machine_probe_ms"] = machine_probe
+            # How many replicas held shards at the end (with --shard-spread load, as few as the
+            # load needed; with even, all).
+            c["lease_owners"] = None if c["relay"] == "naive" else int(self.admin.scalar(
+                f"SELECT count(DISTINCT owner) FROM {qident(c['table'] + '_leases')} WHERE owner IS NOT NULL"))
+        for c in ctxs:
+            c["ins"].close()
+        for c in ctxs:
+            c["codes"] = self.stop_relays(c["procs"])
         self.wait_no_relay_backends()
-        for pid in inserter_pids:
-            self.wait_backend_gone(pid)
+        for c in ctxs:
+            for pid in c["ins"].backend_pids:
+                self.wait_backend_gone(pid)
         self.admin.query("SELECT pg_stat_force_next_flush()")
         own = self.admin.queries - admin_q0
         c1, r1 = self.xacts()
         wal = {k: v - wal0[k] for k, v in self.wal_stats().items()}
-        commits = c1 - c0 - own - total
-        rollbacks = r1 - r0
+        total = sum(c["total"] for c in ctxs)
+        xact = {"commits": c1 - c0 - own - total, "rollbacks": r1 - r0, "inserts_subtracted": total, "bench_own_subtracted": own}
+        return [self.steady_result(c, xact, wal, perf) for c in ctxs]
+
+    def steady_backends(self, c):
+        """The relay's backends: the role's (a run of its own), else by application_name."""
+        if not c["together"]:
+            cond = ""
+        else:
+            cond = f" AND application_name = {qlit('naive-relay' if c['relay'] == 'naive' else c['table'])}"
+        return [int(r[0]) for r in self.admin.query(
+            f"SELECT pid FROM pg_stat_activity WHERE usename = '{self.relay_user}'{cond}")]
+
+    def steady_cpu(self, c, ctxs):
+        """Closes run c's CPU window (before its inserters' and relays' backends exit, so their
+        CPU counts). Together: the cluster's CPU outside every run's backends is shared by rows."""
+        c["relay_backends"] = self.steady_backends(c)
+        pm = CpuWindow.postmaster_pid
+        c["pg_pids"] = [pid for pid, (_, ppid, _) in all_cpu(pm).items() if pid == pm or ppid == pm]
+        groups = {"relay_backends": c["relay_backends"], "inserter_backend": c["ins"].backend_pids}
+        others = [o for o in ctxs if o is not c]
+        if others:
+            groups["other_runs"] = [p for o in others for p in self.steady_backends(o) + o["ins"].backend_pids]
+        res = c["cpu"].finish(c["pids"], pg_groups=groups)
+        if others:
+            g = res["postgres_cpu_s_by_group"]
+            share = c["total"] / sum(o["total"] for o in ctxs)
+            res["postgres_cluster_cpu_s"] = res["postgres_cpu_s"]
+            res["postgres_other_runs_cpu_s"] = g.pop("other_runs")
+            g["rest"] = round(g["rest"] * share, 3)
+            res["postgres_cpu_s"] = round(g["relay_backends"] + g["inserter_backend"] + g["rest"], 3)
+            res["tansu_cpu_s"] = None  # the runs' requests are not told apart
+        c["res"] = res
+
+    def steady_result(self, c, xact, wal, perf):
+        """A steady run's figures (see steady())."""
+        table, topic, lat, relay, replicas = c["table"], c["topic"], c["lat"], c["relay"], c["replicas"]
+        ins, total, t0, send_done, ins_done, max_lag = c["ins"], c["total"], c["t0"], c["send_done"], c["ins_done"], c["max_lag"]
+        res, drained, together = c["res"], c["drained"], c["together"]
+        seconds, rate, codes, idle_cpu = c["seconds"], c["rate"], c["codes"], c["idle_cpu"]
+        relay_backends, inserter_pids, pg_pids, pids = c["relay_backends"], ins.backend_pids, c["pg_pids"], c["pids"]
+        notify_trigger, lease_owners = c["notify_trigger"], c["lease_owners"]
+        commits, rollbacks = xact["commits"], xact["rollbacks"]
         r = self.admin.query(f"""
             SELECT count(*), percentile_cont(ARRAY[0.5, 0.9, 0.99, 0.999]) WITHIN GROUP (ORDER BY ms),
                    max(ms), avg(ms), min(ms) FROM {lat}""")[0]
         pct = [float(x) for x in r[1].strip("{}").split(",")] if r[1] else [None] * 4
         st_table, st_all = self.relay_statements(table)
+        if together:  # the role's other statements (leases, heartbeats, LISTEN) are both runs'
+            st_all = None
         kinds = self.relay_statement_kinds(table)
         # Where the relay role's statement time went (execution only; commits and their WAL
         # flushes are not in pg_stat_statements' times).
-        top_statements = [{"query": re.sub(r"\s+", " ", q)[:160], "calls": int(c), "total_ms": round(float(t), 1),
+        # Together: only those naming this run's table.
+        pat = re.compile(r'(?<![\w"])"?' + re.escape(table) + r'"?(?![\w"])')
+        top_statements = [{"query": re.sub(r"\s+", " ", q)[:160], "calls": int(n), "total_ms": round(float(t), 1),
                            "mean_ms": round(float(m), 3), "rows": int(rw)}
-                          for q, c, t, m, rw in self.admin.query(
+                          for q, n, t, m, rw in self.admin.query(
                               f"SELECT query, calls, total_exec_time, mean_exec_time, rows FROM pg_stat_statements "
-                              f"WHERE userid = {self.relay_oid} ORDER BY total_exec_time DESC LIMIT 8")]
+                              f"WHERE userid = {self.relay_oid} ORDER BY total_exec_time DESC")
+                          if not together or pat.search(q)][:8]
         created = {}
         msgs = self.consume(topic, timestamps=created)
         # COMMIT returned (client wall clock) → the message's Kafka CreateTime, which both relays'
@@ -1240,9 +1343,12 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             "relay_idle_cpu_s_per_s": round(idle_cpu, 4),
             "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
             "db_statements_on_table_per_1000_rows": round(st_table * 1000 / total, 1),
-            "db_statements_all_relay_per_1000_rows": round(st_all * 1000 / total, 1),
-            "db_transactions": {"commits": commits, "rollbacks": rollbacks, "inserts_subtracted": total,
-                                "bench_own_subtracted": own},
+            "db_statements_all_relay_per_1000_rows": None if st_all is None else round(st_all * 1000 / total, 1),
+            # Together: the database's, for every run of the window (not per row of this one).
+            "db_transactions": xact,
+            # "apart": a window of its own; "together": beside the other relays of its round
+            # (--steady-pairing).
+            "pairing": "together" if together else "apart",
             # Per row, over the window: CPU in ms, statements and transactions as counts.
             "per_row": {
                 "relay_cpu_ms": per_row(res["relay_cpu_s"]),
@@ -1259,14 +1365,14 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 "deletes": per_row(kinds["delete"], 1),
                 "claims_with_delete": per_row(kinds["claims_with_delete"], 1),
                 "statements_all": per_row(st_all, 1),
-                "transactions": per_row(commits + rollbacks, 1),
-                "commits": per_row(commits, 1),
-                "rollbacks": per_row(rollbacks, 1),
+                "transactions": None if together else per_row(commits + rollbacks, 1),
+                "commits": None if together else per_row(commits, 1),
+                "rollbacks": None if together else per_row(rollbacks, 1),
                 # The whole cluster's WAL over the window (pg_stat_wal): records, full-page
                 # images and bytes per row, and the WAL writes and flushes (fsyncs) per row,
                 # whichever backend did them — an asynchronous commit's WAL is written by the
                 # next backend (or the walwriter) that flushes past it.
-                "wal": {k: per_row(v, 1) for k, v in wal.items()},
+                "wal": None if together else {k: per_row(v, 1) for k, v in wal.items()},
             },
             "relay_top_statements": top_statements,
             "relay_backend_pids": relay_backends, "relay_pids": pids, "notify_trigger": notify_trigger,
@@ -1406,6 +1512,9 @@ def per_row_table(out, runs):
              " pg_stat_database commits + rollbacks less the INSERTs and the bench's own;",
              "    latency ms: INSERT → DELETE (p50/p99/max, as in 2.), COMMIT returned → Kafka CreateTime (c→k p50/p99/max)"
              " and COMMIT returned → DELETE (c→d p50/p99/max))"]
+    if out["config"].get("steady_pairing") == "together":
+        lines.append("    --steady-pairing together: a round's relays ran at once, each on its own table at the rate; PostgreSQL ="
+                     " its backends and inserters plus its share of the rest; broker, statements all and transactions not per relay")
     head = (f"   {'rate':>6} {'relay':<22}{'n':>3}{'achieved':>9}{'relay ms':>9}{'pg ms':>8}{'(relay bk/ins/rest)':>21}"
             f"{'relay+pg':>9}{'broker':>7}{'stmt tbl':>9}{'stmt all':>9}{'xact':>7}{'p50':>7}{'p99':>7}{'max':>7}"
             f"{'c→k p50':>8}{'p99':>7}{'max':>7}{'c→d p50':>8}{'p99':>7}{'max':>7}{'machine':>8}{'others s':>9}  verification")
@@ -1511,8 +1620,9 @@ def targets_table(out):
         return f"{fmt(med, nd)}{unit}{spread} {'met' if ok(med) else 'MISSED'}" + (f" {met}/{len(values)}" if len(values) > 1 else "")
     def ratio(a, b):
         return None if a is None or not b else a / b
+    together = out["config"].get("steady_pairing") == "together"
     lines = ["6. Issue 13's targets (outbox-relay ÷ the naive relay at the same rate and round; median over rounds"
-             " (range), verdict of the median, rounds met)"]
+             " (range), verdict of the median, rounds met" + ("; steady: the relays of a round in one window" if together else "") + ")"]
     naive = {(s["rate_target"], s.get("round", 0)): s for s in out.get("steady_naive", []) if s["replicas"] == 1}
     ours = out.get("steady", []) + out.get("steady_batched", [])
     groups = {}
@@ -1763,6 +1873,11 @@ def main():
                     help="insert_cost: single-row INSERT transactions per table shape and round (default 4000)")
     ap.add_argument("--insert-cost-rounds", type=int, default=3,
                     help="insert_cost: rounds over the table shapes, in rotating order (default 3)")
+    ap.add_argument("--steady-pairing", choices=["apart", "together"], default="apart",
+                    help="steady: run a round's relays one after another at each rate, each in a window of its own "
+                         "(apart, the default), or all at once, each on its own table with its own inserting "
+                         "connections at the rate (together: the machine's phases fall on every relay alike, on a "
+                         "machine twice as loaded; transactions, WAL and Tansu's CPU are then not per relay)")
     ap.add_argument("--steady-rounds", type=int, default=1,
                     help="steady and steady_scale: run every rate (and replica count) this many times, alternating "
                          "the relays; the targets table shows each ratio's median and range over the rounds (default 1)")
@@ -1826,7 +1941,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     out = {"config": {
         "cpus": os.cpu_count(), "rows": a.rows, "scale_rows": a.scale_rows, "steady_seconds": a.steady_seconds,
-        "steady_rounds": a.steady_rounds, "batched_busy_poll_ms": a.batched_busy_poll_ms,
+        "steady_rounds": a.steady_rounds, "steady_pairing": a.steady_pairing, "batched_busy_poll_ms": a.batched_busy_poll_ms,
         "rates": [int(x) for x in a.rates.split(",")], "keys": a.keys, "value_bytes": a.value_bytes,
         "partitions": 8, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
         "postgres": bench.admin.scalar("SHOW server_version"),
@@ -1875,14 +1990,19 @@ def main():
             # to the naive relay can be taken within a round and its spread shown. Every other
             # round runs the relays in reverse order: the machine's speed here drifts by up to 2 ×
             # within minutes, and a fixed order put outbox-relay first in every round.
+            # --steady-pairing together runs a round's relays at one rate in one window instead,
+            # each on its own table: the machine's phases then fall on all of them alike.
             for rnd in range(a.steady_rounds):
                 for r in out["config"]["rates"]:
-                    for relay in round_order(steady_relays, rnd):
-                        log(f"steady: {relay}, {r} rows/s for {a.steady_seconds} s" + (f" (round {rnd + 1} of {a.steady_rounds})" if a.steady_rounds > 1 else ""))
-                        key = {"outbox": "steady", "batched": "steady_batched"}.get(relay, "steady_naive")
-                        run = bench.steady(r, relay)
-                        run["round"] = rnd
-                        out.setdefault(key, []).append(run)
+                    order = round_order(steady_relays, rnd)
+                    groups = [order] if a.steady_pairing == "together" else [[relay] for relay in order]
+                    for group in groups:
+                        log(f"steady: {' + '.join(group)}{' together' if len(group) > 1 else ''}, {r} rows/s for {a.steady_seconds} s"
+                            + (f" (round {rnd + 1} of {a.steady_rounds})" if a.steady_rounds > 1 else ""))
+                        for relay, run in zip(group, bench.steady_runs(r, [(relay, 1) for relay in group])):
+                            key = {"outbox": "steady", "batched": "steady_batched"}.get(relay, "steady_naive")
+                            run["round"] = rnd
+                            out.setdefault(key, []).append(run)
         if "steady_scale" in scenarios:
             out["config"].update({"steady_scale_rate": a.steady_scale_rate,
                                   "steady_scale_replicas": [int(k) for k in a.steady_scale_replicas.split(",")]})
