@@ -1514,7 +1514,8 @@ def per_row_table(out, runs):
              " and COMMIT returned → DELETE (c→d p50/p99/max))"]
     if out["config"].get("steady_pairing") == "together":
         lines.append("    --steady-pairing together: a round's relays ran at once, each on its own table at the rate; PostgreSQL ="
-                     " its backends and inserters plus its share of the rest; broker, statements all and transactions not per relay")
+                     " its backends and inserters plus its share of the rest; broker, statements all and transactions not per relay;"
+                     " others s includes the other relays of the window")
     head = (f"   {'rate':>6} {'relay':<22}{'n':>3}{'achieved':>9}{'relay ms':>9}{'pg ms':>8}{'(relay bk/ins/rest)':>21}"
             f"{'relay+pg':>9}{'broker':>7}{'stmt tbl':>9}{'stmt all':>9}{'xact':>7}{'p50':>7}{'p99':>7}{'max':>7}"
             f"{'c→k p50':>8}{'p99':>7}{'max':>7}{'c→d p50':>8}{'p99':>7}{'max':>7}{'machine':>8}{'others s':>9}  verification")
