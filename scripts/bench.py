@@ -1512,7 +1512,7 @@ def per_row_table(out, runs):
              " pg_stat_database commits + rollbacks less the INSERTs and the bench's own;",
              "    latency ms: INSERT → DELETE (p50/p99/max, as in 2.), COMMIT returned → Kafka CreateTime (c→k p50/p99/max)"
              " and COMMIT returned → DELETE (c→d p50/p99/max))"]
-    if out["config"].get("steady_pairing") == "together":
+    if any(s.get("pairing") == "together" for s in runs):
         lines.append("    --steady-pairing together: a round's relays ran at once, each on its own table at the rate; PostgreSQL ="
                      " its backends and inserters plus its share of the rest; broker, statements all and transactions not per relay;"
                      " others s includes the other relays of the window")
@@ -1621,9 +1621,9 @@ def targets_table(out):
         return f"{fmt(med, nd)}{unit}{spread} {'met' if ok(med) else 'MISSED'}" + (f" {met}/{len(values)}" if len(values) > 1 else "")
     def ratio(a, b):
         return None if a is None or not b else a / b
-    together = out["config"].get("steady_pairing") == "together"
+    together = any(s.get("pairing") == "together" for s in out.get("steady", []))
     lines = ["6. Issue 13's targets (outbox-relay ÷ the naive relay at the same rate and round; median over rounds"
-             " (range), verdict of the median, rounds met" + ("; steady: the relays of a round in one window" if together else "") + ")"]
+             " (range), verdict of the median, rounds met" + ("; steady at rates marked together: the relays of a round in one window" if together else "") + ")"]
     naive = {(s["rate_target"], s.get("round", 0)): s for s in out.get("steady_naive", []) if s["replicas"] == 1}
     ours = out.get("steady", []) + out.get("steady_batched", [])
     groups = {}
@@ -1644,11 +1644,12 @@ def targets_table(out):
         if not rc:
             continue
         nv = [v for v in np99 if v is not None]
-        lines.append(f"   {label:<22}{rate:>5} rows/s: relay CPU {summary(rc, lambda v: v <= 0.5)} (≤ 0.5); "
+        mark = " together" if any(s.get("pairing") == "together" for s in runs) else ""
+        lines.append(f"   {label:<22}{rate:>5} rows/s{mark}: relay CPU {summary(rc, lambda v: v <= 0.5)} (≤ 0.5); "
                      f"PostgreSQL CPU {summary(pg, lambda v: v <= 1.0)} (≤ 1); "
                      f"COMMIT → Kafka p99 {summary(p99, lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "
                      f"{fmt(statistics.median(nv), 1) if nv else '-'} ms)")
-        if probe:
+        if probe and not mark:  # together: one probe for both, trivially 1
             # Not a target: how alike the machine was during the two runs of each pair.
             lines.append(f"   {'':<22}{'':>5}         machine probe ÷ the naive run's: "
                          + ", ".join(fmt(v, 2) for v in probe) + " (by round; 1 = the same speed)")
@@ -1874,11 +1875,15 @@ def main():
                     help="insert_cost: single-row INSERT transactions per table shape and round (default 4000)")
     ap.add_argument("--insert-cost-rounds", type=int, default=3,
                     help="insert_cost: rounds over the table shapes, in rotating order (default 3)")
-    ap.add_argument("--steady-pairing", choices=["apart", "together"], default="apart",
+    ap.add_argument("--steady-pairing", choices=["apart", "together", "auto"], default="apart",
                     help="steady: run a round's relays one after another at each rate, each in a window of its own "
                          "(apart, the default), or all at once, each on its own table with its own inserting "
                          "connections at the rate (together: the machine's phases fall on every relay alike, on a "
-                         "machine twice as loaded; transactions, WAL and Tansu's CPU are then not per relay)")
+                         "machine twice as loaded; transactions, WAL and Tansu's CPU are then not per relay); auto: "
+                         "together at rates up to --together-max-rate, apart above")
+    ap.add_argument("--together-max-rate", type=int, default=500,
+                    help="--steady-pairing auto: the highest rate run together (default 500: at 2000 rows/s each, two "
+                         "relays and their inserters saturate a 2-core machine)")
     ap.add_argument("--steady-rounds", type=int, default=1,
                     help="steady and steady_scale: run every rate (and replica count) this many times, alternating "
                          "the relays; the targets table shows each ratio's median and range over the rounds (default 1)")
@@ -1942,7 +1947,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     out = {"config": {
         "cpus": os.cpu_count(), "rows": a.rows, "scale_rows": a.scale_rows, "steady_seconds": a.steady_seconds,
-        "steady_rounds": a.steady_rounds, "steady_pairing": a.steady_pairing, "batched_busy_poll_ms": a.batched_busy_poll_ms,
+        "steady_rounds": a.steady_rounds, "steady_pairing": a.steady_pairing, "together_max_rate": a.together_max_rate, "batched_busy_poll_ms": a.batched_busy_poll_ms,
         "rates": [int(x) for x in a.rates.split(",")], "keys": a.keys, "value_bytes": a.value_bytes,
         "partitions": 8, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
         "postgres": bench.admin.scalar("SHOW server_version"),
@@ -1996,7 +2001,8 @@ def main():
             for rnd in range(a.steady_rounds):
                 for r in out["config"]["rates"]:
                     order = round_order(steady_relays, rnd)
-                    groups = [order] if a.steady_pairing == "together" else [[relay] for relay in order]
+                    together = a.steady_pairing == "together" or (a.steady_pairing == "auto" and r <= a.together_max_rate)
+                    groups = [order] if together else [[relay] for relay in order]
                     for group in groups:
                         log(f"steady: {' + '.join(group)}{' together' if len(group) > 1 else ''}, {r} rows/s for {a.steady_seconds} s"
                             + (f" (round {rnd + 1} of {a.steady_rounds})" if a.steady_rounds > 1 else ""))
