@@ -1128,16 +1128,13 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         extra = []
         if relay == "naive":
             procs = [self.start_naive(table, f"{table}-n{i}") for i in range(replicas)]
-        elif together:
-            # Its backends named after the table (the URL's setting wins over the relay's own), so
-            # that they can be told apart from another relay's of the same role.
-            extra = self.batched_extra() if relay == "batched" else []
-            binary = self.a.batched_binary if relay == "batched" else None
-            procs = [self.start_relay(table, f"{table}-r{i}", extra, binary, application_name=table) for i in range(replicas)]
         else:
             extra = self.batched_extra() if relay == "batched" else []
             binary = self.a.batched_binary if relay == "batched" else None
-            procs = [self.start_relay(table, f"{table}-r{i}", extra, binary) for i in range(replicas)]
+            # Together: its backends named after the table (the URL's setting wins over the
+            # relay's own), so that they can be told apart from another relay's of the same role.
+            name = table if together else None
+            procs = [self.start_relay(table, f"{table}-r{i}", extra, binary, application_name=name) for i in range(replicas)]
         pids = [p.pid for p in procs]
         self.wait_relays_ready(table, relay, procs, extra)
         time.sleep(0.5)
