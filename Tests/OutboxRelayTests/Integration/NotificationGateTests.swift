@@ -233,7 +233,7 @@ import Testing
         let queries = OutboxQueries(table: table)
         func declare(_ offsetMillis: Int64) throws {
             // Odd: notifications name the row's shard.
-            try conn.query("SELECT setval($1::regclass, ((extract(epoch FROM clock_timestamp()) * 1000)::bigint + $2) | 1)",
+            try conn.query("SELECT setval($1::regclass, (\(OutboxTable.gateClockSQL) + $2) | 1)",
                            [.text(table.notifyUntilSQL), .int8(offsetMillis)])
         }
         func gate() throws -> Int64 { try conn.query("SELECT last_value FROM \(table.notifyUntilSQL)").int64(0, 0) }
@@ -278,7 +278,7 @@ import Testing
         config.heartbeatIntervalMillis = 100
         let relay = try await RunningRelay.startWaitingForNotifications(config)
         func lapsed() throws -> Bool {
-            try conn.query("SELECT last_value > 0 AND last_value < (extract(epoch FROM clock_timestamp()) * 1000)::bigint FROM \(table.notifyUntilSQL)").bool(0, 0)
+            try conn.query("SELECT last_value > 0 AND last_value < \(OutboxTable.gateClockSQL) FROM \(table.notifyUntilSQL)").bool(0, 0)
         }
         try await TestEnvironment.eventually("a heartbeat cleared a lapsed declaration", timeout: 15) {
             if await relay.relay.statistics().lapsedGatesCleared > 0 { return true }
