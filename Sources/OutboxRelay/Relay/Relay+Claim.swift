@@ -224,8 +224,11 @@ extension Relay {
         }
         failureStreak = 0  // the back-off grows with consecutive failures only
         if request.mode == .sweep { stats.sweeps += 1 }
-        metrics.claimDuration.recordSeconds(monotonicSeconds() - began)
-        metrics.batchRows.record(batch.rows.count)
+        let claimed = monotonicSeconds()
+        metricsBatch.noteUpdate(now: claimed)
+        metricsBatch.claimSeconds.append(claimed - began)
+        metricsBatch.batchRows.append(batch.rows.count)
+        if metricsBatch.isDue(now: claimed) { metricsBatch.flush(into: metrics) }
         cursor.observe(request, snapshot: batch.snapshot, lastRowId: batch.rows.last?.id, rowCount: batch.rows.count)
         if request.generation != cursor.generation {
             // Rewound while this read was in flight (a producer re-created, a connection lost,

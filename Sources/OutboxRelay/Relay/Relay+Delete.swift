@@ -107,8 +107,9 @@ extension Relay {
     /// `deleted` of them: free their window slots; rows not deleted were on a lost lease.
     func settleDeleted(_ seqs: [UInt64], requested: Int, deleted: Int, seconds: Double) {
         deleteFailures.succeeded()
-        metrics.deleteDuration.recordSeconds(seconds)
-        metrics.rowsDeleted.increment(by: deleted)
+        metricsBatch.noteUpdate(now: monotonicSeconds())
+        metricsBatch.deleteSeconds.append(seconds)
+        metricsBatch.rowsDeleted += deleted
         stats.deleted += deleted
         if deleted < requested {
             metrics.lostLeaseRows.increment(by: requested - deleted)
@@ -119,8 +120,7 @@ extension Relay {
         }
         let drainingBefore = leases.drainingShards
         for s in seqs { window.settle(s) }
-        metrics.inFlightRows.record(window.rows)
-        metrics.inFlightBytes.record(window.bytes)
+        metricsBatch.inFlight = (window.rows, window.bytes)
         if drainingBefore.contains(where: { window.inFlight(shard: $0) == 0 }) { leaseWake.signal() }
         // Wake the claim loop only when it waits for what this DELETE changed: room in
         // the window, a probe waiting for quiet, a retry hold waiting for its key's

@@ -25,6 +25,7 @@ extension Relay {
             }
             lastBeat = leaseLoopBeat
             await leaseTick(announce: first)
+            metricsBatch.flush(into: metrics)
             await sampleBacklog()
             probeBroker()
             forgetStaleMarkWhenClear()

@@ -140,6 +140,8 @@ public actor Relay: Service {
     var desiredShardCount = 0
     var desiredSince: Double = 0
     var stats = RelayStatistics()
+    /// The hot path's metric updates, flushed a few times a second (see MetricsBatch).
+    var metricsBatch = MetricsBatch()
     /// Consecutive failures of DELETE / dead-letter statements; shutdown gives up after 25 in a row.
     var deleteFailures = ConsecutiveFailures(limit: 25)
     /// Row id → where the broker acknowledged it; only with `configuration.recordsDeliveries`.
@@ -271,6 +273,7 @@ public actor Relay: Service {
             await producer.closeAsync()
         }
         endOrphanSpans(outcome: "left in the outbox at shutdown", all: true)
+        metricsBatch.flush(into: metrics)
         stats.producerClosedAt = monotonicSeconds()
         lifecycle.producerClosed()
         await leave()
