@@ -58,7 +58,6 @@ extension Relay {
         var lastTopic: String?
         var lastTopicRows = 0
         metricsBatch.noteUpdate(now: now)
-        defer { if let lastTopic { metricsBatch.addProduced(topic: lastTopic, count: lastTopicRows) } }
         var anyFailure = false
         let hadPendingDeletes = !pendingDeletes.isEmpty
         let tracking = !retries.history.isEmpty
@@ -112,6 +111,10 @@ extension Relay {
                 armFusedDeleteTimer()
             }
         }
+        if let lastTopic { metricsBatch.addProduced(topic: lastTopic, count: lastTopicRows) }
+        // A drain's reports come faster than its claims when the window waits for room (those
+        // turns of the claim loop end before its own check): bounded here too.
+        if metricsBatch.isDue(now: now) { metricsBatch.flush(into: metrics) }
         if anyFailure {
             claimWake.signal()
             windowWake.signal()
