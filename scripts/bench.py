@@ -60,7 +60,7 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
-from procstat import all_cpu, parent_pid, proc_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
+from procstat import all_cpu, librdkafka_cpu, parent_pid, proc_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
 VENV_PYTHON = os.path.join(ROOT, ".tools", "venv", "bin", "python")
@@ -1163,6 +1163,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         probe = start_machine_probe()
         for c in ctxs:
             c["cpu"] = CpuWindow(self.a.tansu_pid, c["pids"])
+            c["rdk0"] = sum(librdkafka_cpu(p) for p in c["pids"])
         perf = None if together else self.start_perf(ctxs[0]["table"], rate, ctxs[0]["seconds"])
         if together:
             loads, errors = [None] * len(ctxs), []
@@ -1241,7 +1242,11 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         others = [o for o in ctxs if o is not c]
         if others:
             groups["other_runs"] = [p for o in others for p in self.steady_backends(o) + o["ins"].backend_pids]
+        rdk = sum(librdkafka_cpu(p) for p in c["pids"]) - c["rdk0"]
         res = c["cpu"].finish(c["pids"], pg_groups=groups)
+        # Of the relay's CPU, librdkafka's threads (rdk:*, in both relays the same library and its
+        # requests) and the rest (this relay's code, or the naive relay's Python).
+        res["relay_librdkafka_cpu_s"] = round(rdk, 3)
         if others:
             g = res["postgres_cpu_s_by_group"]
             share = c["total"] / sum(o["total"] for o in ctxs)
@@ -1349,6 +1354,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             # Per row, over the window: CPU in ms, statements and transactions as counts.
             "per_row": {
                 "relay_cpu_ms": per_row(res["relay_cpu_s"]),
+                "relay_librdkafka_cpu_ms": per_row(res["relay_librdkafka_cpu_s"]),
+                "relay_other_cpu_ms": per_row(res["relay_cpu_s"] - res["relay_librdkafka_cpu_s"]),
                 "postgres_cpu_ms": per_row(res["postgres_cpu_s"]),
                 "postgres_relay_backends_cpu_ms": per_row(g["relay_backends"]),
                 "postgres_inserter_backend_cpu_ms": per_row(g["inserter_backend"]),
@@ -1627,7 +1634,7 @@ def targets_table(out):
     for s in ours:
         groups.setdefault((relay_order(s), relay_label(s), s["rate_target"]), []).append(s)
     for (_, label, rate), runs in sorted(groups.items()):
-        rc, pg, p99, np99, probe = [], [], [], [], []
+        rc, pg, p99, np99, probe, rk, ro = [], [], [], [], [], [], []
         for s in runs:
             n = naive.get((rate, s.get("round", 0)))
             if not n:
@@ -1635,6 +1642,9 @@ def targets_table(out):
             if s.get("machine_probe_ms") and n.get("machine_probe_ms"):
                 probe.append(ratio(s["machine_probe_ms"]["median"], n["machine_probe_ms"]["median"]))
             rc.append(ratio(s["per_row"]["relay_cpu_ms"], n["per_row"]["relay_cpu_ms"]))
+            # ratio() is None where a run predates the split (or a part was 0).
+            rk.append(ratio(s["per_row"].get("relay_librdkafka_cpu_ms"), n["per_row"].get("relay_librdkafka_cpu_ms")))
+            ro.append(ratio(s["per_row"].get("relay_other_cpu_ms"), n["per_row"].get("relay_other_cpu_ms")))
             pg.append(ratio(s["per_row"]["postgres_cpu_ms"], n["per_row"]["postgres_cpu_ms"]))
             p99.append((s.get("commit_to_kafka_ms") or {}).get("p99"))
             np99.append((n.get("commit_to_kafka_ms") or {}).get("p99"))
@@ -1650,6 +1660,11 @@ def targets_table(out):
             # Not a target: how alike the machine was during the two runs of each pair.
             lines.append(f"   {'':<22}{'':>5}         machine probe ÷ the naive run's: "
                          + ", ".join(fmt(v, 2) for v in probe) + " (by round; 1 = the same speed)")
+        rk, ro = [v for v in rk if v is not None], [v for v in ro if v is not None]
+        if rk and ro:
+            # Not targets: where the relay CPU ratio comes from, as for the concurrent writers.
+            lines.append(f"   {'':<22}{'':>5}         of the relay CPU: librdkafka's threads {fmt(statistics.median(rk), 2)} × "
+                         f"the naive's, the rest {fmt(statistics.median(ro), 2)} × (medians)")
     sc = out.get("steady_scale") or []
     for label in sorted({relay_label(s) for s in sc if s["relay"] == "outbox-relay"}):
         for k, rs in replica_ratios(sc, label).items():
