@@ -23,7 +23,8 @@ struct MetricsBatch {
     /// Rows produced per topic: nearly always one topic, so a short list searched from its end.
     var produced: [(topic: String, count: Int)] = []
     var inFlight: (rows: Int, bytes: Int)?
-    /// Monotonic time of the oldest update not yet flushed.
+    /// Monotonic time of the oldest update not yet flushed, as its caller noted it: when the
+    /// batch is due. A flush hands over whatever is gathered, noted or not.
     var pendingSince: Double?
 
     var sampleCount: Int { commitToAckMicros.count + claimSeconds.count + deleteSeconds.count + batchRows.count }
@@ -47,10 +48,12 @@ struct MetricsBatch {
         return now - since >= Self.flushInterval || sampleCount >= Self.maxSamples
     }
 
+    var isEmpty: Bool { sampleCount == 0 && rowsDeleted == 0 && produced.isEmpty && inFlight == nil }
+
     /// Hands everything gathered to `metrics` and empties the batch (keeping its storage).
     mutating func flush(into metrics: RelayMetrics) {
-        guard pendingSince != nil else { return }
         pendingSince = nil
+        guard !isEmpty else { return }
         for micros in commitToAckMicros { metrics.commitToAck.recordMicroseconds(micros) }
         for seconds in claimSeconds { metrics.claimDuration.recordSeconds(seconds) }
         for seconds in deleteSeconds { metrics.deleteDuration.recordSeconds(seconds) }

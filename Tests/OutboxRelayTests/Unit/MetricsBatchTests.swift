@@ -37,7 +37,16 @@ import Testing
         b.addProduced(topic: "t", count: 2)
         b.inFlight = (2, 512)
         b.flush(into: RelayMetrics(table: "public.metrics_batch_test"))
-        #expect(b.sampleCount == 0 && b.rowsDeleted == 0 && b.produced.isEmpty && b.inFlight == nil)
+        #expect(b.isEmpty)
         #expect(!b.isDue(now: 1_000), "nothing left to flush")
+    }
+
+    @Test func aFlushHandsOverUpdatesWhoseTimeWasNotNoted() {
+        var b = MetricsBatch()
+        b.addProduced(topic: "t", count: 3)
+        b.rowsDeleted = 3
+        #expect(!b.isEmpty && !b.isDue(now: 1_000), "not due without a noted time")
+        b.flush(into: RelayMetrics(table: "public.metrics_batch_test"))
+        #expect(b.isEmpty, "the heartbeat's flush still takes them")
     }
 }
