@@ -116,6 +116,21 @@ public final class PGConnection {
         if PQconsumeInput(h) == 0 {
             throw PGError(.connectionLost, message: Self.trimmed(PQerrorMessage(h)))
         }
+        return Self.queuedNotifications(h)
+    }
+
+    /// The notifications libpq has already read, without reading the socket: right after a
+    /// statement, those that reached the server while it ran. PostgreSQL sends a session's
+    /// pending notifications before the ReadyForQuery that ends a statement outside a transaction
+    /// block, and libpq reads up to that before the statement returns; what comes later arrives
+    /// on an idle connection, and makes the socket readable for whoever waits on it next. (A
+    /// `PQconsumeInput` here was a `recv` that found nothing nearly every time: one system call
+    /// per claim.)
+    public func receivedNotifications() throws(PGError) -> [Notification] {
+        Self.queuedNotifications(try live())
+    }
+
+    private static func queuedNotifications(_ h: OpaquePointer) -> [Notification] {
         var out: [Notification] = []
         while let n = PQnotifies(h) {
             let note = n.pointee

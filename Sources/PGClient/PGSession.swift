@@ -116,8 +116,9 @@ public actor PGSession {
 
     private static func wait(_ conn: PGConnection, timeout: Double, interrupt: WaitInterrupt,
                              accept: (PGConnection.Notification) -> Bool) throws(PGError) -> WaitOutcome {
-        // What arrived during the last statement (libpq has read it already) counts first.
-        if try Self.anyAccepted(conn, accept) { return .notified }
+        // What arrived during the last statement (libpq has read it already) counts first;
+        // anything since makes the socket readable for the poll below.
+        if try conn.receivedNotifications().reduce(false, { accept($1) || $0 }) { return .notified }
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, min(timeout, 86_400)) * 1_000_000_000)
         while true {
             let now = DispatchTime.now().uptimeNanoseconds

@@ -272,7 +272,7 @@ extension Relay {
             let start = monotonicSeconds()
             var batch = try queries.claim(conn, shards: shards, allShards: allShards, request: request, deleting: deleting)
             batch.seconds = monotonicSeconds() - start
-            if try router.take(conn.drainNotifications()) { router.claimWake.signal() }
+            if try router.take(conn.receivedNotifications()) { router.claimWake.signal() }
             return batch
         }
     }

@@ -137,6 +137,39 @@ import Testing
         #expect(outcome == .notified)
     }
 
+    /// A claim reads the notifications that came while its statement ran without reading the
+    /// socket again (`receivedNotifications`): PostgreSQL sends a session's pending notifications
+    /// before the ReadyForQuery that ends a statement, and libpq reads up to that before the
+    /// statement returns. Here the statement waits on a lock until another session has notified.
+    @Test func notificationsThatCameWhileAStatementRanAreReadWithItsResult() async throws {
+        let channel = "during_test_\(Int.random(in: 0..<1_000_000))"
+        let listener = Shared(try TestEnvironment.connect())
+        try listener.value.executeScript("LISTEN \(quoteIdentifier(channel))")
+        let holder = try TestEnvironment.connect()
+        let admin = try TestEnvironment.connect()
+        let key = Int64.random(in: 1..<Int64.max)
+        _ = try holder.query("SELECT pg_advisory_lock($1)", [.int8(key)])
+        let statement = Task.detached { () throws -> Void in
+            _ = try listener.value.query("SELECT pg_advisory_xact_lock($1)", [.int8(key)])
+        }
+        // Notify only once the statement runs (waits for the lock).
+        let waiting = "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) FROM pg_stat_activity WHERE pid = $1"
+        while try !admin.query(waiting, [.int4(listener.value.backendPID)]).bool(0, 0) {
+            try await Task.sleep(nanoseconds: 5_000_000)
+        }
+        _ = try admin.query("SELECT pg_notify($1, 'during')", [.text(channel)])
+        _ = try holder.query("SELECT pg_advisory_unlock($1)", [.int8(key)])
+        try await statement.value
+        #expect(try listener.value.receivedNotifications().map(\.payload) == ["during"])
+        #expect(try listener.value.drainNotifications().isEmpty)
+    }
+
+    /// A connection handed to one task at a time.
+    final class Shared<T>: @unchecked Sendable {
+        let value: T
+        init(_ value: T) { self.value = value }
+    }
+
     /// The claim loop's linger (ClaimPacer): once notified, the body waits; what is announced
     /// meanwhile is offered to the filter before the body runs (whose statement sees it), and
     /// does not end the next wait.
