@@ -118,7 +118,7 @@ public actor PGSession {
                              accept: (PGConnection.Notification) -> Bool) throws(PGError) -> WaitOutcome {
         // What arrived during the last statement (libpq has read it already) counts first;
         // anything since makes the socket readable for the poll below.
-        if try conn.receivedNotifications().reduce(false, { accept($1) || $0 }) { return .notified }
+        if try Self.anyAccepted(conn, readingSocket: false, accept) { return .notified }
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, min(timeout, 86_400)) * 1_000_000_000)
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
@@ -138,9 +138,12 @@ public actor PGSession {
         }
     }
 
-    /// Reads the connection's notifications, offers each to `accept`; whether any was taken.
-    private static func anyAccepted(_ conn: PGConnection, _ accept: (PGConnection.Notification) -> Bool) throws(PGError) -> Bool {
-        try conn.drainNotifications().reduce(false) { accept($1) || $0 }
+    /// Reads the connection's notifications (`readingSocket` false: only those libpq has read
+    /// already), offers each to `accept`; whether any was taken.
+    private static func anyAccepted(_ conn: PGConnection, readingSocket: Bool = true,
+                                    _ accept: (PGConnection.Notification) -> Bool) throws(PGError) -> Bool {
+        let notes = readingSocket ? try conn.drainNotifications() : try conn.receivedNotifications()
+        return notes.reduce(false) { accept($1) || $0 }
     }
 
     /// Sleeps `seconds` on the session's thread (uninterrupted), for a caller that is about to
