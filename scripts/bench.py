@@ -1625,6 +1625,17 @@ def targets_table(out):
         return f"{fmt(med, nd)}{unit}{spread} {'met' if ok(med) else 'MISSED'}" + (f" {met}/{len(values)}" if len(values) > 1 else "")
     def ratio(a, b):
         return None if a is None or not b else a / b
+    def split_line(indent, rows):
+        """Not targets: where the relay CPU ratio comes from, over (ours, naive) per-row pairs.
+        librdkafka's threads do the same requests in both relays; the rest is this relay's code
+        against the naive one's Python. None where no pair has the split (runs that predate it,
+        or a part that was 0)."""
+        rk = [v for v in (ratio(o.get("relay_librdkafka_cpu_ms"), n.get("relay_librdkafka_cpu_ms")) for o, n in rows) if v is not None]
+        ro = [v for v in (ratio(o.get("relay_other_cpu_ms"), n.get("relay_other_cpu_ms")) for o, n in rows) if v is not None]
+        if not (rk and ro):
+            return None
+        return (f"{indent}of the relay CPU: librdkafka's threads {fmt(statistics.median(rk), 2)} × the naive's, "
+                f"the rest {fmt(statistics.median(ro), 2)} × (medians)")
     together = any(s.get("pairing") == "together" for s in out.get("steady", []))
     lines = ["6. Issue 13's targets (outbox-relay ÷ the naive relay at the same rate and round; median over rounds"
              " (range), verdict of the median, rounds met" + ("; steady at rates marked together: the relays of a round in one window" if together else "") + ")"]
@@ -1634,7 +1645,7 @@ def targets_table(out):
     for s in ours:
         groups.setdefault((relay_order(s), relay_label(s), s["rate_target"]), []).append(s)
     for (_, label, rate), runs in sorted(groups.items()):
-        rc, pg, p99, np99, probe, rk, ro = [], [], [], [], [], [], []
+        rc, pg, p99, np99, probe, split = [], [], [], [], [], []
         for s in runs:
             n = naive.get((rate, s.get("round", 0)))
             if not n:
@@ -1642,9 +1653,7 @@ def targets_table(out):
             if s.get("machine_probe_ms") and n.get("machine_probe_ms"):
                 probe.append(ratio(s["machine_probe_ms"]["median"], n["machine_probe_ms"]["median"]))
             rc.append(ratio(s["per_row"]["relay_cpu_ms"], n["per_row"]["relay_cpu_ms"]))
-            # ratio() is None where a run predates the split (or a part was 0).
-            rk.append(ratio(s["per_row"].get("relay_librdkafka_cpu_ms"), n["per_row"].get("relay_librdkafka_cpu_ms")))
-            ro.append(ratio(s["per_row"].get("relay_other_cpu_ms"), n["per_row"].get("relay_other_cpu_ms")))
+            split.append((s["per_row"], n["per_row"]))
             pg.append(ratio(s["per_row"]["postgres_cpu_ms"], n["per_row"]["postgres_cpu_ms"]))
             p99.append((s.get("commit_to_kafka_ms") or {}).get("p99"))
             np99.append((n.get("commit_to_kafka_ms") or {}).get("p99"))
@@ -1660,11 +1669,9 @@ def targets_table(out):
             # Not a target: how alike the machine was during the two runs of each pair.
             lines.append(f"   {'':<22}{'':>5}         machine probe ÷ the naive run's: "
                          + ", ".join(fmt(v, 2) for v in probe) + " (by round; 1 = the same speed)")
-        rk, ro = [v for v in rk if v is not None], [v for v in ro if v is not None]
-        if rk and ro:
-            # Not targets: where the relay CPU ratio comes from, as for the concurrent writers.
-            lines.append(f"   {'':<22}{'':>5}         of the relay CPU: librdkafka's threads {fmt(statistics.median(rk), 2)} × "
-                         f"the naive's, the rest {fmt(statistics.median(ro), 2)} × (medians)")
+        line = split_line(f"   {'':<22}{'':>5}         ", split)
+        if line:
+            lines.append(line)
     sc = out.get("steady_scale") or []
     for label in sorted({relay_label(s) for s in sc if s["relay"] == "outbox-relay"}):
         for k, rs in replica_ratios(sc, label).items():
@@ -1679,26 +1686,21 @@ def targets_table(out):
         p99 = [c["latency_ms"]["p99"] for c in ours_c]
         np99 = [c["latency_ms"]["p99"] for c in naive_c]
         by_round = {c.get("round", 0): c for c in naive_c}
-        rc, pg, rk, ro = [], [], [], []
+        rc, pg, split = [], [], []
         for c in ours_c:
             n = by_round.get(c.get("round", 0))
             if n and c.get("cpu") and n.get("cpu"):
                 ours_row, naive_row = c["cpu"]["per_row"], n["cpu"]["per_row"]
                 rc.append(ratio(ours_row["relay_cpu_ms"], naive_row["relay_cpu_ms"]))
                 pg.append(ratio(ours_row["postgres_cpu_ms"], naive_row["postgres_cpu_ms"]))
-                # ratio() is None where a run predates the split (or a part was 0).
-                rk.append(ratio(ours_row.get("relay_librdkafka_cpu_ms"), naive_row.get("relay_librdkafka_cpu_ms")))
-                ro.append(ratio(ours_row.get("relay_other_cpu_ms"), naive_row.get("relay_other_cpu_ms")))
+                split.append((ours_row, naive_row))
         cpu = (f"relay CPU {summary(rc, lambda v: v <= 0.5)} (≤ 0.5); PostgreSQL CPU {summary(pg, lambda v: v <= 1.0)} (≤ 1); "
                if rc else "")
         lines.append(f"   {'concurrent writers':<22}{cpu}COMMIT → Kafka p99 {summary(p99, lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "
                      f"{fmt(statistics.median(np99) if np99 else None, 1)} ms)")
-        rk, ro = [v for v in rk if v is not None], [v for v in ro if v is not None]
-        if rk and ro:
-            # Not targets: where the relay CPU ratio comes from. librdkafka's threads do the same
-            # requests in both relays; the rest is this relay's code against the naive one's Python.
-            lines.append(f"   {'':<22}of the relay CPU: librdkafka's threads {fmt(statistics.median(rk), 2)} × the naive's, "
-                         f"the rest {fmt(statistics.median(ro), 2)} × (medians)")
+        line = split_line(f"   {'':<22}", split)
+        if line:
+            lines.append(line)
     rss = [r.get("relay_peak_rss_mib") for r in [out.get("drain")] + ours + sc + out.get("scale", [])
            if r and r.get("relay") != "naive" and r.get("relay_peak_rss_mib") is not None]
     if rss:
