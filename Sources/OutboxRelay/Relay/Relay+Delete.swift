@@ -107,7 +107,8 @@ extension Relay {
     /// `deleted` of them: free their window slots; rows not deleted were on a lost lease.
     func settleDeleted(_ seqs: [UInt64], requested: Int, deleted: Int, seconds: Double) {
         deleteFailures.succeeded()
-        metricsBatch.noteUpdate(now: monotonicSeconds())
+        let now = monotonicSeconds()
+        metricsBatch.noteUpdate(now: now)
         metricsBatch.deleteSeconds.append(seconds)
         metricsBatch.rowsDeleted += deleted
         stats.deleted += deleted
@@ -121,6 +122,9 @@ extension Relay {
         let drainingBefore = leases.drainingShards
         for s in seqs { window.settle(s) }
         metricsBatch.inFlight = (window.rows, window.bytes)
+        // A DELETE that no claim or report follows (the claim loop paused, the last rows of a
+        // burst) must not leave its samples for the next heartbeat.
+        if metricsBatch.isDue(now: now) { metricsBatch.flush(into: metrics) }
         if drainingBefore.contains(where: { window.inFlight(shard: $0) == 0 }) { leaseWake.signal() }
         // Wake the claim loop only when it waits for what this DELETE changed: room in
         // the window, a probe waiting for quiet, a retry hold waiting for its key's
