@@ -366,6 +366,7 @@ class Replica:
         self.cmd, self.name, self.log_dir = cmd, name, log_dir
         self.proc = None
         self.generation = 0
+        self.retired = False  # stopped for good (--restart churn: a replica that left)
         self.log_path = None
         self.history = []  # (generation, pid, how it ended, exit code)
 
@@ -735,16 +736,17 @@ def run(a, seed):
         table_ident(table + "_leases"))
 
     def pick_victim():
-        """A replica that holds shards now, if any does: with --shard-spread load the others
+        """A live replica that holds shards now, if any does: with --shard-spread load the others
         stand by, and a fault that hits only a standby tests little."""
+        live = [r for r in replicas if not r.retired]
         if a.naive:
-            return replicas[rng.randrange(len(replicas))]
+            return live[rng.randrange(len(live))]
         try:
             with psycopg.connect(a.database_url, autocommit=True) as c:
                 holders = {row[0] for row in c.execute(leases_sql)}
         except psycopg.Error:
             holders = set()
-        candidates = [r for r in replicas if r.name in holders] or replicas
+        candidates = [r for r in live if r.name in holders] or live
         return candidates[rng.randrange(len(candidates))]
 
     try:
@@ -822,6 +824,52 @@ def run(a, seed):
 
             restart_thread = threading.Thread(target=freeze, daemon=True)
             restart_thread.start()
+        elif a.restart == "churn":
+            # Replicas coming and going all through the write phase, one event every 0.5-2.5 s
+            # (drawn from the seed): one killed (SIGKILL) or stopped (SIGTERM) and started again,
+            # one frozen within or past its lease and resumed, a new replica joining (up to
+            # --relays + 2 running), one leaving for good (at least one stays).
+            def churn():
+                nonlocal restart_info
+                events = []
+                t_start = time.monotonic()
+                while not wl.stop.wait(rng.uniform(0.5, 2.5)):
+                    live = [r for r in replicas if not r.retired]
+                    action = rng.choices(["kill", "term", "freeze", "join", "leave"], [25, 20, 20, 20, 15])[0]
+                    if action == "join" and len(live) >= a.relays + 2 or action == "leave" and len(live) <= 1:
+                        action = "kill"
+                    at = round(time.monotonic() - t_start, 2)
+                    if action == "join":
+                        name = f"{table}-r{len(replicas)}"
+                        r = Replica(base + ["--replica-name", name] + list(a.relay_arg), name, log_dir)
+                        r.start()
+                        replicas.append(r)
+                        events.append({"at": at, "action": "join", "replica": name})
+                        continue
+                    victim = pick_victim()
+                    if action == "freeze":
+                        seconds = rng.choice([rng.uniform(0.5, 3.0), rng.uniform(LEASE_MS / 1000 + 1, LEASE_MS / 1000 + 3)])
+                        victim.proc.send_signal(signal.SIGSTOP)
+                        time.sleep(seconds)
+                        victim.proc.send_signal(signal.SIGCONT)
+                        events.append({"at": at, "action": "freeze", "replica": victim.name, "seconds": round(seconds, 2)})
+                        continue
+                    sig = signal.SIGKILL if action == "kill" else signal.SIGTERM
+                    crashed, code = victim.stop(sig)
+                    if crashed:
+                        relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({code}) before the churn's {sig.name}")
+                    elif sig == signal.SIGTERM and code != 0:
+                        relay_failures.append(f"{victim.name} gen {victim.generation} exited {code} on SIGTERM")
+                    if action == "leave":
+                        victim.retired = True
+                    else:
+                        victim.start()
+                    events.append({"at": at, "action": action, "replica": victim.name, "exit_code": code})
+                restart_info = {"churn": events}
+                log(f"churn: {len(events)} events: " + ", ".join(f"{e['action']} {e['replica'].rsplit('-', 1)[1]}" for e in events))
+
+            restart_thread = threading.Thread(target=churn, daemon=True)
+            restart_thread.start()
         elif a.restart != "none":
             sig = signal.SIGTERM if a.restart == "sigterm" else signal.SIGKILL
 
@@ -875,6 +923,8 @@ def run(a, seed):
         if not drain_timeout:
             log(f"outbox empty {drain_s:.2f} s after the last write")
         for r in replicas:
+            if r.retired:
+                continue
             crashed, code = r.stop(signal.SIGTERM)
             if crashed:
                 # The run directory may be removed after the run: keep the crash's last lines here.
@@ -1015,11 +1065,12 @@ def main():
                     help="unpaced: mean pause between a writer's transactions (uniform 0..2x; default 10, "
                          "about 1000 committed rows/s with 8 writers on a 2-core machine)")
     ap.add_argument("--relays", type=int, default=1)
-    ap.add_argument("--restart", choices=["none", "sigterm", "sigkill", "rolling", "freeze"], default="none",
+    ap.add_argument("--restart", choices=["none", "sigterm", "sigkill", "rolling", "freeze", "churn"], default="none",
                     help="restart one replica at the write phase's midpoint (sigterm, sigkill), or every replica in turn "
                          "with SIGTERM (rolling: a rolling deploy), or freeze one (SIGSTOP) for "
                          f"{FREEZE_SECONDS:g} s, past its {LEASE_MS / 1000:g} s lease, then resume it (SIGCONT) while "
-                         "the writes go on")
+                         "the writes go on, or churn: replicas killed, stopped, frozen, joining and leaving all "
+                         "through the writes (an event every 0.5-2.5 s)")
     ap.add_argument("--reliability-out", help="append the run's figures as a fault-case line (docs/RELIABILITY.md)")
     ap.add_argument("--topics", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=4)
@@ -1055,7 +1106,8 @@ def main():
     if a.reliability_out:
         kind = {"none": "", "sigterm": ", one replica restarted with SIGTERM midway",
                 "sigkill": ", one replica killed (SIGKILL) midway and restarted", "rolling": ", every replica replaced in turn with SIGTERM (rolling deploy)",
-                "freeze": f", one replica frozen (SIGSTOP) {FREEZE_SECONDS:g} s, past its {LEASE_MS / 1000:g} s lease, then resumed under writes"}[a.restart]
+                "freeze": f", one replica frozen (SIGSTOP) {FREEZE_SECONDS:g} s, past its {LEASE_MS / 1000:g} s lease, then resumed under writes",
+                "churn": ", replicas killed, stopped, frozen (within and past the lease), joining and leaving all through the writes"}[a.restart]
         lat = o.get("latency_ms") or {}
         case = {
             "name": f"concurrent writers: {a.writers} sessions, {a.seconds:g} s, random transaction shapes, {a.relays} relay(s){kind}"
