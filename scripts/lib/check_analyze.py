@@ -28,18 +28,31 @@ CASES = [
     ("b lost", [(1, 0)], {"missing": 1}),
 ]
 
+# With a replica frozen from 10 to 20 s: (row, offset, CreateTime ms).
+FREEZES = [(10.0, 20.0)]
+FREEZE_CASES = [
+    ("a's copy created before the freeze lands after b, created after it (held in the client)",
+     [(1, 0, 15000), (2, 1, 16000), (1, 2, 9900)], {"stale_redeliveries": 0, "stale_held_through_freeze": 1}),
+    ("a's copy created after the freeze began lands after b's last copy",
+     [(1, 0, 15000), (2, 1, 16000), (1, 2, 10200)], {"stale_redeliveries": 1, "stale_held_through_freeze": 0}),
+    ("a's copy and b both created before the freeze, a's after b's",
+     [(1, 0, 3000), (2, 1, 4000), (1, 2, 9900)], {"stale_redeliveries": 1, "stale_held_through_freeze": 0}),
+]
+
 
 def main():
     bad = 0
-    for name, seq, want in CASES:
+    runs = [(name, [(rid, off, off) for rid, off in seq], want, ()) for name, seq, want in CASES]
+    runs += [(name, seq, want, FREEZES) for name, seq, want in FREEZE_CASES]
+    for name, seq, want, freezes in runs:
         msgs = [{"topic": "t", "partition": 0, "offset": off, "key": b"k1", "value": (A if rid == 1 else B).label.encode(),
-                 "ts_ms": off, "id": rid, "txn": (A if rid == 1 else B).label, "headers": {}} for rid, off in seq]
-        got = cc.analyze([A, B], msgs, [], restarted=True)
+                 "ts_ms": ts, "id": rid, "txn": (A if rid == 1 else B).label, "headers": {}} for rid, off, ts in seq]
+        got = cc.analyze([A, B], msgs, [], restarted=True, freezes=freezes)
         wrong = {k: (got[k], v) for k, v in want.items() if got[k] != v}
         if wrong:
             bad += 1
             print(f"check-analyze: {name}: got, wanted {wrong}")
-    print(f"check-analyze: {len(CASES)} hand-made partitions: " + ("OK" if not bad else f"{bad} FAILED"))
+    print(f"check-analyze: {len(runs)} hand-made partitions: " + ("OK" if not bad else f"{bad} FAILED"))
     return 1 if bad else 0
 
 
