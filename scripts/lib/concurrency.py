@@ -841,7 +841,7 @@ def run(a, seed):
                 victim.proc.send_signal(signal.SIGCONT)
                 freezes.append((stopped, time.time()))
                 restart_info = {"replica": victim.name, "signal": "SIGSTOP", "frozen_seconds": FREEZE_SECONDS,
-                                "lease_seconds": LEASE_MS / 1000}
+                                "lease_seconds": LEASE_MS / 1000, "stopped_at": stopped}
                 log(f"freeze: {victim.name} SIGCONT")
 
             restart_thread = threading.Thread(target=freeze, daemon=True)
