@@ -769,6 +769,25 @@ def run(a, seed):
         candidates = [r for r in live if r.name in holders] or live
         return candidates[rng.randrange(len(candidates))]
 
+    def stop_replica(victim, sig, during):
+        """Stops `victim` with `sig`; a replica already dead, or one that fails its SIGTERM, is a
+        relay failure. Returns its exit code."""
+        crashed, code = victim.stop(sig)
+        if crashed:
+            relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({code}) before {during}")
+        elif sig == signal.SIGTERM and code != 0:
+            relay_failures.append(f"{victim.name} gen {victim.generation} exited {code} on SIGTERM")
+        return code
+
+    def freeze_replica(victim, seconds):
+        """SIGSTOP, `seconds`, SIGCONT; noted for analyze. Returns when it stopped (wall clock)."""
+        stopped = time.time()
+        victim.proc.send_signal(signal.SIGSTOP)
+        time.sleep(seconds)
+        victim.proc.send_signal(signal.SIGCONT)
+        freezes.append((stopped, time.time()))
+        return stopped
+
     try:
         for r in replicas:
             r.start()
@@ -807,11 +826,7 @@ def run(a, seed):
                     if wl.stop.wait(a.seconds * (i + 1) / (len(replicas) + 1) - (a.seconds * i / (len(replicas) + 1))):
                         return
                     t0 = time.monotonic()
-                    crashed, code = victim.stop(signal.SIGTERM)
-                    if crashed:
-                        relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({code}) before the roll")
-                    elif code != 0:
-                        relay_failures.append(f"{victim.name} gen {victim.generation} exited {code} on SIGTERM")
+                    code = stop_replica(victim, signal.SIGTERM, "the roll")
                     victim.start()
                     rolled.append({"replica": victim.name, "exit_code": code, "stop_seconds": round(time.monotonic() - t0, 3)})
                     log(f"rolling: {victim.name} SIGTERM → exit {code}; started again")
@@ -834,12 +849,8 @@ def run(a, seed):
                 if victim.proc.poll() is not None:
                     relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({victim.proc.returncode}) before the freeze")
                     return
-                stopped = time.time()
-                victim.proc.send_signal(signal.SIGSTOP)
                 log(f"freeze: {victim.name} SIGSTOP for {FREEZE_SECONDS:g} s (lease {LEASE_MS / 1000:g} s)")
-                time.sleep(FREEZE_SECONDS)
-                victim.proc.send_signal(signal.SIGCONT)
-                freezes.append((stopped, time.time()))
+                stopped = freeze_replica(victim, FREEZE_SECONDS)
                 restart_info = {"replica": victim.name, "signal": "SIGSTOP", "frozen_seconds": FREEZE_SECONDS,
                                 "lease_seconds": LEASE_MS / 1000, "stopped_at": stopped}
                 log(f"freeze: {victim.name} SIGCONT")
@@ -871,19 +882,11 @@ def run(a, seed):
                     victim = pick_victim()
                     if action == "freeze":
                         seconds = rng.choice([rng.uniform(0.5, 3.0), rng.uniform(LEASE_MS / 1000 + 1, LEASE_MS / 1000 + 3)])
-                        stopped = time.time()
-                        victim.proc.send_signal(signal.SIGSTOP)
-                        time.sleep(seconds)
-                        victim.proc.send_signal(signal.SIGCONT)
-                        freezes.append((stopped, time.time()))
+                        freeze_replica(victim, seconds)
                         events.append({"at": at, "action": "freeze", "replica": victim.name, "seconds": round(seconds, 2)})
                         continue
                     sig = signal.SIGKILL if action == "kill" else signal.SIGTERM
-                    crashed, code = victim.stop(sig)
-                    if crashed:
-                        relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({code}) before the churn's {sig.name}")
-                    elif sig == signal.SIGTERM and code != 0:
-                        relay_failures.append(f"{victim.name} gen {victim.generation} exited {code} on SIGTERM")
+                    code = stop_replica(victim, sig, f"the churn's {sig.name}")
                     if action == "leave":
                         victim.retired = True
                     else:
@@ -903,11 +906,7 @@ def run(a, seed):
                     return
                 victim = pick_victim()
                 t0 = time.monotonic()
-                crashed, code = victim.stop(sig)
-                if crashed:
-                    relay_failures.append(f"{victim.name} gen {victim.generation} had exited ({code}) before the restart")
-                elif sig == signal.SIGTERM and code != 0:
-                    relay_failures.append(f"{victim.name} gen {victim.generation} exited {code} on SIGTERM")
+                code = stop_replica(victim, sig, "the restart")
                 stopped = time.monotonic() - t0
                 victim.start()
                 restart_info = {"replica": victim.name, "signal": sig.name, "exit_code": code,
