@@ -605,10 +605,9 @@ def analyze(txns, msgs, left_ids, restarted, freezes=()):
     stale_examples = []
     slack = 0.05  # seconds: CreateTime is in milliseconds; the harness notes SIGSTOP just before sending it
     for (k, topic, part), rows in groups.items():
-        last = sorted((max(m["offset"] for m in occ[rid] if (m["topic"], m["partition"]) == (topic, part)), t.first_insert_began, rid)
-                      for _off, rid, t in rows)
-        last_ts = {rid: max((m for m in occ[rid] if (m["topic"], m["partition"]) == (topic, part)), key=lambda m: m["offset"])["ts_ms"]
-                   for _off, rid, _t in rows} if freezes else {}
+        # Each row's last copy in this partition (its copies are sorted by offset).
+        last_copy = {rid: [m for m in occ[rid] if (m["topic"], m["partition"]) == (topic, part)][-1] for _off, rid, _t in rows}
+        last = sorted((last_copy[rid]["offset"], t.first_insert_began, rid) for _off, rid, t in rows)
         for _off, rid, t in rows:
             for m in occ[rid][1:]:
                 if (m["topic"], m["partition"]) != (topic, part):
@@ -617,7 +616,7 @@ def analyze(txns, msgs, left_ids, restarted, freezes=()):
                 later = [(lo, b) for lo, began, b in last[:n] if began > t.commit_returned]
                 if later and m["ts_ms"] is not None and any(
                         m["ts_ms"] / 1000 <= stop + slack
-                        and all(last_ts[b] is not None and last_ts[b] / 1000 >= stop - slack for _lo, b in later)
+                        and all(last_copy[b]["ts_ms"] is not None and last_copy[b]["ts_ms"] / 1000 >= stop - slack for _lo, b in later)
                         for stop, _cont in freezes):
                     held += 1
                 elif later:
