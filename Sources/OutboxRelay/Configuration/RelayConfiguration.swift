@@ -36,11 +36,10 @@ public struct RelayConfiguration: Sendable {
     /// claim cycle per row at a trickle). nil: ``defaultLatencyTargetMillis``, or the poll
     /// interval if that is shorter; a value set must not exceed the poll interval.
     public var latencyTargetMillis: Int?
-    /// The default latency target: rows reach Kafka within about it of their COMMIT (p99 8.1–8.5
-    /// ms at 100–2000 rows/s on the bench machine), which leaves 1.5 ms of the 10 ms p99 that
-    /// issue 13 allows; 8 measured p99 7.1–7.5 ms for about a tenth more claims per row, and
-    /// relay CPU 0.51 × the minimal relay's at 500 rows/s against 0.47 × (docs/BENCHMARKS.md,
-    /// *A millisecond more for company*).
+    /// The default latency target. Rows reach Kafka within about it of their COMMIT, which leaves
+    /// a margin under the 10 ms p99 that issue 13 allows; each millisecond less costs about a
+    /// tenth more claims per row at a steady trickle (docs/BENCHMARKS.md, *A millisecond more for
+    /// company*).
     public static let defaultLatencyTargetMillis = 9
     /// The latency target in effect (see ``latencyTargetMillis``).
     public var effectiveLatencyTargetMillis: Int { latencyTargetMillis ?? min(Self.defaultLatencyTargetMillis, pollIntervalMillis) }
