@@ -48,6 +48,12 @@ struct MetricsBatch {
         return now - since >= Self.flushInterval || sampleCount >= Self.maxSamples
     }
 
+    /// Flushes into `metrics` when ``isDue(now:)``: what every path that gathers updates calls
+    /// after noting them.
+    mutating func flushIfDue(now: Double, into metrics: RelayMetrics) {
+        if isDue(now: now) { flush(into: metrics) }
+    }
+
     var isEmpty: Bool { sampleCount == 0 && rowsDeleted == 0 && produced.isEmpty && inFlight == nil }
 
     /// Hands everything gathered to `metrics` and empties the batch (keeping its storage).

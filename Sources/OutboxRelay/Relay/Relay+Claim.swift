@@ -228,7 +228,7 @@ extension Relay {
         metricsBatch.noteUpdate(now: claimed)
         metricsBatch.claimSeconds.append(claimed - began)
         metricsBatch.batchRows.append(batch.rows.count)
-        if metricsBatch.isDue(now: claimed) { metricsBatch.flush(into: metrics) }
+        metricsBatch.flushIfDue(now: claimed, into: metrics)
         cursor.observe(request, snapshot: batch.snapshot, lastRowId: batch.rows.last?.id, rowCount: batch.rows.count)
         if request.generation != cursor.generation {
             // Rewound while this read was in flight (a producer re-created, a connection lost,

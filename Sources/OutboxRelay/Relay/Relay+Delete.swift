@@ -124,7 +124,7 @@ extension Relay {
         metricsBatch.inFlight = (window.rows, window.bytes)
         // A DELETE that no claim or report follows (the claim loop paused, the last rows of a
         // burst) must not leave its samples for the next heartbeat.
-        if metricsBatch.isDue(now: now) { metricsBatch.flush(into: metrics) }
+        metricsBatch.flushIfDue(now: now, into: metrics)
         if drainingBefore.contains(where: { window.inFlight(shard: $0) == 0 }) { leaseWake.signal() }
         // Wake the claim loop only when it waits for what this DELETE changed: room in
         // the window, a probe waiting for quiet, a retry hold waiting for its key's

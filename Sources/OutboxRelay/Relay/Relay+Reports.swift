@@ -114,7 +114,7 @@ extension Relay {
         if let lastTopic { metricsBatch.addProduced(topic: lastTopic, count: lastTopicRows) }
         // A drain's reports come faster than its claims when the window waits for room (those
         // turns of the claim loop end before its own check): bounded here too.
-        if metricsBatch.isDue(now: now) { metricsBatch.flush(into: metrics) }
+        metricsBatch.flushIfDue(now: now, into: metrics)
         if anyFailure {
             claimWake.signal()
             windowWake.signal()
