@@ -108,4 +108,66 @@ static inline int outbox_socket_ledger_open(outbox_socket_ledger *l) {
     return n;
 }
 
+/*
+ * How long the broker took to acknowledge each message: produce() call → the acknowledgement,
+ * measured on librdkafka's broker thread as the acknowledgement is handled (an on_acknowledgement
+ * interceptor calling rd_kafka_message_latency, which reads the clock when it is called). The
+ * relay takes delivery reports later (at the end of its next wait, not when they come), so this
+ * is the one place where the time of the acknowledgement itself is known. Only messages the
+ * broker acknowledged count. Buckets are cumulative only when read (outbox_ack_latency_read).
+ */
+#define OUTBOX_ACK_BUCKETS 24
+static const int64_t outbox_ack_bucket_us[OUTBOX_ACK_BUCKETS] = {
+    100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500,
+    10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000, 60000000,
+};
+typedef struct outbox_ack_latency {
+    uint64_t counts[OUTBOX_ACK_BUCKETS + 1];  /* per bucket; the last is above every bound */
+    uint64_t sum_us;
+} outbox_ack_latency;
+
+static inline outbox_ack_latency *outbox_ack_latency_new(void) {
+    return (outbox_ack_latency *)calloc(1, sizeof(outbox_ack_latency));
+}
+
+static inline void outbox_ack_latency_free(outbox_ack_latency *h) { free(h); }
+
+static inline int outbox_ack_latency_bucket_count(void) { return OUTBOX_ACK_BUCKETS; }
+static inline int64_t outbox_ack_latency_bound_us(int i) { return outbox_ack_bucket_us[i]; }
+
+/* Bucket i's count (i == OUTBOX_ACK_BUCKETS: above every bound), and the sum, read atomically
+   one by one (a reader may see a message in one and not yet the other: a scrape's skew). */
+static inline uint64_t outbox_ack_latency_count(const outbox_ack_latency *h, int i) {
+    return __atomic_load_n(&h->counts[i], __ATOMIC_RELAXED);
+}
+static inline uint64_t outbox_ack_latency_sum_us(const outbox_ack_latency *h) {
+    return __atomic_load_n(&h->sum_us, __ATOMIC_RELAXED);
+}
+
+static inline void outbox_ack_latency_record(outbox_ack_latency *h, int64_t us) {
+    if (us < 0) return;
+    int i = 0;
+    while (i < OUTBOX_ACK_BUCKETS && us > outbox_ack_bucket_us[i]) i++;
+    __atomic_fetch_add(&h->counts[i], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&h->sum_us, (uint64_t)us, __ATOMIC_RELAXED);
+}
+
+static inline rd_kafka_resp_err_t outbox_on_acknowledgement(rd_kafka_t *rk, rd_kafka_message_t *m, void *opaque) {
+    (void)rk;
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && opaque)
+        outbox_ack_latency_record((outbox_ack_latency *)opaque, rd_kafka_message_latency(m));
+    return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+static inline rd_kafka_resp_err_t outbox_ack_latency_on_new(rd_kafka_t *rk, const rd_kafka_conf_t *conf, void *opaque,
+                                                            char *errstr, size_t errstr_size) {
+    (void)conf; (void)errstr; (void)errstr_size;
+    return rd_kafka_interceptor_add_on_acknowledgement(rk, "outbox-ack-latency", outbox_on_acknowledgement, opaque);
+}
+
+/* Records every acknowledgement of the client made from `conf` into `h`, which must outlive it. */
+static inline rd_kafka_resp_err_t outbox_conf_set_ack_latency(rd_kafka_conf_t *conf, outbox_ack_latency *h) {
+    return rd_kafka_conf_interceptor_add_on_new(conf, "outbox-ack-latency", outbox_ack_latency_on_new, h);
+}
+
 #endif

@@ -32,6 +32,8 @@ public final class KafkaProducer: @unchecked Sendable {
     /// reset, and ``abortConnections()`` resets them all at once. Freed after `rd_kafka_destroy`,
     /// which closes sockets through it.
     private let sockets: UnsafeMutablePointer<outbox_socket_ledger>
+    /// Where acknowledgements are timed (kept alive as long as librdkafka may call into it).
+    private let ackLatency: AckLatency?
     private let topics = Mutex<TopicHandles>(TopicHandles())
 
     /// librdkafka topic handles by name, with the last one looked up kept aside: consecutive
@@ -67,8 +69,10 @@ public final class KafkaProducer: @unchecked Sendable {
     }
 
     /// Creates the producer. `configuration` is applied on top of the relay's required settings
-    /// only where the caller put them; this type sets the event mask and nothing else.
-    public init(configuration: KafkaConfiguration, onReady: @escaping @Sendable () -> Void) throws(KafkaError) {
+    /// only where the caller put them; this type sets the event mask and nothing else. Every
+    /// acknowledgement's produce → acknowledgement latency goes into `ackLatency` if given.
+    public init(configuration: KafkaConfiguration, ackLatency: AckLatency? = nil,
+                onReady: @escaping @Sendable () -> Void) throws(KafkaError) {
         try Librdkafka.checkVersion()
         var configuration = configuration
         // librdkafka's log lines wait on a queue (also those of rd_kafka_new itself) until the
@@ -81,6 +85,11 @@ public final class KafkaProducer: @unchecked Sendable {
             throw KafkaError(.configuration, message: "cannot create producer: out of memory")
         }
         outbox_conf_set_socket_ledger(conf, ledger)
+        if let ackLatency, outbox_conf_set_ack_latency(conf, ackLatency.histogram) != RD_KAFKA_RESP_ERR_NO_ERROR {
+            rd_kafka_conf_destroy(conf)
+            outbox_socket_ledger_free(ledger)
+            throw KafkaError(.configuration, message: "cannot create producer: the acknowledgement interceptor was refused")
+        }
         var errstr = [CChar](repeating: 0, count: 512)
         // rd_kafka_new takes ownership of conf on success only.
         guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count) else {
@@ -89,6 +98,7 @@ public final class KafkaProducer: @unchecked Sendable {
             throw KafkaError(.configuration, message: "cannot create producer: \(errorText(errstr))")
         }
         sockets = ledger
+        self.ackLatency = ackLatency
         handle = rk
         queue = rd_kafka_queue_get_main(rk)
         _ = rd_kafka_set_log_queue(rk, queue)

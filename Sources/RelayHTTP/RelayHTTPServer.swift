@@ -51,6 +51,7 @@ public final class RelayHTTPServer: Service, Sendable {
             var buffer: [UInt8] = []
             buffer.reserveCapacity(16_384)
             registry.emit(into: &buffer)
+            buffer.append(contentsOf: Array(relay.ackLatencyMetricText().utf8))
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(bytes: buffer)))
         }

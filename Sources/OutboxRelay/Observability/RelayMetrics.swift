@@ -68,6 +68,9 @@ public final class RelayMetrics: Sendable {
         .seconds(1), .seconds(5),
     ]
     public static let commitToAckLabel = prefix + "commit_to_ack_seconds"
+    /// Rendered by ``Relay/ackLatencyMetricText()`` from librdkafka's own acknowledgement times,
+    /// not through swift-metrics (see ``Relay/ackLatency``).
+    public static let produceToAckLabel = prefix + "produce_to_ack_seconds"
     public static let statementLabel = prefix + "db_statement_duration_seconds"
 
     /// `outbox_relay_build_info{version, librdkafka} 1`.

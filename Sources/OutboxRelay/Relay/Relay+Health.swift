@@ -35,6 +35,16 @@ extension Relay {
         brokerError = error.map { "no broker answered: \($0)" }
     }
 
+    /// `outbox_relay_produce_to_ack_seconds` in Prometheus text format (see ``ackLatency``), for
+    /// `/metrics` to append to the registry's own.
+    public nonisolated func ackLatencyMetricText() -> String {
+        let name = table.description.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        return ackLatency.prometheusText(
+            name: RelayMetrics.produceToAckLabel,
+            help: "Produce call to broker acknowledgement, per acknowledged message (timed on librdkafka's broker thread).",
+            labels: "table=\"\(name)\"")
+    }
+
     /// Liveness and readiness, with the reason for each check.
     public func health() -> RelayHealth {
         let now = monotonicSeconds()

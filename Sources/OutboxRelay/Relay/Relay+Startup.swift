@@ -141,8 +141,9 @@ extension Relay {
     func nextProducer() throws(KafkaError) -> @Sendable () throws(KafkaError) -> KafkaProducer {
         let kafka = configuration.kafkaConfiguration(clientId: "outbox-relay-\(replicaId)")
         let deferral = reportDeferral
+        let ackLatency = self.ackLatency
         return { () throws(KafkaError) in
-            try KafkaProducer(configuration: kafka) { deferral.eventsReady() }
+            try KafkaProducer(configuration: kafka, ackLatency: ackLatency) { deferral.eventsReady() }
         }
     }
 

@@ -47,6 +47,11 @@ public actor Relay: Service {
     nonisolated let wakeFilter = WakeFilter(shardCount: 65_536)
     /// Set (on the claim session's thread) when another replica closed the notification gate.
     nonisolated let gateClosedElsewhere = AtomicFlag()
+    /// Every message's produce → broker acknowledgement time, taken on librdkafka's broker thread
+    /// as the acknowledgement is handled (``AckLatency``), across producer re-creations. Reports
+    /// are taken later, at the end of the claim loop's next wait, so this is the only exact
+    /// acknowledgement time; `/metrics` shows it (``ackLatencyMetricText()``).
+    public nonisolated let ackLatency = AckLatency()
     /// Set by the claim session's setup: a new connection, listening to the table's channel.
     nonisolated let claimSessionFresh = AtomicFlag()
     /// The claim session listens to the inserts' channel (see ``followRowsChannel``).

@@ -66,6 +66,8 @@ import Testing
                 && TestMetrics.value(m, "outbox_relay_rows_produced_total{\(labels),topic=\"\(other)\"}") == 60
                 && TestMetrics.value(m, "outbox_relay_rows_deleted_total{\(labels)}") == 300
                 && TestMetrics.value(m, "outbox_relay_backlog_rows{\(labels)}") == 0
+                // Every acknowledgement timed once, on librdkafka's broker thread.
+                && TestMetrics.value(m, "outbox_relay_produce_to_ack_seconds_count{\(labels)}") == 300
         }
         let metrics = try httpGet(port: r.port, path: "/metrics").body
         for name in ["outbox_relay_commit_to_ack_seconds_bucket", "outbox_relay_batch_rows", "outbox_relay_in_flight_rows",
@@ -73,7 +75,10 @@ import Testing
                      "outbox_relay_db_statement_duration_seconds_bucket", "outbox_relay_dead_letters{\(labels)} 0",
                      "outbox_relay_build_info{", "outbox_relay_ready{\(labels)} 1",
                      // Buckets that resolve millisecond latencies (the defaults began at 5 ms).
-                     "outbox_relay_commit_to_ack_seconds_bucket{\(labels),le=\"0.001\"}"] {
+                     "outbox_relay_commit_to_ack_seconds_bucket{\(labels),le=\"0.001\"}",
+                     "# TYPE outbox_relay_produce_to_ack_seconds histogram",
+                     "outbox_relay_produce_to_ack_seconds_bucket{\(labels),le=\"0.0005\"}",
+                     "outbox_relay_produce_to_ack_seconds_bucket{\(labels),le=\"+Inf\"} 300"] {
             #expect(metrics.contains(name), "missing \(name)")
         }
 

@@ -1,0 +1,67 @@
+import CKafka
+
+/// Produce → broker acknowledgement latencies of every message the broker acknowledged, for all
+/// the producers given it (a relay re-creates its producer after a fatal error; the histogram
+/// goes on). Recorded on librdkafka's broker thread when the acknowledgement is handled (CKafka's
+/// on_acknowledgement interceptor), so it is the acknowledgement's own time, not when the owner
+/// took the report. A relay takes reports at the end of its next wait, up to a claim cycle later.
+public final class AckLatency: @unchecked Sendable {
+    /// Owned; freed in deinit. Written by librdkafka's threads with atomic adds, read the same way.
+    let histogram: UnsafeMutablePointer<outbox_ack_latency>
+
+    public init() {
+        guard let h = outbox_ack_latency_new() else { fatalError("out of memory") }
+        histogram = h
+    }
+
+    deinit { outbox_ack_latency_free(histogram) }
+
+    /// Bucket upper bounds in microseconds, ascending (a last bucket above them is implied).
+    public static let boundsMicros: [Int64] = (0..<Int(outbox_ack_latency_bucket_count())).map {
+        outbox_ack_latency_bound_us(Int32($0))
+    }
+
+    public struct Snapshot: Sendable, Equatable {
+        /// Cumulative counts: `cumulative[i]` messages took at most `boundsMicros[i]`; the last
+        /// entry (one more than the bounds) counts every message.
+        public var cumulative: [UInt64]
+        public var sumMicros: UInt64
+        public var count: UInt64 { cumulative.last ?? 0 }
+    }
+
+    public func snapshot() -> Snapshot {
+        var running: UInt64 = 0
+        let cumulative = (0...Self.boundsMicros.count).map { i -> UInt64 in
+            running += outbox_ack_latency_count(histogram, Int32(i))
+            return running
+        }
+        return Snapshot(cumulative: cumulative, sumMicros: outbox_ack_latency_sum_us(histogram))
+    }
+
+    /// For tests: records `micros` as the interceptor does.
+    public func record(micros: Int64) { outbox_ack_latency_record(histogram, micros) }
+
+    /// Prometheus text exposition of a histogram `name` with `labels` (already rendered, e.g.
+    /// `table="public.outbox"`), in seconds.
+    public func prometheusText(name: String, help: String, labels: String) -> String {
+        let s = snapshot()
+        let sep = labels.isEmpty ? "" : ","
+        var out = "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
+        for (i, bound) in Self.boundsMicros.enumerated() {
+            out += "\(name)_bucket{\(labels)\(sep)le=\"\(Self.seconds(bound))\"} \(s.cumulative[i])\n"
+        }
+        out += "\(name)_bucket{\(labels)\(sep)le=\"+Inf\"} \(s.count)\n"
+        out += "\(name)_sum{\(labels)} \(Self.seconds(Int64(s.sumMicros)))\n"
+        out += "\(name)_count{\(labels)} \(s.count)\n"
+        return out
+    }
+
+    /// Microseconds as seconds in plain decimal (0.0001, 2.5, 60): exact, no exponent.
+    static func seconds(_ micros: Int64) -> String {
+        let whole = micros / 1_000_000
+        var frac = String(micros % 1_000_000)
+        frac = String(repeating: "0", count: 6 - frac.count) + frac
+        while frac.hasSuffix("0") { frac.removeLast() }
+        return frac.isEmpty ? "\(whole)" : "\(whole).\(frac)"
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+@_spi(Testing) import Kafka
+import Testing
+
+/// The produce → acknowledgement histogram (`outbox_relay_produce_to_ack_seconds`).
+struct AckLatencyTests {
+    @Test func bucketsAreCumulativeAndRenderedAsAPrometheusHistogram() {
+        let a = AckLatency()
+        for micros: Int64 in [50, 100, 101, 9_000, 90_000_000, -1] { a.record(micros: micros) }
+        let s = a.snapshot()
+        let at = { (bound: Int64) in s.cumulative[AckLatency.boundsMicros.firstIndex(of: bound)!] }
+        #expect(s.count == 5, "a negative latency (librdkafka's 'not available') is not counted")
+        #expect(s.sumMicros == 90_009_251)
+        #expect(at(100) == 2, "a bucket's bound is inclusive")
+        #expect(at(200) == 3)
+        #expect(at(10_000) == 4)
+        #expect(at(60_000_000) == 4, "90 s is above every bound")
+        let text = a.prometheusText(name: "x_seconds", help: "h", labels: "table=\"t\"")
+        for line in ["# TYPE x_seconds histogram", "x_seconds_bucket{table=\"t\",le=\"0.0001\"} 2",
+                     "x_seconds_bucket{table=\"t\",le=\"0.01\"} 4", "x_seconds_bucket{table=\"t\",le=\"2.5\"} 4",
+                     "x_seconds_bucket{table=\"t\",le=\"+Inf\"} 5", "x_seconds_sum{table=\"t\"} 90.009251",
+                     "x_seconds_count{table=\"t\"} 5"] {
+            #expect(text.split(separator: "\n").contains(Substring(line)), "missing \(line)")
+        }
+    }
+
+    /// The latency is taken when librdkafka handles the acknowledgement, not when the owner takes
+    /// the report: the relay takes reports at the end of its next wait, a claim cycle later.
+    @Test func theBrokersRoundTripIsTimedWhenTheAcknowledgementComes() async throws {
+        let cluster = try KafkaMockCluster(brokers: 1)
+        let topic = "ack-\(UUID().uuidString.prefix(8).lowercased())"
+        try cluster.createTopic(topic, partitions: 2)
+        let latency = AckLatency()
+        let producer = try KafkaProducer(configuration: KafkaConfiguration([
+            ("bootstrap.servers", cluster.bootstrapServers), ("enable.idempotence", "true"), ("linger.ms", "0"),
+        ]), ackLatency: latency) {}
+        defer { producer.close() }
+        func produce(_ n: Int, from first: Int) throws {
+            for i in first..<(first + n) {
+                try producer.produce(KafkaMessage(topic: topic, key: Array("k\(i)".utf8), value: Array("v\(i)".utf8)),
+                                     opaque: UInt64(i))
+            }
+        }
+        func reports() async throws -> Int {
+            var delivered = 0
+            _ = try await TestEnvironment.eventually("reports taken") {
+                for case .deliveryReports(let r) in producer.takeEvents() { delivered += r.filter(\.isDelivered).count }
+                return delivered > 0
+            }
+            return delivered
+        }
+
+        let upTo25ms = { (s: AckLatency.Snapshot) in s.cumulative[AckLatency.boundsMicros.firstIndex(of: 25_000)!] }
+        // The first messages wait for the connection and the producer id too.
+        try produce(10, from: 1)
+        #expect(try await TestEnvironment.eventually("10 acknowledgements timed") { latency.snapshot().count == 10 })
+        var delivered = try await reports()
+
+        // A fast broker: within 25 ms.
+        let warm = latency.snapshot()
+        try produce(10, from: 11)
+        #expect(try await TestEnvironment.eventually("20 acknowledgements timed") { latency.snapshot().count == 20 })
+        let fast = latency.snapshot()
+        #expect(upTo25ms(fast) - upTo25ms(warm) == 10)
+
+        // Every response 40 ms late: counted before any report is taken, and none within 25 ms.
+        cluster.setBrokerRoundTrip(40)
+        try produce(20, from: 21)
+        #expect(try await TestEnvironment.eventually("40 acknowledgements timed") { latency.snapshot().count == 40 })
+        let slow = latency.snapshot()
+        #expect(upTo25ms(slow) == upTo25ms(fast), "the slow broker's acknowledgements all took over 25 ms")
+        #expect(slow.sumMicros - fast.sumMicros >= 20 * 40_000)
+        while delivered < 40 { delivered += try await reports() }
+        #expect(delivered == 40)
+        #expect(latency.snapshot().count == 40, "each acknowledgement counted once")
+    }
+}
