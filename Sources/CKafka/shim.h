@@ -3,6 +3,9 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,13 +127,89 @@ static const int64_t outbox_ack_bucket_us[OUTBOX_ACK_BUCKETS] = {
 typedef struct outbox_ack_latency {
     uint64_t counts[OUTBOX_ACK_BUCKETS + 1];  /* per bucket; the last is above every bound */
     uint64_t sum_us;
+    /* The acknowledgement log (outbox_ack_latency_open_log): off when log_fd < 0. */
+    int log_fd;
+    pthread_mutex_t log_lock;
+    char *log_buf;
+    size_t log_used;
 } outbox_ack_latency;
 
+#define OUTBOX_ACK_LOG_BUF (256 * 1024)
+
 static inline outbox_ack_latency *outbox_ack_latency_new(void) {
-    return (outbox_ack_latency *)calloc(1, sizeof(outbox_ack_latency));
+    outbox_ack_latency *h = (outbox_ack_latency *)calloc(1, sizeof(outbox_ack_latency));
+    if (h) {
+        h->log_fd = -1;
+        pthread_mutex_init(&h->log_lock, NULL);
+    }
+    return h;
 }
 
-static inline void outbox_ack_latency_free(outbox_ack_latency *h) { free(h); }
+/* Writes what the log holds (the caller holds log_lock). */
+static inline void outbox_ack_log_write_locked(outbox_ack_latency *h) {
+    size_t off = 0;
+    while (off < h->log_used) {
+        ssize_t n = write(h->log_fd, h->log_buf + off, h->log_used - off);
+        if (n <= 0) { if (n < 0 && errno == EINTR) continue; break; }
+        off += (size_t)n;
+    }
+    h->log_used = 0;
+}
+
+static inline void outbox_ack_latency_flush_log(outbox_ack_latency *h) {
+    if (!h || h->log_fd < 0) return;
+    pthread_mutex_lock(&h->log_lock);
+    outbox_ack_log_write_locked(h);
+    pthread_mutex_unlock(&h->log_lock);
+}
+
+/* A measuring aid, off unless asked for: from now on every acknowledged message that carries an
+   `outbox-id` header adds a line "<outbox id> <acknowledgement time, µs since the epoch>" to
+   `path` (appended; written in 256 KiB pieces and by outbox_ack_latency_flush_log). Returns 0, or
+   errno. */
+static inline int outbox_ack_latency_open_log(outbox_ack_latency *h, const char *path) {
+    char *buf = (char *)malloc(OUTBOX_ACK_LOG_BUF);
+    if (!buf) return ENOMEM;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) { int e = errno; free(buf); return e; }
+    pthread_mutex_lock(&h->log_lock);
+    h->log_buf = buf;
+    h->log_fd = fd;
+    pthread_mutex_unlock(&h->log_lock);
+    return 0;
+}
+
+static inline void outbox_ack_latency_free(outbox_ack_latency *h) {
+    if (!h) return;
+    if (h->log_fd >= 0) {
+        outbox_ack_latency_flush_log(h);
+        close(h->log_fd);
+    }
+    free(h->log_buf);
+    pthread_mutex_destroy(&h->log_lock);
+    free(h);
+}
+
+static inline void outbox_ack_log_record(outbox_ack_latency *h, rd_kafka_message_t *m) {
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *id = NULL;
+    size_t id_len = 0;
+    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(hdrs, "outbox-id", &id, &id_len) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        !id || id_len == 0 || id_len > 20)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long us = (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+    pthread_mutex_lock(&h->log_lock);
+    if (h->log_fd >= 0) {
+        if (h->log_used + 48 > OUTBOX_ACK_LOG_BUF) outbox_ack_log_write_locked(h);
+        memcpy(h->log_buf + h->log_used, id, id_len);
+        h->log_used += id_len;
+        h->log_used += (size_t)snprintf(h->log_buf + h->log_used, 24, " %lld\n", us);
+    }
+    pthread_mutex_unlock(&h->log_lock);
+}
 
 static inline int outbox_ack_latency_bucket_count(void) { return OUTBOX_ACK_BUCKETS; }
 static inline int64_t outbox_ack_latency_bound_us(int i) { return outbox_ack_bucket_us[i]; }
@@ -154,8 +233,10 @@ static inline void outbox_ack_latency_record(outbox_ack_latency *h, int64_t us) 
 
 static inline rd_kafka_resp_err_t outbox_on_acknowledgement(rd_kafka_t *rk, rd_kafka_message_t *m, void *opaque) {
     (void)rk;
-    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && opaque)
-        outbox_ack_latency_record((outbox_ack_latency *)opaque, rd_kafka_message_latency(m));
+    outbox_ack_latency *h = (outbox_ack_latency *)opaque;
+    if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR || !h) return RD_KAFKA_RESP_ERR_NO_ERROR;
+    outbox_ack_latency_record(h, rd_kafka_message_latency(m));
+    if (__atomic_load_n(&h->log_fd, __ATOMIC_RELAXED) >= 0) outbox_ack_log_record(h, m);
     return RD_KAFKA_RESP_ERR_NO_ERROR;
 }
 

@@ -1,4 +1,5 @@
 import CKafka
+import Glibc
 
 /// Produce → broker acknowledgement latencies of every message the broker acknowledged, for all
 /// the producers given it (a relay re-creates its producer after a fatal error; the histogram
@@ -37,6 +38,17 @@ public final class AckLatency: @unchecked Sendable {
         }
         return Snapshot(cumulative: cumulative, sumMicros: outbox_ack_latency_sum_us(histogram))
     }
+
+    /// A measuring aid (the benchmark's exact COMMIT → acknowledgement per row): from now on
+    /// every acknowledged message with an `outbox-id` header appends `<id> <acknowledgement time,
+    /// µs since the epoch>` to `path`, written in 256 KiB pieces and when a producer closes.
+    public func openLog(path: String) throws(KafkaError) {
+        let e = outbox_ack_latency_open_log(histogram, path)
+        if e != 0 { throw KafkaError(.configuration, message: "cannot open the acknowledgement log \"\(path)\": \(String(cString: strerror(e)))") }
+    }
+
+    /// Writes what the acknowledgement log holds (no-op without one).
+    public func flushLog() { outbox_ack_latency_flush_log(histogram) }
 
     /// For tests: records `micros` as the interceptor does.
     public func record(micros: Int64) { outbox_ack_latency_record(histogram, micros) }

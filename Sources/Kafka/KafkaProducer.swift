@@ -235,6 +235,7 @@ public final class KafkaProducer: @unchecked Sendable {
         rd_kafka_destroy(handle)
         // Every socket is closed now (librdkafka's threads have ended).
         outbox_socket_ledger_free(sockets)
+        ackLatency?.flushLog()
     }
 
     // MARK: Events

@@ -1,3 +1,4 @@
+import Foundation
 import Kafka
 import Logging
 import OTel
@@ -14,6 +15,11 @@ public struct RelayApplication: Sendable {
     /// The OTLP span exporter's service (`tracing = otlp`): flushes and stops after the relay.
     public let tracing: (any Service)?
 
+    /// Names a file to which every acknowledged row's outbox id and acknowledgement time (µs since
+    /// the epoch, taken on librdkafka's broker thread) are appended: how `scripts/bench` measures
+    /// COMMIT → acknowledgement per row. Unset in any deployment.
+    public static let ackLogVariable = "OUTBOX_RELAY_ACK_LOG"
+
     /// Creates the relay and connects and checks it (refusing a bad configuration with a
     /// ``RelayError`` that names it), and its HTTP server on the configured host and port.
     public static func build(configuration: RelayConfiguration, registry: PrometheusCollectorRegistry,
@@ -27,6 +33,15 @@ public struct RelayApplication: Sendable {
             tracing = backend.service
         }
         let relay = try Relay(configuration: configuration, logger: logger)
+        if let path = ProcessInfo.processInfo.environment[ackLogVariable], !path.isEmpty {
+            // A measuring aid for scripts/bench (exact COMMIT → acknowledgement per row), not a setting.
+            do {
+                try relay.ackLatency.openLog(path: path)
+            } catch {
+                throw RelayError(.configuration, "\(ackLogVariable): \(error)")
+            }
+            logger.notice("logging every acknowledgement", metadata: ["path": "\(path)"])
+        }
         try await relay.start()
         let http = RelayHTTPServer(relay: relay, registry: registry, host: configuration.httpHost,
                                    port: configuration.httpPort, logger: logger)

@@ -74,4 +74,31 @@ struct AckLatencyTests {
         #expect(delivered == 40)
         #expect(latency.snapshot().count == 40, "each acknowledgement counted once")
     }
+    /// The benchmark's per-row acknowledgement log: one line per acknowledged message that names
+    /// its outbox id, dated when the acknowledgement came.
+    @Test func theAcknowledgementLogDatesEachRow() async throws {
+        let cluster = try KafkaMockCluster(brokers: 1)
+        let topic = "acklog-\(UUID().uuidString.prefix(8).lowercased())"
+        try cluster.createTopic(topic, partitions: 2)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("acklog-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let latency = AckLatency()
+        try latency.openLog(path: path)
+        let producer = try KafkaProducer(configuration: KafkaConfiguration([("bootstrap.servers", cluster.bootstrapServers)]),
+                                         ackLatency: latency) {}
+        let before = Date().timeIntervalSince1970 * 1_000_000
+        for id in 101...105 {
+            try producer.produce(KafkaMessage(topic: topic, key: nil, value: Array("v".utf8),
+                                              headers: [("type", Array("x".utf8)), ("outbox-id", Array("\(id)".utf8))]),
+                                 opaque: UInt64(id))
+        }
+        try producer.produce(KafkaMessage(topic: topic, key: nil, value: Array("no id".utf8)), opaque: 200)
+        #expect(try await TestEnvironment.eventually("6 acknowledgements timed") { latency.snapshot().count == 6 })
+        let after = Date().timeIntervalSince1970 * 1_000_000
+        producer.close()  // writes the log
+        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+        let parsed = lines.map { $0.split(separator: " ") }.map { (Int($0[0])!, Double($0[1])!) }
+        #expect(parsed.map(\.0).sorted() == Array(101...105), "one line per row that names its id, none for the other")
+        for (id, at) in parsed { #expect(at >= before && at <= after, "row \(id) dated \(at), outside [\(before), \(after)]") }
+    }
 }
