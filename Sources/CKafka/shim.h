@@ -127,6 +127,8 @@ static const int64_t outbox_ack_bucket_us[OUTBOX_ACK_BUCKETS] = {
 typedef struct outbox_ack_latency {
     uint64_t counts[OUTBOX_ACK_BUCKETS + 1];  /* per bucket; the last is above every bound */
     uint64_t sum_us;
+    /* The longest latency since outbox_ack_latency_take_recent_max last took it (0: none). */
+    uint64_t recent_max_us;
     /* The acknowledgement log (outbox_ack_latency_open_log): off when log_fd < 0. */
     int log_fd;
     pthread_mutex_t log_lock;
@@ -229,6 +231,15 @@ static inline void outbox_ack_latency_record(outbox_ack_latency *h, int64_t us) 
     while (i < OUTBOX_ACK_BUCKETS && us > outbox_ack_bucket_us[i]) i++;
     __atomic_fetch_add(&h->counts[i], 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&h->sum_us, (uint64_t)us, __ATOMIC_RELAXED);
+    uint64_t seen = __atomic_load_n(&h->recent_max_us, __ATOMIC_RELAXED);
+    while ((uint64_t)us > seen &&
+           !__atomic_compare_exchange_n(&h->recent_max_us, &seen, (uint64_t)us, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
+/* The longest latency recorded since the last call (0: none), starting afresh. */
+static inline uint64_t outbox_ack_latency_take_recent_max(outbox_ack_latency *h) {
+    return __atomic_exchange_n(&h->recent_max_us, 0, __ATOMIC_RELAXED);
 }
 
 static inline rd_kafka_resp_err_t outbox_on_acknowledgement(rd_kafka_t *rk, rd_kafka_message_t *m, void *opaque) {

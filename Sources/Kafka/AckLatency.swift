@@ -50,6 +50,13 @@ public final class AckLatency: @unchecked Sendable {
     /// Writes what the acknowledgement log holds (no-op without one).
     public func flushLog() { outbox_ack_latency_flush_log(histogram) }
 
+    /// The longest produce → acknowledgement latency since the last call, in seconds; nil if no
+    /// message was acknowledged since.
+    public func takeRecentMax() -> Double? {
+        let us = outbox_ack_latency_take_recent_max(histogram)
+        return us == 0 ? nil : Double(us) / 1_000_000
+    }
+
     /// For tests: records `micros` as the interceptor does.
     public func record(micros: Int64) { outbox_ack_latency_record(histogram, micros) }
 

@@ -204,8 +204,11 @@ extension Relay {
                 let committedWithin = lastOwnSnapshot.flatMap { last in
                     last.snapshot == request.since ? Double(dbNow - last.takenByMicros) / 1_000_000 + statement : nil
                 }
+                // The broker's part of the path: the slowest acknowledgement since the last claim
+                // (the previous claims' rows), or the last one known.
+                if let recent = ackLatency.takeRecentMax() { lastAcknowledgement = recent }
                 pacer.observe(ages: batch.rows.lazy.map { Double(dbNow - $0.createdAtMicros) / 1_000_000 + statement },
-                              waited: waited, committedWithin: committedWithin)
+                              waited: waited, committedWithin: committedWithin, acknowledgement: lastAcknowledgement)
                 if stats.claims % 32 == 0 { metrics.claimLinger.record(pacer.notifiedLinger) }
             }
             if request.snapshot == nil {

@@ -52,6 +52,9 @@ public actor Relay: Service {
     /// are taken later, at the end of the claim loop's next wait, so this is the only exact
     /// acknowledgement time; `/metrics` shows it (``ackLatencyMetricText()``).
     public nonisolated let ackLatency = AckLatency()
+    /// The slowest produce → acknowledgement among the messages acknowledged before the last
+    /// claim of the read window (seconds; ClaimPacer's broker part of the path).
+    var lastAcknowledgement = 0.0
     /// Set by the claim session's setup: a new connection, listening to the table's channel.
     nonisolated let claimSessionFresh = AtomicFlag()
     /// The claim session listens to the inserts' channel (see ``followRowsChannel``).

@@ -78,6 +78,10 @@ import Testing
         // Older claims leave the window: 32 quick ones later it is back.
         for _ in 0..<32 { p.observe(oldestAge: 0.001, waited: 0) }
         #expect(abs(p.overhead - 0.001) < 1e-9)
+        // The broker's acknowledgement is part of the path: 1.5 ms of it on top of 1 ms.
+        for _ in 0..<32 { p.observe(oldestAge: 0.001, waited: 0, acknowledgement: 0.0015) }
+        #expect(abs(p.overhead - 0.0025) < 1e-9)
+        #expect(abs(p.notifiedLinger - 0.0055) < 1e-9)
         // A row that committed during the wait is younger than the wait: no negative overhead.
         for _ in 0..<32 { p.observe(oldestAge: 0.002, waited: 0.007) }
         #expect(p.overhead == 0 && p.notifiedLinger == 0.008)
@@ -87,10 +91,11 @@ import Testing
     /// announced `commit` after its INSERT; a notification wakes the replica `announce` later; it
     /// lingers, then claims (a statement of `statement` seconds whose snapshot is taken halfway)
     /// and produces at the statement's end. A row that becomes visible during a statement
-    /// notified meanwhile: the next claim runs at once, as the relay's does. Returns the rows'
-    /// INSERT → produce p99 and the claims per row.
+    /// notified meanwhile: the next claim runs at once, as the relay's does. The broker
+    /// acknowledges `acknowledgement` after the produce. Returns the rows' INSERT →
+    /// acknowledgement p99 and the claims per row.
     private func trickle(rate: Double, commit: Double, announce: Double, statement: Double,
-                         target: Double, seed: UInt64) -> (p99: Double, claimsPerRow: Double) {
+                         target: Double, seed: UInt64, acknowledgement: Double = 0) -> (p99: Double, claimsPerRow: Double) {
         var rng = SplitMix(seed: seed)
         var arrivals: [Double] = []
         var t = 0.0
@@ -120,11 +125,13 @@ import Testing
             var oldest: Double?
             while next < arrivals.count, arrivals[next] + commit <= snapshot {
                 oldest = oldest ?? arrivals[next]
-                latencies.append(end - arrivals[next])
+                latencies.append(end + acknowledgement - arrivals[next])
                 next += 1
             }
             claims += 1
-            if let oldest { pacer.observe(oldestAge: snapshot - oldest + statement, waited: waited) }
+            if let oldest {
+                pacer.observe(oldestAge: snapshot - oldest + statement, waited: waited, acknowledgement: acknowledgement)
+            }
             now = end
             immediate = next < arrivals.count && arrivals[next] + commit <= end
         }
@@ -151,15 +158,17 @@ import Testing
     }
 
     @Test func theDefaultTargetKeepsATricklesRowsUnderTenMilliseconds() {
-        // Issue 13 allows a p99 of 10 ms from COMMIT; the default spends up to 9 of it gathering
-        // rows. In the model, quiet or slow, the rows' p99 stays within the default plus half a
-        // millisecond, under 10 ms.
+        // Issue 13 allows a p99 of 10 ms from COMMIT to the broker's acknowledgement; the default
+        // spends up to 9 of it on the whole path, gathering rows included. In the model, quiet or
+        // slow, broker included, the rows' p99 stays within the default plus half a millisecond,
+        // under 10 ms.
         let target = Double(RelayConfiguration(databaseURL: "postgresql://x@localhost/x", brokers: "localhost:9092")
             .effectiveLatencyTargetMillis) / 1000
         #expect(target == 0.009)
-        for (commit, announce, statement) in [(0.0005, 0.0002, 0.0004), (0.002, 0.001, 0.003)] {
+        for (commit, announce, statement, ack) in [(0.0005, 0.0002, 0.0004, 0.0012), (0.002, 0.001, 0.003, 0.003)] {
             for rate in [20.0, 100.0, 130.0] {
-                let p99 = trickle(rate: rate, commit: commit, announce: announce, statement: statement, target: target, seed: 11).p99
+                let p99 = trickle(rate: rate, commit: commit, announce: announce, statement: statement, target: target, seed: 11,
+                                  acknowledgement: ack).p99
                 #expect(p99 <= target + 0.0005 && p99 < 0.010, "\(rate) rows/s, statement \(statement): p99 \(p99)")
             }
         }
