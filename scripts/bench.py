@@ -61,6 +61,7 @@ import urllib.parse
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
 from procstat import all_cpu, librdkafka_cpu, parent_pid, proc_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
+from acklog import read_ack_logs  # noqa: E402
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
 VENV_PYTHON = os.path.join(ROOT, ".tools", "venv", "bin", "python")
@@ -181,24 +182,6 @@ def quantiles_ms(sorted_ms):
         return None
     at = lambda q: round(sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))], 3)  # noqa: E731
     return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "p999": at(0.999), "max": round(sorted_ms[-1], 3)}
-
-
-def read_ack_logs(paths):
-    """{outbox id: first acknowledgement time, µs since the epoch} from relays' acknowledgement
-    logs (OUTBOX_RELAY_ACK_LOG, written when a relay's producer closes)."""
-    acked = {}
-    for path in paths:
-        try:
-            with open(path) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) == 2 and parts[0].isdigit():
-                        i, t = int(parts[0]), int(parts[1])
-                        if i not in acked or t < acked[i]:
-                            acked[i] = t
-        except OSError:
-            pass
-    return acked
 
 
 class Inserters:
@@ -1723,6 +1706,7 @@ def targets_table(out):
     naive_c = [c for c in conc if c["relay"] != "outbox-relay"]
     if ours_c:
         p99 = [c["latency_ms"]["p99"] for c in ours_c]
+        a99 = [(c.get("commit_to_ack_ms") or {}).get("p99") for c in ours_c]
         np99 = [c["latency_ms"]["p99"] for c in naive_c]
         by_round = {c.get("round", 0): c for c in naive_c}
         rc, pg, split = [], [], []
@@ -1735,6 +1719,8 @@ def targets_table(out):
                 split.append((ours_row, naive_row))
         cpu = (f"relay CPU {summary(rc, lambda v: v <= 0.5)} (≤ 0.5); PostgreSQL CPU {summary(pg, lambda v: v <= 1.0)} (≤ 1); "
                if rc else "")
+        if all(v is not None for v in a99):
+            cpu += f"COMMIT → acknowledgement p99 {summary(a99, lambda v: v <= 10, ' ms', 1)} (≤ 10); "
         lines.append(f"   {'concurrent writers':<22}{cpu}COMMIT → Kafka p99 {summary(p99, lambda v: v <= 10, ' ms', 1)} (≤ 10; naive "
                      f"{fmt(statistics.median(np99) if np99 else None, 1)} ms)")
         line = split_line(f"   {'':<22}", split)
@@ -1850,10 +1836,12 @@ def report(out):
         cfg_c = c0.get("config", {})
         lines.append(f"5. Concurrent writers ({cfg_c.get('writers', 8)} writers, target {out['config']['concurrent_rate']} rows/s, "
                      f"{out['config']['concurrent_seconds']} s, {cfg_c.get('keys', '-')} keys, seed {out['config']['concurrent_seed']}; "
-                     "latency = COMMIT returned → Kafka CreateTime)")
+                     "latency = COMMIT returned → Kafka CreateTime; c→a p50/p99 = COMMIT returned → the broker's acknowledgement,"
+                     " outbox-relay only: its acknowledgement log)")
         lines.append("   CPU ms per row from the writers' start to the outbox empty: the relay (librdkafka's threads / the rest), "
                      "PostgreSQL (the relay's backends / the rest: writers, their domain rows, the cluster)")
         lines.append(f"   {'relay':<22}{'rows/s':>8}{'rows':>8}{'p50 ms':>9}{'p99 ms':>10}{'max ms':>10}{'>1 s':>7}"
+                     f"{'c→a p50':>9}{'p99':>7}"
                      f"{'causal inv rows/pairs':>23}{'intra':>7}{'relay ms':>10}{'(rdk/rest)':>14}{'pg ms':>8}{'(relay bk/rest)':>17}"
                      f"{'machine':>9}  loss / rolled back delivered / dup / left")
         for c in out["concurrent"]:
@@ -1862,6 +1850,7 @@ def report(out):
                 lines.append(f"   {name:<22}{c['error']}")
                 continue
             L = c["latency_ms"]
+            A = c.get("commit_to_ack_ms") or {}
             P = (c.get("cpu") or {}).get("per_row") or {}
             busy = (c.get("cpu") or {}).get("machine_busy_share")
             split = f"{fmt(P.get('postgres_relay_backends_cpu_ms'), 3)}/{fmt(P.get('postgres_other_cpu_ms'), 3)}"
@@ -1869,6 +1858,7 @@ def report(out):
             name += f" r{c.get('round', 0) + 1}" if out["config"].get("concurrent_rounds", 1) > 1 else ""
             lines.append(f"   {name:<22}{fmt(c['rows_per_s'], 0):>8}{fmt(c['committed_rows']):>8}{fmt(L['p50'], 2):>9}"
                          f"{fmt(L['p99'], 1):>10}{fmt(L['max'], 1):>10}{fmt(L['over_1s']):>7}"
+                         f"{fmt(A.get('p50'), 2):>9}{fmt(A.get('p99'), 1):>7}"
                          f"{fmt(c['causal_inversions']) + ' / ' + fmt(c['causal_inversion_pairs']):>23}"
                          f"{fmt(c['intra_txn_inversions']):>7}{fmt(P.get('relay_cpu_ms'), 3):>10}{rsplit:>14}{fmt(P.get('postgres_cpu_ms'), 3):>8}"
                          f"{split:>17}{(fmt(100 * busy, 0) + '%') if busy is not None else '-':>9}"

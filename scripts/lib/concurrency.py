@@ -68,6 +68,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from procstat import all_cpu, librdkafka_cpu, parent_pid
+from acklog import read_ack_logs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOMAIN_ROWS = 100
@@ -362,8 +363,9 @@ FREEZE_SECONDS = 8.0     # --restart freeze: past the lease, so the shards are t
 
 
 class Replica:
-    def __init__(self, cmd, name, log_dir):
-        self.cmd, self.name, self.log_dir = cmd, name, log_dir
+    def __init__(self, cmd, name, log_dir, ack_log=None):
+        """`ack_log`: a file for the relay's acknowledgement log (OUTBOX_RELAY_ACK_LOG)."""
+        self.cmd, self.name, self.log_dir, self.ack_log = cmd, name, log_dir, ack_log
         self.proc = None
         self.generation = 0
         self.retired = False  # stopped for good (--restart churn: a replica that left)
@@ -374,7 +376,8 @@ class Replica:
         self.generation += 1
         self.log_path = os.path.join(self.log_dir, f"{self.name}.{self.generation}.log")
         logf = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT)
+        env = dict(os.environ, OUTBOX_RELAY_ACK_LOG=self.ack_log) if self.ack_log else None
+        self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
         logf.close()
 
     def tail(self, n=25):
@@ -495,7 +498,7 @@ def pct(sorted_vals, p):
     return sorted_vals[i]
 
 
-def analyze(txns, msgs, left_ids, restarted, freezes=()):
+def analyze(txns, msgs, left_ids, restarted, freezes=(), acked=None):
     """`freezes`: (SIGSTOP, SIGCONT) wall-clock times of the run's frozen replicas (see below)."""
     committed = {}  # id -> (txn, key, value)
     rolled = {}     # id -> txn
@@ -666,6 +669,13 @@ def analyze(txns, msgs, left_ids, restarted, freezes=()):
                          "max": r3(lat[-1] if lat else None), "min": r3(lat[0] if lat else None),
                          "over_1s": sum(1 for x in lat if x > 1000)}
     res["slowest"] = [{"id": rid, "txn": lbl, "ms": r3(ms)} for ms, rid, lbl in worst[:3]]
+    # COMMIT returned → the broker's acknowledgement (the relay's acknowledgement log, µs): the
+    # promise itself; CreateTime above is the produce call, floored to a millisecond.
+    if acked:
+        ca = sorted(acked[rid] / 1000 - t.commit_returned * 1000 for rid, (t, _k, _v) in committed.items()
+                    if t.writer >= 0 and rid in acked)
+        res["commit_to_ack_ms"] = {"rows": len(ca), "p50": r3(pct(ca, 50)), "p90": r3(pct(ca, 90)),
+                                   "p99": r3(pct(ca, 99)), "max": r3(ca[-1] if ca else None)}
     res["examples"] = {
         "causal_inversions": examples, "stale_redeliveries": stale_examples,
         "missing": missing[:10], "rolled_back_delivered": rb[:10], "unexpected_ids": unexpected[:10],
@@ -741,7 +751,9 @@ def run(a, seed):
     for i in range(a.relays):
         name = f"{table}-r{i}"
         cmd = base + (["--replica-name", name] if not a.naive else []) + list(a.relay_arg)
-        replicas.append(Replica(cmd, name, log_dir))
+        # A CPU measurement also times each row's acknowledgement (COMMIT → acknowledgement).
+        ack_log = os.path.join(log_dir, f"{name}.acks") if a.cpu and not a.naive else None
+        replicas.append(Replica(cmd, name, log_dir, ack_log))
 
     wl = Workload(a, table, topics, seed)
     out = {"seed": seed, "config": {
@@ -972,7 +984,8 @@ def run(a, seed):
                 r.proc.wait()
         admin.close()
 
-    res = analyze(wl.txns, msgs, left_ids, restarted=a.restart != "none", freezes=freezes)
+    acked = read_ack_logs([r.ack_log for r in replicas if r.ack_log])
+    res = analyze(wl.txns, msgs, left_ids, restarted=a.restart != "none", freezes=freezes, acked=acked)
     shapes = {"transactions": 0, "domain_first": 0, "savepoint": 0, "long": 0, "rollback": 0, "repeatable_read": 0,
               "committed": 0, "rolled_back": 0, "serialization_failure": 0, "error": 0, "unknown": 0}
     for x in wl.txns:
@@ -1029,6 +1042,10 @@ def report(o):
         f"  latency COMMIT returned → Kafka CreateTime: p50 {L['p50']} ms, p90 {L['p90']} ms, p99 {L['p99']} ms, "
         f"max {L['max']} ms, min {L['min']} ms, over 1 s: {L['over_1s']} rows",
     ]
+    A = o.get("commit_to_ack_ms")
+    if A:
+        lines.append(f"  latency COMMIT returned → acknowledgement (relay's acknowledgement log, {A['rows']} rows): p50 {A['p50']} ms, "
+                     f"p90 {A['p90']} ms, p99 {A['p99']} ms, max {A['max']} ms")
     if o.get("cpu"):
         c, P = o["cpu"], o["cpu"]["per_row"]
         lines.append(f"  CPU per row over {c['window_seconds']:.1f} s (writers' start → outbox empty): relay {P['relay_cpu_ms']} ms "
