@@ -117,7 +117,8 @@ static inline int outbox_socket_ledger_open(outbox_socket_ledger *l) {
  * interceptor calling rd_kafka_message_latency, which reads the clock when it is called). The
  * relay takes delivery reports later (at the end of its next wait, not when they come), so this
  * is the one place where the time of the acknowledgement itself is known. Only messages the
- * broker acknowledged count. Buckets are cumulative only when read (outbox_ack_latency_read).
+ * broker acknowledged count. Each bucket counts its own messages; the reader (AckLatency.snapshot)
+ * makes them cumulative.
  */
 #define OUTBOX_ACK_BUCKETS 24
 static const int64_t outbox_ack_bucket_us[OUTBOX_ACK_BUCKETS] = {

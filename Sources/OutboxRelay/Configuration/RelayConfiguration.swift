@@ -36,10 +36,10 @@ public struct RelayConfiguration: Sendable {
     /// claim cycle per row at a trickle). nil: ``defaultLatencyTargetMillis``, or the poll
     /// interval if that is shorter; a value set must not exceed the poll interval.
     public var latencyTargetMillis: Int?
-    /// The default latency target. Rows reach Kafka within about it of their COMMIT, which leaves
-    /// a margin under the 10 ms p99 that issue 13 allows; each millisecond less costs about a
-    /// tenth more claims per row at a steady trickle (docs/BENCHMARKS.md, *A millisecond more for
-    /// company*).
+    /// The default latency target: the broker acknowledges rows within about it of their COMMIT
+    /// (the pacer counts the broker's acknowledgement time), under the 10 ms p99 that issue 13
+    /// allows; each millisecond less costs about a tenth more claims per row at a steady trickle
+    /// (docs/BENCHMARKS.md, *The promise where it is made*).
     public static let defaultLatencyTargetMillis = 9
     /// The latency target in effect (see ``latencyTargetMillis``).
     public var effectiveLatencyTargetMillis: Int { latencyTargetMillis ?? min(Self.defaultLatencyTargetMillis, pollIntervalMillis) }
