@@ -30,12 +30,15 @@ final class RelayProcess {
 
     /// A test that fails (throws) before terminating its relay must not leave it running: it
     /// would keep polling the shared database and skew later tests and benchmarks.
+    /// Its output file goes with it: a test reads ``output`` while it runs (a failing expectation
+    /// prints it then), and a suite starts hundreds of relays.
     deinit {
         if process.isRunning {
             kill(pid, SIGCONT)
             kill(pid, SIGKILL)
             process.waitUntilExit()
         }
+        try? FileManager.default.removeItem(atPath: outputPath)
     }
 
     /// Sends SIGTERM and waits for the exit status.

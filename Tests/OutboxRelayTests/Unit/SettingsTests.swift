@@ -85,6 +85,7 @@ import Testing
     @Test func aLibrdkafkaPropertyEndingInFileIsNotAFileIndirection() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("sasl-\(UUID().uuidString)").path
         try "from-file\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
         let c = try Settings.resolve(flags: [:], environment: [
             "OUTBOX_KAFKA_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE": "/etc/keys/assertion.pem",
             "OUTBOX_KAFKA_SASL_PASSWORD_FILE": path,
@@ -200,6 +201,7 @@ import Testing
             kafka.linger.ms = 9
             kafka.compression.type = "lz4"
             """.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
         let file = try Settings.readFile(path)
         let c = try Settings.resolve(flags: ["batch-size": "333"], kafkaProperties: ["compression.type=zstd"],
                                      environment: ["OUTBOX_BATCH_SIZE": "444", "OUTBOX_POLL_INTERVAL_MS": "555"], file: file)
