@@ -56,7 +56,8 @@ public struct ClaimPacer: Sendable, Equatable {
     public static let samples = 64
     var recent: [Double] = []
     var next = 0
-    /// `recent`, sorted: kept between claims so that sorting allocates nothing.
+    /// `recent`, sorted: each claim moves one sample in it (sorting all of them per claim was 3 %
+    /// of the claim thread at 500 rows/s).
     private var sorted: [Double] = []
     /// The path's overhead between busy polls (9-in-10 quantile of ``samples`` claims), seconds.
     public private(set) var overhead: Double
@@ -111,14 +112,23 @@ public struct ClaimPacer: Sendable, Equatable {
         if recent.count < Self.samples {
             recent.append(sample)
         } else {
+            sorted.remove(at: Self.firstIndex(notBelow: recent[next], in: sorted))
             recent[next] = sample
         }
+        sorted.insert(sample, at: Self.firstIndex(notBelow: sample, in: sorted))
         next = (next + 1) % Self.samples
         guard recent.count >= 4 else { return }
-        sorted.removeAll(keepingCapacity: true)
-        sorted.append(contentsOf: recent)
-        sorted.sort()
         overhead = sorted[min(sorted.count - 1, sorted.count * 9 / 10)]
         notifiedOverhead = sorted[min(sorted.count - 1, sorted.count * 97 / 100)]
+    }
+
+    /// The first index of `sorted` (ascending) whose value is not below `value`.
+    private static func firstIndex(notBelow value: Double, in sorted: [Double]) -> Int {
+        var low = 0, high = sorted.count
+        while low < high {
+            let mid = (low + high) / 2
+            if sorted[mid] < value { low = mid + 1 } else { high = mid }
+        }
+        return low
     }
 }

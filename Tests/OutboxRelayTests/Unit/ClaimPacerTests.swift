@@ -95,6 +95,25 @@ import Testing
         #expect(p.overhead == 0 && p.notifiedLinger == 0.008)
     }
 
+    /// The quantiles come from samples kept in order one insertion at a time: over random
+    /// samples, with repeats and evictions, they are those of the last 64 sorted afresh.
+    @Test func theQuantilesAreThoseOfTheLastSamplesSorted() {
+        var generator = SystemRandomNumberGenerator()
+        var p = ClaimPacer(target: 0.009, busyPoll: 0.005)
+        var samples: [Double] = []
+        for i in 0..<1_000 {
+            // Whole tenths of a millisecond up to the target: many equal samples, whose removal
+            // must take one.
+            let sample = Double(Int.random(in: 0...90, using: &generator)) / 10_000
+            p.observe(oldestAge: sample, waited: 0)
+            samples.append(sample)
+            let last = samples.suffix(ClaimPacer.samples).sorted()
+            guard last.count >= 4 else { continue }
+            #expect(p.overhead == last[min(last.count - 1, last.count * 9 / 10)], "after \(i + 1) samples")
+            #expect(p.notifiedOverhead == last[min(last.count - 1, last.count * 97 / 100)], "after \(i + 1) samples")
+        }
+    }
+
     /// A model of a notified replica at a trickle: random (Poisson) INSERTs, each visible and
     /// announced `commit` after its INSERT; a notification wakes the replica `announce` later; it
     /// lingers, then claims (a statement of `statement` seconds whose snapshot is taken halfway)
