@@ -193,8 +193,8 @@ static inline void outbox_ack_latency_free(outbox_ack_latency *h) {
     free(h);
 }
 
-/* Decimal digits of `v` at `out` (at most 20); returns how many. (snprintf here was most of the
-   log's cost on the broker thread, which the bench charges to the relay it measures.) */
+/* Decimal digits of `v` at `out` (at most 20); returns how many. (It replaces an snprintf that
+   ran per row on the broker thread, whose CPU the bench charges to the relay it measures.) */
 static inline size_t outbox_ack_log_digits(char *out, unsigned long long v) {
     char tmp[20];
     size_t n = 0;
