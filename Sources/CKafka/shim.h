@@ -135,6 +135,11 @@ typedef struct outbox_ack_latency {
     pthread_mutex_t log_lock;
     char *log_buf;
     size_t log_used;
+    /* Each acknowledged message's time by its opaque (outbox_ack_latency_keep_times): slot
+       opaque & ack_mask holds (opaque, µs since the epoch), written by the interceptor; NULL:
+       not kept. */
+    uint64_t *ack_times;
+    uint64_t ack_mask;
 } outbox_ack_latency;
 
 #define OUTBOX_ACK_LOG_BUF (256 * 1024)
@@ -182,12 +187,41 @@ static inline int outbox_ack_latency_open_log(outbox_ack_latency *h, const char 
     return 0;
 }
 
+/* From now on, keeps each acknowledged message's time by its opaque (non-zero), for at least
+   `messages` messages in flight at once: a slot is reused `messages` (rounded up to a power of
+   two, at least 1024) opaques later, and outbox_ack_latency_time_of then finds no time rather than
+   a wrong one. Call before any producer uses `h`. Returns 0, or ENOMEM. */
+static inline int outbox_ack_latency_keep_times(outbox_ack_latency *h, size_t messages) {
+    uint64_t n = 1024;
+    while (n < messages) n <<= 1;
+    uint64_t *times = (uint64_t *)calloc(2 * n, sizeof(uint64_t));
+    if (!times) return ENOMEM;
+    free(h->ack_times);
+    h->ack_times = times;
+    h->ack_mask = n - 1;
+    return 0;
+}
+
+/* When the broker acknowledged the message produced with `opaque` (µs since the epoch, this
+   host's clock), or 0: not kept, not acknowledged yet, or its slot taken since by a later one.
+   The interceptor clears a slot's opaque before it writes the time and sets it after, so a time
+   read between two matching opaques is that message's. */
+static inline uint64_t outbox_ack_latency_time_of(const outbox_ack_latency *h, uint64_t opaque) {
+    if (!h->ack_times || opaque == 0) return 0;
+    const uint64_t *slot = h->ack_times + 2 * (opaque & h->ack_mask);
+    if (__atomic_load_n(&slot[0], __ATOMIC_SEQ_CST) != opaque) return 0;
+    uint64_t us = __atomic_load_n(&slot[1], __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&slot[0], __ATOMIC_SEQ_CST) != opaque) return 0;
+    return us;
+}
+
 static inline void outbox_ack_latency_free(outbox_ack_latency *h) {
     if (!h) return;
     if (h->log_fd >= 0) {
         outbox_ack_latency_flush_log(h);
         close(h->log_fd);
     }
+    free(h->ack_times);
     free(h->log_buf);
     pthread_mutex_destroy(&h->log_lock);
     free(h);
@@ -203,7 +237,7 @@ static inline size_t outbox_ack_log_digits(char *out, unsigned long long v) {
     return n;
 }
 
-static inline void outbox_ack_log_record(outbox_ack_latency *h, rd_kafka_message_t *m) {
+static inline void outbox_ack_log_record(outbox_ack_latency *h, rd_kafka_message_t *m, unsigned long long us) {
     rd_kafka_headers_t *hdrs = NULL;
     const void *id = NULL;
     size_t id_len = 0;
@@ -211,9 +245,6 @@ static inline void outbox_ack_log_record(outbox_ack_latency *h, rd_kafka_message
         rd_kafka_header_get_last(hdrs, "outbox-id", &id, &id_len) != RD_KAFKA_RESP_ERR_NO_ERROR ||
         !id || id_len == 0 || id_len > 20)
         return;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    unsigned long long us = (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000;
     pthread_mutex_lock(&h->log_lock);
     if (h->log_fd >= 0) {
         if (h->log_used + 48 > OUTBOX_ACK_LOG_BUF) outbox_ack_log_write_locked(h);
@@ -260,7 +291,19 @@ static inline rd_kafka_resp_err_t outbox_on_acknowledgement(rd_kafka_t *rk, rd_k
     outbox_ack_latency *h = (outbox_ack_latency *)opaque;
     if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR || !h) return RD_KAFKA_RESP_ERR_NO_ERROR;
     outbox_ack_latency_record(h, rd_kafka_message_latency(m));
-    if (__atomic_load_n(&h->log_fd, __ATOMIC_RELAXED) >= 0) outbox_ack_log_record(h, m);
+    int logging = __atomic_load_n(&h->log_fd, __ATOMIC_RELAXED) >= 0;
+    if (!h->ack_times && !logging) return RD_KAFKA_RESP_ERR_NO_ERROR;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned long long us = (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000;
+    uint64_t msg_opaque = (uint64_t)(uintptr_t)m->_private;
+    if (h->ack_times && msg_opaque != 0) {
+        uint64_t *slot = h->ack_times + 2 * (msg_opaque & h->ack_mask);
+        __atomic_store_n(&slot[0], 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&slot[1], (uint64_t)us, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&slot[0], msg_opaque, __ATOMIC_SEQ_CST);
+    }
+    if (logging) outbox_ack_log_record(h, m, us);
     return RD_KAFKA_RESP_ERR_NO_ERROR;
 }
 

@@ -10,8 +10,11 @@ public final class AckLatency: @unchecked Sendable {
     /// Owned; freed in deinit. Written by librdkafka's threads with atomic adds, read the same way.
     let histogram: UnsafeMutablePointer<outbox_ack_latency>
 
-    public init() {
-        guard let h = outbox_ack_latency_new() else { fatalError("out of memory") }
+    /// `keepingTimesOf`: also keep each acknowledgement's own time by the message's opaque
+    /// (``acknowledgedAtMicros(opaque:)``) for up to this many messages in flight at once.
+    public init(keepingTimesOf messages: Int = 0) {
+        guard let h = outbox_ack_latency_new(),
+              messages <= 0 || outbox_ack_latency_keep_times(h, messages) == 0 else { fatalError("out of memory") }
         histogram = h
     }
 
@@ -55,6 +58,14 @@ public final class AckLatency: @unchecked Sendable {
     public func takeRecentMax() -> Double? {
         let us = outbox_ack_latency_take_recent_max(histogram)
         return us == 0 ? nil : Double(us) / 1_000_000
+    }
+
+    /// When the broker acknowledged the message produced with `opaque`, in µs since the epoch on
+    /// this host's clock; nil if times are not kept, it is not acknowledged, or so many later
+    /// messages were acknowledged since that its slot was taken.
+    public func acknowledgedAtMicros(opaque: UInt64) -> Int64? {
+        let us = outbox_ack_latency_time_of(histogram, opaque)
+        return us == 0 ? nil : Int64(us)
     }
 
     /// For tests: records `micros` as the interceptor does.

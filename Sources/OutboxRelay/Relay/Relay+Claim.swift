@@ -255,12 +255,11 @@ extension Relay {
     /// deletes are left for the claim about to run, without the fused-delete timer that would
     /// otherwise be armed and cancelled at once.
     func takeDeferredEvents() {
-        let mark = reportDeferral.takeMark()
-        guard mark.marked, let producer else { return }
+        guard reportDeferral.takeMark(), let producer else { return }
         stats.deferredReportTakes += 1
         claimTakesDeletes = true
         defer { claimTakesDeletes = false }
-        for event in producer.takeEvents() { handleProducerEvent(event, queuedAt: mark.at) }
+        for event in producer.takeEvents() { handleProducerEvent(event) }
     }
 
     /// The claim statement for `request`, carrying `deleting`'s DELETE if any. Notifications that

@@ -22,12 +22,10 @@ extension Relay {
         }
     }
 
-    /// `queuedAt`: when the events were queued (monotonic nanoseconds), for events taken a while
-    /// after (ReportDeferral); nil: now.
-    func handleProducerEvent(_ event: KafkaProducer.Event, queuedAt: UInt64? = nil) {
+    func handleProducerEvent(_ event: KafkaProducer.Event) {
         switch event {
         case .deliveryReports(let reports):
-            handle(reports, acknowledgedAt: queuedAt)
+            handle(reports)
         case .log(let level, let facility, let message):
             // librdkafka's own lines, with its syslog level, through the relay's logger.
             let mapped: Logger.Level = level <= 2 ? .error : level <= 4 ? .warning
@@ -43,15 +41,12 @@ extension Relay {
         }
     }
 
-    func handle(_ reports: [DeliveryReport], acknowledgedAt: UInt64? = nil) {
+    func handle(_ reports: [DeliveryReport]) {
         let now = monotonicSeconds()
-        // When the broker's acknowledgement came, on the database's clock (for commit → ack):
-        // reports taken at the end of a claim loop's wait are dated by when they were queued.
-        var wallMicros = wallClockMicros() + databaseClockOffsetMicros
-        if let acknowledgedAt {
-            let nowNanos = DispatchTime.now().uptimeNanoseconds
-            if nowNanos > acknowledgedAt { wallMicros -= Int64((nowNanos - acknowledgedAt) / 1_000) }
-        }
+        // For commit → ack, each row is dated by when the broker's acknowledgement came (kept by
+        // ackLatency on librdkafka's broker thread; a report is taken up to a claim cycle later),
+        // on the database's clock. A row whose time was not kept is dated now.
+        let nowMicros = wallClockMicros()
         // Rows produced per topic, for the metric: a batch of reports nearly always names one
         // topic, so rows are counted per run of one topic rather than hashed per report (perf: a
         // dictionary was a fifth of this function's time at 500 rows/s).
@@ -93,7 +88,8 @@ extension Relay {
                     if configuration.recordsDeliveries {
                         ledger[row.id] = DeliveryPlace(topic: row.message.topic, partition: report.partition, offset: report.offset)
                     }
-                    metricsBatch.commitToAckMicros.append(max(0, wallMicros - row.createdAtMicros))
+                    let acknowledgedAt = ackLatency.acknowledgedAtMicros(opaque: report.opaque) ?? nowMicros
+                    metricsBatch.commitToAckMicros.append(max(0, acknowledgedAt + databaseClockOffsetMicros - row.createdAtMicros))
                 }
                 if tracking, let row = entry.row {
                     topicLastSuccess[row.message.topic] = now

@@ -48,10 +48,11 @@ public actor Relay: Service {
     /// Set (on the claim session's thread) when another replica closed the notification gate.
     nonisolated let gateClosedElsewhere = AtomicFlag()
     /// Every message's produce → broker acknowledgement time, taken on librdkafka's broker thread
-    /// as the acknowledgement is handled (``AckLatency``), across producer re-creations. Reports
-    /// are taken later, at the end of the claim loop's next wait, so this is the only exact
-    /// acknowledgement time; `/metrics` shows it (``ackLatencyMetricText()``).
-    public nonisolated let ackLatency = AckLatency()
+    /// as the acknowledgement is handled (``AckLatency``), across producer re-creations, and each
+    /// acknowledgement's own time by the message's sequence number. Reports are taken later, at
+    /// the end of the claim loop's next wait, so this is the only exact acknowledgement time;
+    /// `/metrics` shows it (``ackLatencyMetricText()``), and commit → ack is dated by it.
+    public nonisolated let ackLatency: AckLatency
     /// The slowest produce → acknowledgement among the messages acknowledged before the last
     /// claim of the read window (seconds; ClaimPacer's broker part of the path).
     var lastAcknowledgement = 0.0
@@ -204,6 +205,8 @@ public actor Relay: Service {
         self.logger = logger
         self.reportDeferral = ReportDeferral(wake: reportWake)
         self.window = InFlightWindow(maxRows: configuration.maxInFlightRows, maxBytes: configuration.maxInFlightBytes)
+        // Twice the window: a row's slot outlives the rows admitted after it while it waits.
+        self.ackLatency = AckLatency(keepingTimesOf: 2 * configuration.maxInFlightRows)
         self.failurePolicy = FailurePolicy(maxAttempts: configuration.maxAttempts,
                                            backoffBase: Double(configuration.retryBackoffMillis) / 1000,
                                            backoffCap: Double(configuration.retryBackoffMaxMillis) / 1000)

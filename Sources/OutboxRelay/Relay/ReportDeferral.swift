@@ -1,4 +1,3 @@
-import Dispatch
 import Synchronization
 
 /// Whether librdkafka's "events wait" callback wakes the report loop now, or only marks the
@@ -27,10 +26,6 @@ import Synchronization
 final class ReportDeferral: Sendable {
     private let deferring = Atomic<Bool>(false)
     private let marked = Atomic<Bool>(false)
-    /// When the first event since the last take was queued (monotonic nanoseconds): a deferred
-    /// report is handled up to a wait later, but its acknowledgement is dated by this (the
-    /// commit → acknowledgement metric).
-    private let markedAt = Atomic<UInt64>(0)
     private let wake: WakeSignal
 
     init(wake: WakeSignal) {
@@ -40,10 +35,6 @@ final class ReportDeferral: Sendable {
     /// librdkafka's callback (a broker thread, under its queue's lock): mark, then wake unless
     /// deferring. Marking first: a ``resume()`` that this check misses sees the mark.
     func eventsReady() {
-        // librdkafka calls this under its queue's lock: one caller at a time.
-        if !marked.load(ordering: .sequentiallyConsistent) {
-            markedAt.store(DispatchTime.now().uptimeNanoseconds, ordering: .sequentiallyConsistent)
-        }
         marked.store(true, ordering: .sequentiallyConsistent)
         if !deferring.load(ordering: .sequentiallyConsistent) { wake.signal() }
     }
@@ -64,11 +55,11 @@ final class ReportDeferral: Sendable {
     }
 
     /// Whether events were marked since the last take, clearing the mark (before taking them:
-    /// an event queued after the take announces itself again), and when the first of them was
-    /// queued (monotonic nanoseconds).
-    func takeMark() -> (marked: Bool, at: UInt64) {
-        let was = marked.exchange(false, ordering: .sequentiallyConsistent)
-        return (was, markedAt.load(ordering: .sequentiallyConsistent))
+    /// an event queued after the take announces itself again). A deferred report is handled up to
+    /// a wait after its acknowledgement; commit → ack is dated by the acknowledgement's own time
+    /// (``AckLatency``), not by this.
+    func takeMark() -> Bool {
+        marked.exchange(false, ordering: .sequentiallyConsistent)
     }
 
     var isDeferring: Bool { deferring.load(ordering: .sequentiallyConsistent) }

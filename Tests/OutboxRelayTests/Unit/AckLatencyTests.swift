@@ -74,6 +74,45 @@ struct AckLatencyTests {
         #expect(delivered == 40)
         #expect(latency.snapshot().count == 40, "each acknowledgement counted once")
     }
+    /// commit → ack dates each row by its own acknowledgement, kept by the message's opaque as
+    /// librdkafka handles it: not by when the report is taken, and never another message's.
+    @Test func eachAcknowledgementsTimeIsKeptByItsOpaque() async throws {
+        let cluster = try KafkaMockCluster(brokers: 1)
+        let topic = "acktime-\(UUID().uuidString.prefix(8).lowercased())"
+        try cluster.createTopic(topic, partitions: 2)
+        let latency = AckLatency(keepingTimesOf: 1)  // 1 024 slots, the least
+        let producer = try KafkaProducer(configuration: KafkaConfiguration([("bootstrap.servers", cluster.bootstrapServers)]),
+                                         ackLatency: latency) {}
+        defer { producer.close() }
+        let nowMicros = { Int64(Date().timeIntervalSince1970 * 1_000_000) }
+        func produce(_ opaques: [UInt64]) throws {
+            for o in opaques { try producer.produce(KafkaMessage(topic: topic, key: Array("k\(o)".utf8), value: [1]), opaque: o) }
+        }
+
+        cluster.setBrokerRoundTrip(40)
+        let before = nowMicros()
+        try produce(Array(1...20))
+        #expect(try await TestEnvironment.eventually("20 acknowledgements") { latency.snapshot().count == 20 })
+        let acknowledged = nowMicros()
+        for o: UInt64 in 1...20 {
+            let at = try #require(latency.acknowledgedAtMicros(opaque: o), "message \(o) has its time")
+            #expect(at >= before + 40_000 && at <= acknowledged, "message \(o) dated \(at), outside [\(before + 40_000), \(acknowledged)]")
+        }
+        #expect(latency.acknowledgedAtMicros(opaque: 21) == nil, "a message never produced has none")
+        #expect(latency.acknowledgedAtMicros(opaque: 0) == nil)
+
+        // 1 025 shares message 1's slot: once it is acknowledged, message 1 has no time rather
+        // than 1 025's.
+        try produce([1_025])
+        #expect(try await TestEnvironment.eventually("the 21st acknowledgement") { latency.snapshot().count == 21 })
+        #expect(latency.acknowledgedAtMicros(opaque: 1_025) != nil)
+        #expect(latency.acknowledgedAtMicros(opaque: 1) == nil)
+        #expect(latency.acknowledgedAtMicros(opaque: 2) != nil, "the other slots keep theirs")
+
+        // Without keeping times: none.
+        #expect(AckLatency().acknowledgedAtMicros(opaque: 1) == nil)
+    }
+
     /// The benchmark's per-row acknowledgement log: one line per acknowledged message that names
     /// its outbox id, dated when the acknowledgement came.
     @Test func theAcknowledgementLogDatesEachRow() async throws {
