@@ -86,6 +86,21 @@ public final class AckLatency: @unchecked Sendable {
         return out
     }
 
+    /// `value` escaped for a label in the Prometheus text format: backslash, double quote and line
+    /// feed (a quoted table name may hold any of them).
+    public static func labelValue(_ value: String) -> String {
+        var out = ""
+        for c in value.unicodeScalars {  // scalars: "\r\n" is one Character, its "\n" one scalar
+            switch c {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out
+    }
+
     /// Microseconds as seconds in plain decimal (0.0001, 2.5, 60): exact, no exponent.
     static func seconds(_ micros: Int64) -> String {
         let whole = micros / 1_000_000

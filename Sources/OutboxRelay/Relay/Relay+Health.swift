@@ -38,11 +38,10 @@ extension Relay {
     /// `outbox_relay_produce_to_ack_seconds` in Prometheus text format (see ``ackLatency``), for
     /// `/metrics` to append to the registry's own.
     public nonisolated func ackLatencyMetricText() -> String {
-        let name = table.description.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-        return ackLatency.prometheusText(
+        ackLatency.prometheusText(
             name: RelayMetrics.produceToAckLabel,
             help: "Produce call to broker acknowledgement, per acknowledged message (timed on librdkafka's broker thread).",
-            labels: "table=\"\(name)\"")
+            labels: "table=\"\(AckLatency.labelValue(table.description))\"")
     }
 
     /// Liveness and readiness, with the reason for each check.

@@ -24,6 +24,14 @@ struct AckLatencyTests {
         }
     }
 
+    /// A table's name goes into the histogram's label: backslash, quote and line feed escaped as
+    /// the text format requires, so no name can break `/metrics`.
+    @Test func aLabelValueIsEscaped() {
+        #expect(AckLatency.labelValue("public.outbox") == "public.outbox")
+        #expect(AckLatency.labelValue("a\\b\"c\nd") == "a\\\\b\\\"c\\nd")
+        #expect(AckLatency.labelValue("x\r\ny") == "x\r\\ny", "a CR LF's line feed too")
+    }
+
     /// The latency is taken when librdkafka handles the acknowledgement, not when the owner takes
     /// the report: the relay takes reports at the end of its next wait, a claim cycle later.
     @Test func theBrokersRoundTripIsTimedWhenTheAcknowledgementComes() async throws {
