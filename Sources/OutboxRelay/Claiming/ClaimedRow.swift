@@ -40,4 +40,7 @@ public struct ClaimBatch: Sendable {
     public var deleted: Int? = nil
     /// How long the statement took on this host, sent to decoded (seconds; 0 if not timed).
     public var seconds: Double = 0
+    /// This host's wall clock when the statement was sent (µs since the epoch; 0 if not timed):
+    /// the database's clock read during it was no earlier.
+    public var sentAtWallMicros: Int64 = 0
 }

@@ -32,6 +32,13 @@ public enum Settings {
         return v
     }
 
+    private static func milliseconds(_ flag: String, _ value: String) throws(RelayError) -> Double {
+        guard let v = Double(value.trimmingCharacters(in: .whitespaces)), v.isFinite else {
+            throw RelayError(.configuration, "invalid --\(flag) \"\(value)\": not a number of milliseconds")
+        }
+        return v
+    }
+
     public static let all: [Setting] = [
         Setting(flag: "layout", defaultText: "native", help: "native, or debezium: a table in Debezium's outbox layout (id, aggregatetype, aggregateid, type, payload), mapped as Debezium's EventRouter maps it; its options by --debezium-option NAME=VALUE") { c, v in c.layoutName = v },
         Setting(flag: "database-url", defaultText: "required", help: "PostgreSQL URL or conninfo; every libpq option (sslmode, sslrootcert, ...) passes through it") { c, v in c.databaseURL = v },
@@ -42,7 +49,7 @@ public enum Settings {
         Setting(flag: "max-in-flight-bytes", defaultText: "16777216", help: "Bytes produced but not yet deleted, at most") { c, v throws(RelayError) in c.maxInFlightBytes = try int("max-in-flight-bytes", v) },
         Setting(flag: "poll-interval-ms", defaultText: "1000", help: "Claim without a notification this often (NOTIFY wakes the relay at once)") { c, v throws(RelayError) in c.pollIntervalMillis = try int("poll-interval-ms", v) },
         Setting(flag: "busy-poll-ms", defaultText: "5 (at most the poll interval)", help: "While rows arrive faster than about one per 1.5 x this, claim this often instead of on each commit's NOTIFY; larger batches more rows per claim at up to this much more latency; at most --poll-interval-ms") { c, v throws(RelayError) in c.busyPollMillis = try int("busy-poll-ms", v) },
-        Setting(flag: "latency-target-ms", defaultText: "\(RelayConfiguration.defaultLatencyTargetMillis) (at most the poll interval)", help: "How long a row may take from its commit to the broker's acknowledgement while a caught-up replica waits for more rows to claim with it: it lingers after a notification and lengthens the busy poll by what of this its measured delays (the database's and the broker's acknowledgements) leave; 0 claims at once") { c, v throws(RelayError) in c.latencyTargetMillis = try int("latency-target-ms", v) },
+        Setting(flag: "latency-target-ms", defaultText: "\(RelayConfiguration.defaultLatencyTargetMillis) (at most the poll interval)", help: "The p99 a row may take from its commit to the broker's acknowledgement while a caught-up replica waits for more rows to claim with it (decimals allowed): it lingers after a notification and lengthens the busy poll by what of this its measured delays (the database's and the broker's acknowledgements) leave, steered by its rows' own latencies; 0 claims at once") { c, v throws(RelayError) in c.latencyTargetMillis = try milliseconds("latency-target-ms", v) },
         Setting(flag: "lease-duration-ms", defaultText: "30000", help: "Shard lease duration; must exceed message timeout + reconnect backoff + statement timeout + 1 s") { c, v throws(RelayError) in c.leaseDurationMillis = try int("lease-duration-ms", v) },
         Setting(flag: "heartbeat-interval-ms", defaultText: "lease duration / 6", help: "Lease renewal interval") { c, v throws(RelayError) in c.heartbeatIntervalMillis = try int("heartbeat-interval-ms", v) },
         Setting(flag: "message-timeout-ms", defaultText: "10000", help: "librdkafka message.timeout.ms: a message's final delivery report comes within this") { c, v throws(RelayError) in c.messageTimeoutMillis = try int("message-timeout-ms", v) },

@@ -10,6 +10,9 @@ public struct InFlightWindow: Sendable {
         public let shard: Int32
         public let bytes: Int
         public let createdAtMicros: Int64
+        /// When its COMMIT → acknowledgement latency starts at the latest (database clock, µs), for
+        /// the claim pacer; `Int64.min`: not a sample (see Relay.pathStart).
+        public let pathStartMicros: Int64
         public var acknowledged: Bool
         /// The row as produced (kept for retry holds, dead-lettering and the dead-letter topic;
         /// the message buffer is shared, not copied).
@@ -80,11 +83,13 @@ public struct InFlightWindow: Sendable {
 
     /// Admits a row about to be produced; returns the opaque sequence for its message.
     /// A single row larger than the byte limit is still admitted when the window is empty.
-    public mutating func admit(rowId: Int64, shard: Int32, bytes size: Int, createdAtMicros: Int64, row: ClaimedRow? = nil) -> UInt64 {
+    public mutating func admit(rowId: Int64, shard: Int32, bytes size: Int, createdAtMicros: Int64,
+                               pathStartMicros: Int64 = .min, row: ClaimedRow? = nil) -> UInt64 {
         let seq = nextSequence
         nextSequence += 1
         if rowId > highestRowId { highestRowId = rowId }
-        entries.insert(seq, Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros, acknowledged: false, row: row))
+        entries.insert(seq, Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros,
+                                   pathStartMicros: pathStartMicros, acknowledged: false, row: row))
         rows += 1
         bytes += size
         awaitingReport += 1

@@ -6,7 +6,9 @@ import PGClient
 /// Producing claimed rows (the ownership rule per row) and what a failed delivery does: retry,
 /// rewind, probe a suspect alone, or dead-letter.
 extension Relay {
-    func produce(_ rows: [ClaimedRow]) {
+    /// `committedAfter`: the read window's rows committed after this time (database clock, µs),
+    /// for the pacer (see pathStart); nil: not samples.
+    func produce(_ rows: [ClaimedRow], committedAfter: Int64? = nil) {
         guard let producer, !recreating else {
             // Not produced now: read again once a producer is ready.
             if !rows.isEmpty { cursor.rewind() }
@@ -47,7 +49,9 @@ extension Relay {
                 continue
             }
             let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
-                                   createdAtMicros: row.createdAtMicros, row: row)
+                                   createdAtMicros: row.createdAtMicros,
+                                   pathStartMicros: committedAfter.map { Self.pathStart(row, committedAfter: $0) } ?? .min,
+                                   row: row)
             do throws(KafkaError) {
                 if let problem = row.unreadable {
                     // Refused before librdkafka, as exactly as its own refusals: dead-lettered at once.
@@ -62,6 +66,17 @@ extension Relay {
                 failed(entry, error: error, persistence: .notPersisted, now: now)
             }
         }
+    }
+
+    /// Where a row's COMMIT → acknowledgement latency starts at the latest, database clock: its
+    /// INSERT, or when the snapshot its transaction was invisible in was taken, if later (it
+    /// committed after that). With the acknowledgement dated on the database's clock by an offset
+    /// that errs long (see claimStep), the latency so measured is never short. Only rows of a
+    /// window's first page with that snapshot known are samples: a sweep's rows are as old as the
+    /// rewind made them, and without the snapshot a row of a transaction that stayed open would
+    /// count the application's time as the path's.
+    static func pathStart(_ row: ClaimedRow, committedAfter: Int64) -> Int64 {
+        max(row.createdAtMicros, committedAfter)
     }
 
     /// A row the broker acknowledged before (see DeliveredMemory): into the window as acknowledged,

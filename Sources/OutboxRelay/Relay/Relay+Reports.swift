@@ -90,6 +90,10 @@ extension Relay {
                     }
                     let acknowledgedAt = ackLatency.acknowledgedAtMicros(opaque: report.opaque) ?? nowMicros
                     metricsBatch.commitToAckMicros.append(max(0, acknowledgedAt + databaseClockOffsetMicros - row.createdAtMicros))
+                    if entry.pathStartMicros != .min {
+                        pacer.observeRow(latency: Double(acknowledgedAt + databaseClockOffsetMicros - entry.pathStartMicros) / 1_000_000,
+                                         polling: wakeMode.mode == .polling, now: now)
+                    }
                 }
                 if tracking, let row = entry.row {
                     topicLastSuccess[row.message.topic] = now

@@ -82,7 +82,7 @@ extension Relay {
         }
         let poll = Double(configuration.pollIntervalMillis) / 1000
         wakeMode = WakeMode(busyPoll: Double(configuration.effectiveBusyPollMillis) / 1000, declaration: max(2 * poll, 0.2))
-        pacer = ClaimPacer(target: Double(configuration.effectiveLatencyTargetMillis) / 1000, busyPoll: wakeMode.busyPoll)
+        pacer = ClaimPacer(target: configuration.effectiveLatencyTargetMillis / 1000, busyPoll: wakeMode.busyPoll)
         if !info.notificationGate {
             logger.notice("table \(table) has no notification gate: every insert sends a NOTIFY (run `outbox-relay migrate` of this version)")
         }

@@ -121,15 +121,15 @@ import Testing
     /// notified meanwhile: the next claim runs at once, as the relay's does. The broker
     /// acknowledges each row `acknowledgement` after the produce, plus a random tail of mean
     /// `ackTail` (exponential); the pacer hears of the slowest of a claim's acknowledgements at the
-    /// next claim, as the relay does. Returns the rows' INSERT → acknowledgement p99 and the
-    /// claims per row.
+    /// next claim, as the relay does, and of each row's latency too (unless `feedback` is off).
+    /// Returns the rows' INSERT → acknowledgement p99 and the claims per row.
     private func trickle(rate: Double, commit: Double, announce: Double, statement: Double,
                          target: Double, seed: UInt64, acknowledgement: Double = 0,
-                         ackTail: Double = 0) -> (p99: Double, claimsPerRow: Double) {
+                         ackTail: Double = 0, feedback: Bool = true, seconds: Double = 60) -> (p99: Double, claimsPerRow: Double) {
         var rng = SplitMix(seed: seed)
         var arrivals: [Double] = []
         var t = 0.0
-        while t < 60 {
+        while t < seconds {
             t += -log(1 - Double.random(in: 0..<1, using: &rng)) / rate
             arrivals.append(t)
         }
@@ -140,7 +140,12 @@ import Testing
         var now = 0.0
         var immediate = false
         var lastAck = acknowledgement
+        var unreported: [Double] = []
         while next < arrivals.count {
+            // The previous claim's rows were acknowledged meanwhile: their latencies, as the
+            // relay's reports bring them (a trickle is notified: not polling).
+            if feedback { for latency in unreported { pacer.observeRow(latency: latency, polling: false, now: now) } }
+            unreported.removeAll()
             var waited = 0.0
             var start: Double
             if immediate {
@@ -160,6 +165,7 @@ import Testing
                 let ack = acknowledgement + (ackTail > 0 ? -log(1 - Double.random(in: 0..<1, using: &rng)) * ackTail : 0)
                 slowest = max(slowest, ack)
                 latencies.append(end + ack - arrivals[next])
+                unreported.append(end + ack - arrivals[next])
                 next += 1
             }
             claims += 1
@@ -194,22 +200,96 @@ import Testing
 
     @Test func theDefaultTargetKeepsATricklesRowsUnderTenMilliseconds() {
         // Issue 13 allows a p99 of 10 ms from COMMIT to the broker's acknowledgement; the default
-        // spends up to 9 of it on the whole path, gathering rows included. In the model, quiet or
-        // slow, broker included, the rows' p99 stays within the default plus half a millisecond,
-        // under 10 ms.
-        let target = Double(RelayConfiguration(databaseURL: "postgresql://x@localhost/x", brokers: "localhost:9092")
-            .effectiveLatencyTargetMillis) / 1000
-        #expect(target == 0.009)
+        // target is 9.5 ms, which the rows' own latencies steer the wait to. In the model, quiet
+        // or slow, broker included, the rows' p99 stays within a quarter millisecond of it.
+        let target = RelayConfiguration(databaseURL: "postgresql://x@localhost/x", brokers: "localhost:9092")
+            .effectiveLatencyTargetMillis / 1000
+        #expect(target == 0.0095)
         // The broker as measured here at 100 rows/s: about 0.6 ms to acknowledge, a tail to 3.4 ms
         // at p99 (exponential, mean 0.6 ms). On the slow path (6 ms before the produce) a slower
-        // broker that still fits: 1 ms, a tail to 2.4 ms at p99.
+        // broker that still fits: 1 ms, a tail to 2.4 ms at p99. And a broker with a long tail
+        // (mean 1.5 ms, to 7.5 ms at p99), which the claims' overhead alone let through.
         for (commit, announce, statement, ack, tail) in [(0.0005, 0.0002, 0.0004, 0.0006, 0.0006),
-                                                         (0.002, 0.001, 0.003, 0.001, 0.0003)] {
+                                                         (0.002, 0.001, 0.003, 0.001, 0.0003),
+                                                         (0.0005, 0.0002, 0.0004, 0.0006, 0.0015)] {
             for rate in [20.0, 100.0, 130.0] {
                 let p99 = trickle(rate: rate, commit: commit, announce: announce, statement: statement, target: target, seed: 11,
-                                  acknowledgement: ack, ackTail: tail).p99
-                #expect(p99 <= target + 0.0005 && p99 < 0.010, "\(rate) rows/s, statement \(statement): p99 \(p99)")
+                                  acknowledgement: ack, ackTail: tail, seconds: 600).p99
+                #expect(p99 <= target + 0.00025 && p99 < 0.010, "\(rate) rows/s, statement \(statement), tail \(tail): p99 \(p99)")
             }
         }
+        // The long tail without the rows' own latencies: over the promise.
+        let blind = trickle(rate: 100, commit: 0.0005, announce: 0.0002, statement: 0.0004, target: target, seed: 11,
+                            acknowledgement: 0.0006, ackTail: 0.0015, feedback: false, seconds: 600).p99
+        #expect(blind > 0.010, "p99 \(blind)")
+    }
+
+    /// The rows' own latencies steer the wait, once ``ClaimPacer/handOverRows`` have come: within
+    /// the target they lengthen it up to the target, over it they shorten it down to its floor,
+    /// and a steady path settles where one row in a hundred is over.
+    @Test func theRowsSteerTheWaitToTheirP99() {
+        var p = ClaimPacer(target: 0.009, busyPoll: 0.005)
+        for _ in 0..<ClaimPacer.samples { p.observe(oldestAge: 0.003, waited: 0) }
+        #expect(abs(p.busyPause - 0.006) < 1e-9 && abs(p.notifiedLinger - 0.006) < 1e-9)
+        // The heuristic's wait until 200 rows have come…
+        var t = 0.0
+        for _ in 0..<(ClaimPacer.handOverRows - 1) {
+            t += 0.002
+            p.observeRow(latency: 0.004, polling: true, now: t)
+        }
+        #expect(abs(p.busyPause - 0.006) < 1e-9 && p.steeredPause == nil)
+        // … then rows well within the target, 500 a second, lengthen it to the whole target, and
+        // no further. The linger, whose rows have not come, stays as it was.
+        for _ in 0..<100_000 {
+            t += 0.002
+            p.observeRow(latency: 0.004, polling: true, now: t)
+        }
+        #expect(abs(p.busyPause - 0.009) < 1e-9)
+        #expect(abs(p.notifiedLinger - 0.006) < 1e-9)
+        // Every row over it: the busy pause shrinks to the busy poll, and no further, so it
+        // lengthens again with the first row within. (Polling more often than that did not
+        // bring the rows sooner on a busy machine: the broker's acknowledgements were what was
+        // slow, and more ProduceRequests made them slower.)
+        for _ in 0..<1_000 { t += 0.002; p.observeRow(latency: 0.012, polling: true, now: t) }
+        #expect(abs(p.busyPause - 0.005) < 1e-9)
+        t += 0.002
+        p.observeRow(latency: 0.004, polling: true, now: t)
+        #expect(p.busyPause > 0.005)
+        // The heuristic no longer moves it.
+        for _ in 0..<ClaimPacer.samples { p.observe(oldestAge: 0.001, waited: 0) }
+        #expect(p.busyPause < 0.0051)
+        // Notified, the linger's floor is none.
+        for _ in 0..<1_000 { t += 0.002; p.observeRow(latency: 0.012, polling: false, now: t) }
+        #expect(p.notifiedLinger == 0)
+        // Off: nothing moves it.
+        var off = ClaimPacer(target: 0, busyPoll: 0.005)
+        for _ in 0..<1_000 { off.observeRow(latency: 1, polling: true, now: 0) }
+        #expect(off.busyPause == 0.005 && off.steeredPause == nil)
+
+        // A closed loop: rows arrive evenly during a pause and wait out the rest of it, then
+        // 0.5 ms of path and an exponential broker tail of mean 0.8 ms (3.7 ms at p99). The
+        // claims' overhead alone leaves a pause of 7.7 ms, at which about 4 rows in a hundred are
+        // over the target; the rows shorten it until one in a hundred is (about 6.5 ms).
+        var rng = SplitMix(seed: 5)
+        var loop = ClaimPacer(target: 0.009, busyPoll: 0.005)
+        var over = 0, rows = 0
+        var now = 0.0
+        for claim in 0..<40_000 {
+            let pause = loop.busyPause
+            now += pause + 0.001
+            loop.observe(oldestAge: pause + 0.0005, waited: pause, acknowledgement: 0.0008)
+            for _ in 0..<4 {
+                let tail = -log(1 - Double.random(in: 0..<1, using: &rng)) * 0.0008
+                let latency = pause * Double.random(in: 0..<1, using: &rng) + 0.0005 + tail
+                loop.observeRow(latency: latency, polling: true, now: now)
+                if claim >= 10_000 {
+                    rows += 1
+                    if latency > 0.009 { over += 1 }
+                }
+            }
+        }
+        #expect(loop.busyPause > 0.0055 && loop.busyPause < 0.0075, "pause \(loop.busyPause)")
+        let share = Double(over) / Double(rows)
+        #expect(share > 0.007 && share < 0.013, "share over the target \(share)")
     }
 }

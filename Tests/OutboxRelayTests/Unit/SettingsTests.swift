@@ -132,6 +132,30 @@ import Testing
         #expect(throws: Never.self) { try c.validate() }
     }
 
+    @Test func theLatencyTargetTakesDecimalsAndIsAtMostThePollInterval() throws {
+        let env = ["OUTBOX_DATABASE_URL": "postgresql://x", "OUTBOX_BROKERS": "a:1"]
+        let d = try Settings.resolve(flags: [:], environment: env)
+        #expect(d.latencyTargetMillis == nil && d.effectiveLatencyTargetMillis == 9.5)
+        let e = try Settings.resolve(flags: ["latency-target-ms": "7.25"], environment: env)
+        #expect(e.effectiveLatencyTargetMillis == 7.25)
+        #expect { try Settings.resolve(flags: ["latency-target-ms": "9ms"], environment: env) } throws: {
+            "\($0)".contains("--latency-target-ms \"9ms\"") && "\($0)".contains("milliseconds")
+        }
+        #expect { try Settings.resolve(flags: ["latency-target-ms": "nan"], environment: env) } throws: {
+            "\($0)".contains("--latency-target-ms \"nan\"")
+        }
+        var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        c.latencyTargetMillis = -0.5
+        #expect { try c.validate() } throws: { "\($0)".contains("--latency-target-ms -0.5") }
+        c.latencyTargetMillis = 200.5
+        c.pollIntervalMillis = 200
+        #expect { try c.validate() } throws: { "\($0)".contains("--latency-target-ms 200.5") && "\($0)".contains("--poll-interval-ms 200") }
+        // A poll interval under the default: the default follows it.
+        var short = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
+        short.pollIntervalMillis = 4
+        #expect(short.effectiveLatencyTargetMillis == 4)
+    }
+
     @Test func negativeBatchSizeAndUnknownKafkaPropertyAreRefused() {
         var c = RelayConfiguration(databaseURL: "postgresql://x", brokers: "a:1")
         c.batchSize = -5
