@@ -88,10 +88,11 @@ extension Relay {
                     if configuration.recordsDeliveries {
                         ledger[row.id] = DeliveryPlace(topic: row.message.topic, partition: report.partition, offset: report.offset)
                     }
-                    let acknowledgedAt = ackLatency.acknowledgedAtMicros(opaque: report.opaque) ?? nowMicros
-                    metricsBatch.commitToAckMicros.append(max(0, acknowledgedAt + databaseClockOffsetMicros - row.createdAtMicros))
+                    // On the database's clock, as created_at and the row's path start are.
+                    let acknowledgedAt = (ackLatency.acknowledgedAtMicros(opaque: report.opaque) ?? nowMicros) + databaseClockOffsetMicros
+                    metricsBatch.commitToAckMicros.append(max(0, acknowledgedAt - row.createdAtMicros))
                     if entry.pathStartMicros != .min {
-                        pacer.observeRow(latency: Double(acknowledgedAt + databaseClockOffsetMicros - entry.pathStartMicros) / 1_000_000,
+                        pacer.observeRow(latency: Double(acknowledgedAt - entry.pathStartMicros) / 1_000_000,
                                          polling: wakeMode.mode == .polling, now: now)
                     }
                 }
