@@ -60,7 +60,7 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
-from procstat import all_cpu, librdkafka_cpu, parent_pid, proc_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
+from procstat import BrokerSends, all_cpu, librdkafka_cpu, parent_pid, proc_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
 from acklog import read_ack_logs  # noqa: E402
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
@@ -1171,6 +1171,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             c["cpu"] = CpuWindow(self.a.tansu_pid, c["pids"])
             c["rdk0"] = sum(librdkafka_cpu(p) for p in c["pids"])
         perf = None if together else self.start_perf(ctxs[0]["table"], rate, ctxs[0]["seconds"])
+        sends = BrokerSends.start([p for c in ctxs for p in c["pids"]],
+                                  os.path.join(self.run_dir, f"{ctxs[0]['table']}.sends.csv"))
         if together:
             loads, errors = [None] * len(ctxs), []
 
@@ -1207,8 +1209,12 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                     raise RuntimeError(f"{pending[0]['table']} not empty 120 s after the last insert")
                 time.sleep(0.02)
         machine_probe = stop_machine_probe(probe)
+        counted = sends.finish() if sends else {}
         for c in ctxs:
             c["res"]["machine_probe_ms"] = machine_probe
+            # Counted until the last run's table was empty: a run that emptied sooner idled
+            # meanwhile, and an idle relay sends nothing.
+            c["sends"] = BrokerSends.per_row({p: counted[p] for p in c["pids"] if p in counted}, c["total"])
             # How many replicas held shards at the end (with --shard-spread load, as few as the
             # load needed; with even, all).
             c["lease_owners"] = None if c["relay"] == "naive" else int(self.admin.scalar(
@@ -1380,6 +1386,9 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 # The broker's (Tansu's) CPU: not in the issue's targets, but a cost the relay
                 # causes — per ProduceRequest, and librdkafka sends one per partition.
                 "broker_cpu_ms": per_row(res["tansu_cpu_s"]),
+                # The librdkafka broker threads' sendmsg calls (one per request: BrokerSends), and
+                # per send their recvmsg calls and context switches; absent where perf cannot count.
+                **c["sends"],
                 "statements_on_table": per_row(st_table, 1),
                 "claims": per_row(kinds["select"], 1),
                 "deletes": per_row(kinds["delete"], 1),
@@ -1653,7 +1662,11 @@ def targets_table(out):
         ro = [v for v in (ratio(o.get("relay_other_cpu_ms"), n.get("relay_other_cpu_ms")) for o, n in rows) if v is not None]
         if not (rk and ro):
             return None
-        return (f"{indent}of the relay CPU: librdkafka's threads {fmt(statistics.median(rk), 2)} × the naive's, "
+        # What librdkafka's threads cost follows their requests (BrokerSends), where perf counted.
+        bs = [(o["broker_sends"], n["broker_sends"]) for o, n in rows if o.get("broker_sends") and n.get("broker_sends")]
+        sends = (f" (requests per row {fmt(statistics.median(o for o, _ in bs), 2)} against "
+                 f"{fmt(statistics.median(n for _, n in bs), 2)})") if bs else ""
+        return (f"{indent}of the relay CPU: librdkafka's threads {fmt(statistics.median(rk), 2)} × the naive's{sends}, "
                 f"the rest {fmt(statistics.median(ro), 2)} × (medians)")
     together = any(s.get("pairing") == "together" for s in out.get("steady", []))
     lines = ["6. Issue 13's targets (outbox-relay ÷ the naive relay at the same rate and round; median over rounds"

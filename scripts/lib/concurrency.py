@@ -67,7 +67,7 @@ from psycopg.types.json import Jsonb
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from procstat import all_cpu, librdkafka_cpu, parent_pid
+from procstat import BrokerSends, all_cpu, librdkafka_cpu, parent_pid
 from acklog import read_ack_logs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -307,10 +307,11 @@ class CpuWindow:
     it the relays' own backends, told apart by application_name), every process of the machine.
     Only for runs whose relays live through the window (--restart none)."""
 
-    def __init__(self, admin, replicas, naive):
+    def __init__(self, admin, replicas, naive, sends_path):
         self.admin = admin
         self.replicas = replicas
         self.naive = naive
+        self.sends_path = sends_path  # perf's counts of the broker threads' system calls
         self.postmaster = parent_pid(admin.execute("SELECT pg_backend_pid()").fetchone()[0])
 
     def relay_backends(self):
@@ -324,6 +325,7 @@ class CpuWindow:
     def start(self):
         self.cpu0 = all_cpu(self.postmaster)
         self.rdk0 = {p: librdkafka_cpu(p) for p in self.relay_pids()}
+        self.sends = BrokerSends.start(sorted(self.relay_pids()), self.sends_path)
         self.t0 = time.monotonic()
 
     def finish(self, rows):
@@ -331,6 +333,7 @@ class CpuWindow:
         relay_pids = self.relay_pids()
         # librdkafka's threads (same library, same requests in both relays) apart from the rest.
         rdk = sum(librdkafka_cpu(p) - self.rdk0.get(p, 0.0) for p in relay_pids)
+        sends = BrokerSends.per_row(self.sends.finish(), rows) if self.sends else {}
         cpu1 = all_cpu(self.postmaster)
         wall = time.monotonic() - self.t0
         delta = {pid: c - self.cpu0[pid][2] if pid in self.cpu0 and self.cpu0[pid][0] == start else c
@@ -350,7 +353,7 @@ class CpuWindow:
                         "relay_other_cpu_ms": ms(relay - rdk), "postgres_cpu_ms": ms(pg),
                         "postgres_relay_backends_cpu_ms": ms(relay_bk),
                         "postgres_other_cpu_ms": ms(pg - relay_bk),
-                        "relay_plus_postgres_cpu_ms": ms(relay + pg)},
+                        "relay_plus_postgres_cpu_ms": ms(relay + pg), **sends},
         }
 
 
@@ -929,7 +932,7 @@ def run(a, seed):
 
         cpu_window = None
         if a.cpu and a.restart == "none":
-            cpu_window = CpuWindow(admin, replicas, a.naive)
+            cpu_window = CpuWindow(admin, replicas, a.naive, os.path.join(log_dir, "broker-sends.csv"))
             cpu_window.start()
         t0, t1 = wl.run(a.seconds)
         if restart_thread:

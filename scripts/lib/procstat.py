@@ -62,3 +62,92 @@ def librdkafka_cpu(pid):
         if name.startswith("rdk:"):
             total += int(rest[11]) + int(rest[12])
     return total / CLK_TCK
+
+
+class BrokerSends:
+    """What the librdkafka broker threads (rdk:broker…) of some processes did over a window,
+    counted by perf's system-call tracepoints (`perf stat --per-thread`): their `sendmsg` calls,
+    which on a plaintext connection are one per request (librdkafka writes a request with one
+    `sendmsg` unless the socket is full, and a ProduceRequest carries one partition's batch,
+    librdkafka #1700), their `recvmsg` calls and their context switches. Counting, not sampling:
+    the cost is a counter increment per call. `BrokerSends.start(pids, path)` returns None where
+    perf cannot count (not installed, no permission): the figures are then left out."""
+
+    EVENTS = ("syscalls:sys_enter_sendmsg", "syscalls:sys_enter_recvmsg", "context-switches")
+    NAMES = ("sends", "receives", "switches")
+    _usable = None
+
+    @classmethod
+    def usable(cls):
+        if cls._usable is None:
+            import shutil
+            import subprocess
+            cls._usable = bool(shutil.which("perf")) and subprocess.run(
+                ["perf", "stat", "-x,", "-e", cls.EVENTS[0], "--", "true"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        return cls._usable
+
+    @classmethod
+    def start(cls, pids, path):
+        import subprocess
+        pids = [p for p in pids if p]
+        if not pids or not cls.usable():
+            return None
+        self = cls()
+        self.path = path
+        # perf attaches to the threads that exist now; a relay's broker threads do by the window.
+        self.thread_pid = {}
+        for pid in pids:
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    self.thread_pid[int(tid)] = pid
+            except OSError:
+                continue
+        self.proc = subprocess.Popen(["perf", "stat", "-x,", "--per-thread", "-e", ",".join(cls.EVENTS),
+                                      "-p", ",".join(str(p) for p in pids), "-o", path],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def finish(self):
+        """{pid: {"sends", "receives", "switches"}} summed over each process's rdk:broker threads;
+        {} if perf gave nothing."""
+        import signal
+        import subprocess
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return {}
+        out = {}
+        try:
+            with open(self.path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return {}
+        for line in lines:
+            fields = line.split(",")
+            if len(fields) < 4 or fields[3] not in self.EVENTS or not fields[1].isdigit():
+                continue
+            comm, _, tid = fields[0].rpartition("-")
+            pid = self.thread_pid.get(int(tid)) if tid.isdigit() else None
+            if pid is None or not comm.startswith("rdk:broker"):
+                continue
+            counts = out.setdefault(pid, dict.fromkeys(self.NAMES, 0))
+            counts[self.NAMES[self.EVENTS.index(fields[3])]] += int(fields[1])
+        return out
+
+    @staticmethod
+    def per_row(counts, rows):
+        """The window's broker sends per row, and per send the receives and context switches, over
+        all the counted processes ({} when nothing was counted)."""
+        total = dict.fromkeys(BrokerSends.NAMES, 0)
+        for c in counts.values():
+            for k in total:
+                total[k] += c[k]
+        if not total["sends"] or not rows:
+            return {}
+        return {"broker_sends": round(total["sends"] / rows, 4),
+                "broker_receives_per_send": round(total["receives"] / total["sends"], 2),
+                "broker_switches_per_send": round(total["switches"] / total["sends"], 2)}
