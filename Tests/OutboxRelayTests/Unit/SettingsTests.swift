@@ -236,6 +236,9 @@ import Testing
         let k = c.kafkaConfiguration()
         #expect(k["linger.ms"] == "9")
         #expect(k["compression.type"] == "zstd", "flag wins over the file")
+        #expect(k["socket.nagle.disable"] == "true", "a claim's requests after the first must not wait for a TCP ACK")
+        let nagle = try Settings.resolve(flags: [:], kafkaProperties: ["socket.nagle.disable=false"], environment: [:], file: [:])
+        #expect(nagle.kafkaConfiguration()["socket.nagle.disable"] == "false", "a pass-through property still wins")
     }
 
     @Test func unknownFileSettingsAreRefusedByName() throws {
