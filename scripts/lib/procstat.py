@@ -1,5 +1,8 @@
 """CPU time of the machine's processes from /proc, for the bench and the concurrency harness."""
 import os
+import shutil
+import signal
+import subprocess
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -80,8 +83,6 @@ class BrokerSends:
     @classmethod
     def usable(cls):
         if cls._usable is None:
-            import shutil
-            import subprocess
             cls._usable = bool(shutil.which("perf")) and subprocess.run(
                 ["perf", "stat", "-x,", "-e", cls.EVENTS[0], "--", "true"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
@@ -89,7 +90,6 @@ class BrokerSends:
 
     @classmethod
     def start(cls, pids, path):
-        import subprocess
         pids = [p for p in pids if p]
         if not pids or not cls.usable():
             return None
@@ -111,8 +111,6 @@ class BrokerSends:
     def finish(self):
         """{pid: {"sends", "receives", "switches"}} summed over each process's rdk:broker threads;
         {} if perf gave nothing."""
-        import signal
-        import subprocess
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=10)
