@@ -13,6 +13,9 @@ public struct InFlightWindow: Sendable {
         /// When its COMMIT → acknowledgement latency starts at the latest (database clock, µs), for
         /// the claim pacer; `Int64.min`: not a sample (see Relay.pathStart).
         public let pathStartMicros: Int64
+        /// Claimed after a busy poll's pause (true) or a notified wait (false): the wait its
+        /// latency steers (ClaimPacer), as it was when the row was claimed, not when acknowledged.
+        public let claimedPolling: Bool
         public var acknowledged: Bool
         /// The row as produced (kept for retry holds, dead-lettering and the dead-letter topic;
         /// the message buffer is shared, not copied).
@@ -84,12 +87,14 @@ public struct InFlightWindow: Sendable {
     /// Admits a row about to be produced; returns the opaque sequence for its message.
     /// A single row larger than the byte limit is still admitted when the window is empty.
     public mutating func admit(rowId: Int64, shard: Int32, bytes size: Int, createdAtMicros: Int64,
-                               pathStartMicros: Int64 = .min, row: ClaimedRow? = nil) -> UInt64 {
+                               pathStartMicros: Int64 = .min, claimedPolling: Bool = false,
+                               row: ClaimedRow? = nil) -> UInt64 {
         let seq = nextSequence
         nextSequence += 1
         if rowId > highestRowId { highestRowId = rowId }
         entries.insert(seq, Entry(rowId: rowId, shard: shard, bytes: size, createdAtMicros: createdAtMicros,
-                                   pathStartMicros: pathStartMicros, acknowledged: false, row: row))
+                                   pathStartMicros: pathStartMicros, claimedPolling: claimedPolling, acknowledged: false,
+                                   row: row))
         rows += 1
         bytes += size
         awaitingReport += 1

@@ -16,6 +16,9 @@ extension Relay {
         }
         let deadlines = leases.produceDeadlines()
         let hook = configuration.beforeProduce
+        // The wait these rows' latencies steer: the one this claim followed. (The mode changes
+        // after the produce, in waitWhenCaughtUp, and the acknowledgements come later still.)
+        let claimedPolling = wakeMode.mode == .polling
         for row in rows {
             hook?(row.id)
             // The ownership rule, checked at this produce call's own time: a pause (GC, SIGSTOP,
@@ -51,7 +54,7 @@ extension Relay {
             let seq = window.admit(rowId: row.id, shard: row.shard, bytes: row.message.byteCount,
                                    createdAtMicros: row.createdAtMicros,
                                    pathStartMicros: committedAfter.map { Self.pathStart(row, committedAfter: $0) } ?? .min,
-                                   row: row)
+                                   claimedPolling: claimedPolling, row: row)
             do throws(KafkaError) {
                 if let problem = row.unreadable {
                     // Refused before librdkafka, as exactly as its own refusals: dead-lettered at once.

@@ -54,6 +54,18 @@ import Testing
         #expect(w.byShard.isEmpty)
     }
 
+    /// The pacer's sample is steered into the wait its row was claimed after: the acknowledgement
+    /// may come after the relay switched between polling and notifications.
+    @Test func anAcknowledgedRowTellsTheWaitItWasClaimedAfter() {
+        var w = InFlightWindow(maxRows: 10, maxBytes: 1000)
+        let polled = w.admit(rowId: 1, shard: 0, bytes: 10, createdAtMicros: 0, pathStartMicros: 5, claimedPolling: true)
+        let notified = w.admit(rowId: 2, shard: 0, bytes: 10, createdAtMicros: 0, pathStartMicros: 6)
+        let a = w.acknowledge(polled)
+        #expect(a?.claimedPolling == true)
+        #expect(a?.pathStartMicros == 5)
+        #expect(w.acknowledge(notified)?.claimedPolling == false, "a notified wait by default")
+    }
+
     @Test func aFailedRowLeavesTheWindowAtOnce() {
         var w = InFlightWindow(maxRows: 10, maxBytes: 1000)
         let s = w.admit(rowId: 9, shard: 3, bytes: 10, createdAtMicros: 0)
