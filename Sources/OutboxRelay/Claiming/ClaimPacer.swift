@@ -13,7 +13,7 @@
 ///
 /// Each starts as `target − overhead` (a heuristic), and once ``handOverRows`` rows claimed so
 /// have been acknowledged, the rows' own COMMIT → acknowledgement latencies steer it so that one
-/// in a hundred is over the target (``observeRow(latency:polling:now:)``). `overhead` is measured:
+/// in a hundred is over the target (``observeRow(latency:polling:rowRate:)``). `overhead` is measured:
 /// for each claim of the read window,
 /// the age of its oldest row when claimed (database clock: the claim's `clock_timestamp()` less
 /// the row's `created_at`), plus the claim statement's time on this host (its reply and decoding
@@ -76,7 +76,7 @@ public struct ClaimPacer: Sendable, Equatable {
         notifiedOverhead = overhead
     }
 
-    /// The waits the rows' own latencies steer (``observeRow(latency:polling:now:)``), seconds;
+    /// The waits the rows' own latencies steer (``observeRow(latency:polling:rowRate:)``), seconds;
     /// nil until ``handOverRows`` rows claimed so have reported, the claims' overhead until then.
     public private(set) var steeredPause: Double?
     public private(set) var steeredLinger: Double?
@@ -92,29 +92,25 @@ public struct ClaimPacer: Sendable, Equatable {
     public var busyPause: Double { target > 0 ? steeredPause ?? max(busyPoll, target - overhead) : busyPoll }
 
     /// A row of the read window was acknowledged `latency` seconds after it committed (an upper
-    /// bound: see Relay.pathStart), at `now` (monotonic seconds), claimed while polling or after
-    /// a notification. The claims' overhead is a heuristic for the rows' p99, and how far it is
-    /// off moves with the machine: at a 9 ms target it read 9.4–9.7 ms when the machine was
-    /// calm and 10.7 ms when it was busy. So it only starts a wait off; from the
-    /// ``handOverRows``th row claimed in that mode the rows steer it to the target: each row
-    /// over it shortens the wait by 99 steps, each row within lengthens it by one, and the wait
-    /// settles where one row in a hundred is over (a stochastic-approximation quantile that
-    /// moves the control instead of an estimate). A step is a fiftieth of the target, less
-    /// above ``stepRate`` rows per second. The wait stays between the target and its floor: the
-    /// busy poll, or no linger. (Polling more often than the busy poll brought no row sooner on a
-    /// busy machine: the broker's acknowledgements were the slow part, and more ProduceRequests
-    /// made them slower. Adding a correction to the heuristic's wait instead left
-    /// the heuristic's jumps in it — its quantile of 64 claims moves by a millisecond when one
-    /// slow claim comes or goes — and the rows' p99 followed the longest waits; steering the
-    /// p99 of the last 512 rows swung from 7.4 to 10.7 ms from one window to the next at
-    /// 500 rows/s. Both bought a lower p99 with more claims.)
-    public mutating func observeRow(latency: Double, polling: Bool, now: Double) {
+    /// bound: see Relay.pathStart), claimed while polling or after a notification, while rows
+    /// were claimed at `rowRate` per second (``WakeMode/rate``, the average the wake mode
+    /// follows). The claims' overhead is a heuristic for the rows' p99, and how far it is off
+    /// moves with the machine: at a 9 ms target it read 9.4–9.7 ms when the machine was calm and
+    /// 10.7 ms when it was busy. So it only starts a wait off; from the ``handOverRows``th row
+    /// claimed in that mode the rows steer it to the target: each row over it shortens the wait
+    /// by 99 steps, each row within lengthens it by one, and the wait settles where one row in a
+    /// hundred is over (a stochastic-approximation quantile that moves the control instead of an
+    /// estimate). A step is a fiftieth of the target, less above ``stepRate`` rows per second.
+    /// The wait stays between the target and its floor: the busy poll, or no linger. (Polling
+    /// more often than the busy poll brought no row sooner on a busy machine: the broker's
+    /// acknowledgements were the slow part, and more ProduceRequests made them slower. Adding a
+    /// correction to the heuristic's wait instead left the heuristic's jumps in it — its quantile
+    /// of 64 claims moves by a millisecond when one slow claim comes or goes — and the rows' p99
+    /// followed the longest waits; steering the p99 of the last 512 rows swung from 7.4 to
+    /// 10.7 ms from one window to the next at 500 rows/s. Both bought a lower p99 with more
+    /// claims.)
+    public mutating func observeRow(latency: Double, polling: Bool, rowRate: Double) {
         guard target > 0 else { return }
-        rowsSinceRate += 1
-        if now - rateSince >= 1 {
-            rowRate = Double(rowsSinceRate) / (now - rateSince)
-            (rateSince, rowsSinceRate) = (now, 0)
-        }
         let step = target / 50 * min(1, Self.stepRate / max(rowRate, 1))
         let move = latency > target ? -step * Self.rowQuantile : step * (1 - Self.rowQuantile)
         if polling {
@@ -134,9 +130,6 @@ public struct ClaimPacer: Sendable, Equatable {
     /// in time with more rows and averages more of them: at 500 rows/s a fiftieth of the target
     /// per row moved the wait by a millisecond from one second to the next.
     public static let stepRate = 100.0
-    private var rowRate = 0.0
-    private var rateSince = 0.0
-    private var rowsSinceRate = 0
 
     /// Rows older than this when claimed committed late (see the type's notes): not samples.
     public var lateRowAge: Double { 2 * target }

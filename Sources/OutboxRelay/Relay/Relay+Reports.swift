@@ -93,7 +93,7 @@ extension Relay {
                     metricsBatch.commitToAckMicros.append(max(0, acknowledgedAt - row.createdAtMicros))
                     if entry.pathStartMicros != .min {
                         pacer.observeRow(latency: Double(acknowledgedAt - entry.pathStartMicros) / 1_000_000,
-                                         polling: entry.claimedPolling, now: now)
+                                         polling: entry.claimedPolling, rowRate: wakeMode.rate)
                     }
                 }
                 if tracking, let row = entry.row {

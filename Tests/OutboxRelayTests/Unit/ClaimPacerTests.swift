@@ -144,7 +144,7 @@ import Testing
         while next < arrivals.count {
             // The previous claim's rows were acknowledged meanwhile: their latencies, as the
             // relay's reports bring them (a trickle is notified: not polling).
-            if feedback { for latency in unreported { pacer.observeRow(latency: latency, polling: false, now: now) } }
+            if feedback { for latency in unreported { pacer.observeRow(latency: latency, polling: false, rowRate: rate) } }
             unreported.removeAll()
             var waited = 0.0
             var start: Double
@@ -232,38 +232,30 @@ import Testing
         for _ in 0..<ClaimPacer.samples { p.observe(oldestAge: 0.003, waited: 0) }
         #expect(abs(p.busyPause - 0.006) < 1e-9 && abs(p.notifiedLinger - 0.006) < 1e-9)
         // The heuristic's wait until 200 rows have come…
-        var t = 0.0
-        for _ in 0..<(ClaimPacer.handOverRows - 1) {
-            t += 0.002
-            p.observeRow(latency: 0.004, polling: true, now: t)
-        }
+        for _ in 0..<(ClaimPacer.handOverRows - 1) { p.observeRow(latency: 0.004, polling: true, rowRate: 500) }
         #expect(abs(p.busyPause - 0.006) < 1e-9 && p.steeredPause == nil)
         // … then rows well within the target, 500 a second, lengthen it to the whole target, and
         // no further. The linger, whose rows have not come, stays as it was.
-        for _ in 0..<100_000 {
-            t += 0.002
-            p.observeRow(latency: 0.004, polling: true, now: t)
-        }
+        for _ in 0..<100_000 { p.observeRow(latency: 0.004, polling: true, rowRate: 500) }
         #expect(abs(p.busyPause - 0.009) < 1e-9)
         #expect(abs(p.notifiedLinger - 0.006) < 1e-9)
         // Every row over it: the busy pause shrinks to the busy poll, and no further, so it
         // lengthens again with the first row within. (Polling more often than that did not
         // bring the rows sooner on a busy machine: the broker's acknowledgements were what was
         // slow, and more ProduceRequests made them slower.)
-        for _ in 0..<1_000 { t += 0.002; p.observeRow(latency: 0.012, polling: true, now: t) }
+        for _ in 0..<1_000 { p.observeRow(latency: 0.012, polling: true, rowRate: 500) }
         #expect(abs(p.busyPause - 0.005) < 1e-9)
-        t += 0.002
-        p.observeRow(latency: 0.004, polling: true, now: t)
+        p.observeRow(latency: 0.004, polling: true, rowRate: 500)
         #expect(p.busyPause > 0.005)
         // The heuristic no longer moves it.
         for _ in 0..<ClaimPacer.samples { p.observe(oldestAge: 0.001, waited: 0) }
         #expect(p.busyPause < 0.0051)
         // Notified, the linger's floor is none.
-        for _ in 0..<1_000 { t += 0.002; p.observeRow(latency: 0.012, polling: false, now: t) }
+        for _ in 0..<1_000 { p.observeRow(latency: 0.012, polling: false, rowRate: 500) }
         #expect(p.notifiedLinger == 0)
         // Off: nothing moves it.
         var off = ClaimPacer(target: 0, busyPoll: 0.005)
-        for _ in 0..<1_000 { off.observeRow(latency: 1, polling: true, now: 0) }
+        for _ in 0..<1_000 { off.observeRow(latency: 1, polling: true, rowRate: 0) }
         #expect(off.busyPause == 0.005 && off.steeredPause == nil)
 
         // A closed loop: rows arrive evenly during a pause and wait out the rest of it, then
@@ -273,15 +265,13 @@ import Testing
         var rng = SplitMix(seed: 5)
         var loop = ClaimPacer(target: 0.009, busyPoll: 0.005)
         var over = 0, rows = 0
-        var now = 0.0
         for claim in 0..<40_000 {
             let pause = loop.busyPause
-            now += pause + 0.001
             loop.observe(oldestAge: pause + 0.0005, waited: pause, acknowledgement: 0.0008)
             for _ in 0..<4 {
                 let tail = -log(1 - Double.random(in: 0..<1, using: &rng)) * 0.0008
                 let latency = pause * Double.random(in: 0..<1, using: &rng) + 0.0005 + tail
-                loop.observeRow(latency: latency, polling: true, now: now)
+                loop.observeRow(latency: latency, polling: true, rowRate: 4 / (pause + 0.001))
                 if claim >= 10_000 {
                     rows += 1
                     if latency > 0.009 { over += 1 }
