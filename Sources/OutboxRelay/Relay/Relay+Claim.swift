@@ -153,6 +153,11 @@ extension Relay {
                     busyMeter.beginIdle(now)
                     defer { busyMeter.endIdle(monotonicSeconds()) }
                     do {
+                        // The wait is a hop onto the session, never a call made inline on its
+                        // thread: this actor must stay free while the thread sleeps, because the
+                        // work that interrupts the wait (room, leases, retries, shutdown) runs on
+                        // it. (A build that waited inline held rows for up to 5 s: BENCHMARKS.md,
+                        // "Where the relay's CPU goes".)
                         outcome = try await session.wait(timeout: wait, linger: linger, interrupt: claimWake.interrupt!,
                                                          accept: { router.accept($0) })
                     } catch {
