@@ -60,7 +60,7 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
-from procstat import BrokerSends, all_cpu, librdkafka_cpu, parent_pid, proc_cpu  # noqa: E402  (scripts/lib, shared with concurrency.py)
+from procstat import BrokerSends, all_cpu, librdkafka_cpu, parent_pid, proc_cpu, thread_sleeps  # noqa: E402  (scripts/lib, shared with concurrency.py)
 from acklog import read_ack_logs  # noqa: E402
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
@@ -1170,6 +1170,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         for c in ctxs:
             c["cpu"] = CpuWindow(self.a.tansu_pid, c["pids"])
             c["rdk0"] = sum(librdkafka_cpu(p) for p in c["pids"])
+            c["sleeps0"] = sum(thread_sleeps(p) for p in c["pids"])
         perf = None if together else self.start_perf(ctxs[0]["table"], rate, ctxs[0]["seconds"])
         sends = BrokerSends.start([p for c in ctxs for p in c["pids"]],
                                   os.path.join(self.run_dir, f"{ctxs[0]['table']}.sends.csv"))
@@ -1255,10 +1256,12 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         if others:
             groups["other_runs"] = [p for o in others for p in self.steady_backends(o) + o["ins"].backend_pids]
         rdk = sum(librdkafka_cpu(p) for p in c["pids"]) - c["rdk0"]
+        sleeps = sum(thread_sleeps(p) for p in c["pids"]) - c["sleeps0"]
         res = c["cpu"].finish(c["pids"], pg_groups=groups)
         # Of the relay's CPU, librdkafka's threads (rdk:*, in both relays the same library and its
         # requests) and the rest (this relay's code, or the naive relay's Python).
         res["relay_librdkafka_cpu_s"] = round(rdk, 3)
+        res["relay_thread_sleeps"] = sleeps
         if others:
             g = res["postgres_cpu_s_by_group"]
             share = c["total"] / sum(o["total"] for o in ctxs)
@@ -1389,6 +1392,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                 # The librdkafka broker threads' sendmsg calls (one per request: BrokerSends), and
                 # per send their recvmsg calls and context switches; absent where perf cannot count.
                 **c["sends"],
+                # The relay's threads' sleeps (voluntary context switches), each a wake-up after.
+                "relay_wakeups": per_row(res["relay_thread_sleeps"], 1),
                 "statements_on_table": per_row(st_table, 1),
                 "claims": per_row(kinds["select"], 1),
                 "deletes": per_row(kinds["delete"], 1),
@@ -1666,8 +1671,12 @@ def targets_table(out):
         bs = [(o["broker_sends"], n["broker_sends"]) for o, n in rows if o.get("broker_sends") and n.get("broker_sends")]
         sends = (f" (requests per row {fmt(statistics.median(o for o, _ in bs), 2)} against "
                  f"{fmt(statistics.median(n for _, n in bs), 2)})") if bs else ""
+        # Much of either relay's CPU at a trickle is its threads' wake-ups (thread_sleeps).
+        wk = [(o["relay_wakeups"], n["relay_wakeups"]) for o, n in rows if o.get("relay_wakeups") and n.get("relay_wakeups")]
+        wakeups = (f"; thread wake-ups per row {fmt(statistics.median(o for o, _ in wk), 2)} against "
+                   f"{fmt(statistics.median(n for _, n in wk), 2)}") if wk else ""
         return (f"{indent}of the relay CPU: librdkafka's threads {fmt(statistics.median(rk), 2)} × the naive's{sends}, "
-                f"the rest {fmt(statistics.median(ro), 2)} × (medians)")
+                f"the rest {fmt(statistics.median(ro), 2)} × (medians){wakeups}")
     together = any(s.get("pairing") == "together" for s in out.get("steady", []))
     lines = ["6. Issue 13's targets (outbox-relay ÷ the naive relay at the same rate and round; median over rounds"
              " (range), verdict of the median, rounds met" + ("; steady at rates marked together: the relays of a round in one window" if together else "") + ")"]

@@ -67,7 +67,7 @@ from psycopg.types.json import Jsonb
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from procstat import BrokerSends, all_cpu, librdkafka_cpu, parent_pid
+from procstat import BrokerSends, all_cpu, librdkafka_cpu, parent_pid, thread_sleeps
 from acklog import read_ack_logs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -325,6 +325,7 @@ class CpuWindow:
     def start(self):
         self.cpu0 = all_cpu(self.postmaster)
         self.rdk0 = {p: librdkafka_cpu(p) for p in self.relay_pids()}
+        self.sleeps0 = {p: thread_sleeps(p) for p in self.relay_pids()}
         self.sends = BrokerSends.start(sorted(self.relay_pids()), self.sends_path)
         self.t0 = time.monotonic()
 
@@ -333,6 +334,8 @@ class CpuWindow:
         relay_pids = self.relay_pids()
         # librdkafka's threads (same library, same requests in both relays) apart from the rest.
         rdk = sum(librdkafka_cpu(p) - self.rdk0.get(p, 0.0) for p in relay_pids)
+        # The relay threads' sleeps (voluntary context switches), each a wake-up after.
+        sleeps = sum(thread_sleeps(p) - self.sleeps0.get(p, 0) for p in relay_pids)
         sends = BrokerSends.per_row(self.sends.finish(), rows) if self.sends else {}
         cpu1 = all_cpu(self.postmaster)
         wall = time.monotonic() - self.t0
@@ -353,7 +356,8 @@ class CpuWindow:
                         "relay_other_cpu_ms": ms(relay - rdk), "postgres_cpu_ms": ms(pg),
                         "postgres_relay_backends_cpu_ms": ms(relay_bk),
                         "postgres_other_cpu_ms": ms(pg - relay_bk),
-                        "relay_plus_postgres_cpu_ms": ms(relay + pg), **sends},
+                        "relay_plus_postgres_cpu_ms": ms(relay + pg),
+                        "relay_wakeups": round(sleeps / rows, 2) if rows else None, **sends},
         }
 
 

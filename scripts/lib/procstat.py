@@ -67,6 +67,29 @@ def librdkafka_cpu(pid):
     return total / CLK_TCK
 
 
+def thread_sleeps(pid):
+    """Voluntary context switches so far of all of `pid`'s threads: each is a thread going to sleep
+    (for a reply, a timer, a queue) and so one wake-up after it. On the bench's VM a wake-up that
+    finds its vCPU halted is charged about 17 µs more than a hand-over (docs/BENCHMARKS.md, *Where
+    the relay's CPU goes*), so at a trickle these are much of a relay's CPU. Threads that exit
+    during a window take their count with them. 0 when the process is gone."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            continue  # the thread exited meanwhile
+    return total
+
+
 class BrokerSends:
     """What the librdkafka broker threads (rdk:broker…) of some processes did over a window,
     counted by perf's system-call tracepoints (`perf stat --per-thread`): their `sendmsg` calls,
