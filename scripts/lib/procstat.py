@@ -48,23 +48,30 @@ def proc_cpu(pid):
         return None
 
 
+def per_thread(pid, read):
+    """The sum over `pid`'s threads of `read(task directory)`; a thread that exits meanwhile (an
+    OSError or a half-read file) counts 0, and so does a process that is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    total = 0
+    for tid in tids:
+        try:
+            total += read(f"/proc/{pid}/task/{tid}")
+        except (OSError, ValueError, IndexError, StopIteration):
+            continue
+    return total
+
+
 def librdkafka_cpu(pid):
     """CPU seconds so far of `pid`'s librdkafka threads (named rdk:main, rdk:broker…): the part of a
     relay's CPU that is the Kafka client's own work — the same library in this relay and in the
     naive one (confluent-kafka). 0 when the process is gone."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tids:
-        try:
-            name, rest = read_stat(f"/proc/{pid}/task/{tid}/stat")
-        except OSError:
-            continue  # the thread exited meanwhile
-        if name.startswith("rdk:"):
-            total += int(rest[11]) + int(rest[12])
-    return total / CLK_TCK
+    def ticks(task):
+        name, rest = read_stat(f"{task}/stat")
+        return int(rest[11]) + int(rest[12]) if name.startswith("rdk:") else 0
+    return per_thread(pid, ticks) / CLK_TCK
 
 
 def thread_sleeps(pid):
@@ -73,21 +80,10 @@ def thread_sleeps(pid):
     finds its vCPU halted is charged about 17 µs more than a hand-over (docs/BENCHMARKS.md, *Where
     the relay's CPU goes*), so at a trickle these are much of a relay's CPU. Threads that exit
     during a window take their count with them. 0 when the process is gone."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        total += int(line.split()[1])
-                        break
-        except (OSError, ValueError, IndexError):
-            continue  # the thread exited meanwhile
-    return total
+    def sleeps(task):
+        with open(f"{task}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
+    return per_thread(pid, sleeps)
 
 
 class BrokerSends:
