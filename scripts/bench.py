@@ -1307,11 +1307,6 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         # COMMIT → DELETE it leaves out when the relay deletes the row, which outbox-relay
         # defers to ride along with its next claim (see docs/DESIGN.md).
         ck = sorted(created[i] - ins.committed[i] * 1000 for i in created if i in ins.committed)
-        if self.a.dump_latencies:
-            # Per row: outbox id, COMMIT returned (s since the epoch), Kafka CreateTime (ms): for
-            # looking at when the slow rows came (bursts, periodic stalls), not only how many.
-            with open(os.path.join(self.run_dir, f"{table}-latency.json"), "w") as f:
-                json.dump([[i, ins.committed[i], created[i]] for i in created if i in ins.committed], f)
         commit_to_kafka = quantiles_ms(ck)
         # COMMIT returned → the broker's acknowledgement, row by row, for outbox-relay: what issue
         # 13's target is about. CreateTime is the produce call floored to a millisecond, so c→k is
@@ -1320,6 +1315,12 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         acked = read_ack_logs(c.get("ack_logs") or [])
         ca = sorted(acked[i] / 1000 - ins.committed[i] * 1000 for i in acked if i in ins.committed)
         commit_to_ack = quantiles_ms(ca)
+        if self.a.dump_latencies:
+            # Per row: outbox id, COMMIT returned (s since the epoch), Kafka CreateTime (ms), and
+            # for outbox-relay the broker's acknowledgement (µs since the epoch, else null): for
+            # looking at when the slow rows came (bursts, periodic stalls) and which leg was slow.
+            with open(os.path.join(self.run_dir, f"{table}-latency.json"), "w") as f:
+                json.dump([[i, ins.committed[i], created[i], acked.get(i)] for i in created if i in ins.committed], f)
         if commit_to_ack:
             commit_to_ack["rows"] = len(ca)
         if commit_to_kafka:
@@ -1958,7 +1959,7 @@ def main():
                     help="steady state without the bench's AFTER DELETE trigger (no latency figures; "
                          "shows what the trigger itself costs)")
     ap.add_argument("--dump-latencies", action="store_true",
-                    help="steady: write each row's COMMIT time and Kafka CreateTime to <run dir>/<table>-latency.json "
+                    help="steady: write each row's COMMIT time, Kafka CreateTime and (outbox-relay) acknowledgement time to <run dir>/<table>-latency.json "
                          "(keep the run dir with OUTBOX_KEEP_RUN_DIR=1)")
     ap.add_argument("--concurrent-seconds", type=float, default=30, help="concurrent scenario: write phase (default 30)")
     ap.add_argument("--concurrent-rate", type=float, default=1000, help="concurrent scenario: rows/s over 8 writers (default 1000)")
