@@ -1315,6 +1315,10 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         acked = read_ack_logs(c.get("ack_logs") or [])
         ca = sorted(acked[i] / 1000 - ins.committed[i] * 1000 for i in acked if i in ins.committed)
         commit_to_ack = quantiles_ms(ca)
+        # The same rows' produce call (CreateTime, floored to the ms: 0-1 ms long) → acknowledgement:
+        # which part of a COMMIT → acknowledgement tail came after the produce (the broker's
+        # answers to a claim's requests, one partition each; see docs/BENCHMARKS.md).
+        create_to_ack = quantiles_ms(sorted(acked[i] / 1000 - created[i] for i in acked if i in created))
         if self.a.dump_latencies:
             # Per row: outbox id, COMMIT returned (s since the epoch), Kafka CreateTime (ms), and
             # for outbox-relay the broker's acknowledgement (µs since the epoch, else null): for
@@ -1367,6 +1371,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
             "commit_to_delete_ms": commit_lat,
             "commit_to_kafka_ms": commit_to_kafka,
             "commit_to_ack_ms": commit_to_ack,
+            "create_to_ack_ms": create_to_ack,
             "relay_cpu_s_per_s": round(res["relay_cpu_s"] / (drained - t0), 3),
             "relay_idle_cpu_s_per_s": round(idle_cpu, 4),
             "machine_busy_share": round(res["machine_busy_cpu_s"] / res["machine_cpu_capacity_s"], 3),
