@@ -60,7 +60,7 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "lib"))
-from procstat import BrokerSends, all_cpu, librdkafka_cpu, parent_pid, proc_cpu, thread_sleeps  # noqa: E402  (scripts/lib, shared with concurrency.py)
+from procstat import BrokerSends, all_cpu, parent_pid, proc_cpu, threads_counters  # noqa: E402  (scripts/lib, shared with concurrency.py)
 from acklog import read_ack_logs  # noqa: E402
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
@@ -1169,8 +1169,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         probe = start_machine_probe()
         for c in ctxs:
             c["cpu"] = CpuWindow(self.a.tansu_pid, c["pids"])
-            c["rdk0"] = sum(librdkafka_cpu(p) for p in c["pids"])
-            c["sleeps0"] = sum(thread_sleeps(p) for p in c["pids"])
+            c["rdk0"], c["sleeps0"] = threads_counters(c["pids"])
         perf = None if together else self.start_perf(ctxs[0]["table"], rate, ctxs[0]["seconds"])
         sends = BrokerSends.start([p for c in ctxs for p in c["pids"]],
                                   os.path.join(self.run_dir, f"{ctxs[0]['table']}.sends.csv"))
@@ -1255,8 +1254,8 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         others = [o for o in ctxs if o is not c]
         if others:
             groups["other_runs"] = [p for o in others for p in self.steady_backends(o) + o["ins"].backend_pids]
-        rdk = sum(librdkafka_cpu(p) for p in c["pids"]) - c["rdk0"]
-        sleeps = sum(thread_sleeps(p) for p in c["pids"]) - c["sleeps0"]
+        rdk, sleeps = threads_counters(c["pids"])
+        rdk, sleeps = rdk - c["rdk0"], sleeps - c["sleeps0"]
         res = c["cpu"].finish(c["pids"], pg_groups=groups)
         # Of the relay's CPU, librdkafka's threads (rdk:*, in both relays the same library and its
         # requests) and the rest (this relay's code, or the naive relay's Python).
@@ -1677,7 +1676,7 @@ def targets_table(out):
         bs = [(o["broker_sends"], n["broker_sends"]) for o, n in rows if o.get("broker_sends") and n.get("broker_sends")]
         sends = (f" (requests per row {fmt(statistics.median(o for o, _ in bs), 2)} against "
                  f"{fmt(statistics.median(n for _, n in bs), 2)})") if bs else ""
-        # Much of either relay's CPU at a trickle is its threads' wake-ups (thread_sleeps).
+        # Much of either relay's CPU at a trickle is its threads' wake-ups (thread_counters).
         wk = [(o["relay_wakeups"], n["relay_wakeups"]) for o, n in rows if o.get("relay_wakeups") and n.get("relay_wakeups")]
         wakeups = (f"; thread wake-ups per row {fmt(statistics.median(o for o, _ in wk), 2)} against "
                    f"{fmt(statistics.median(n for _, n in wk), 2)}") if wk else ""

@@ -67,7 +67,7 @@ from psycopg.types.json import Jsonb
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from procstat import BrokerSends, all_cpu, librdkafka_cpu, parent_pid, thread_sleeps
+from procstat import BrokerSends, all_cpu, parent_pid, thread_counters
 from acklog import read_ack_logs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -324,18 +324,18 @@ class CpuWindow:
 
     def start(self):
         self.cpu0 = all_cpu(self.postmaster)
-        self.rdk0 = {p: librdkafka_cpu(p) for p in self.relay_pids()}
-        self.sleeps0 = {p: thread_sleeps(p) for p in self.relay_pids()}
+        self.threads0 = {p: thread_counters(p) for p in self.relay_pids()}
         self.sends = BrokerSends.start(sorted(self.relay_pids()), self.sends_path)
         self.t0 = time.monotonic()
 
     def finish(self, rows):
         backends = self.relay_backends()
         relay_pids = self.relay_pids()
-        # librdkafka's threads (same library, same requests in both relays) apart from the rest.
-        rdk = sum(librdkafka_cpu(p) - self.rdk0.get(p, 0.0) for p in relay_pids)
-        # The relay threads' sleeps (voluntary context switches), each a wake-up after.
-        sleeps = sum(thread_sleeps(p) - self.sleeps0.get(p, 0) for p in relay_pids)
+        # librdkafka's threads (same library, same requests in both relays) apart from the rest,
+        # and the relay threads' sleeps (voluntary context switches), each a wake-up after.
+        threads = {p: thread_counters(p) for p in relay_pids}
+        rdk = sum(threads[p][0] - self.threads0.get(p, (0.0, 0))[0] for p in relay_pids)
+        sleeps = sum(threads[p][1] - self.threads0.get(p, (0.0, 0))[1] for p in relay_pids)
         sends = BrokerSends.per_row(self.sends.finish(), rows) if self.sends else {}
         cpu1 = all_cpu(self.postmaster)
         wall = time.monotonic() - self.t0

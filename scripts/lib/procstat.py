@@ -48,42 +48,45 @@ def proc_cpu(pid):
         return None
 
 
-def per_thread(pid, read):
-    """The sum over `pid`'s threads of `read(task directory)`; a thread that exits meanwhile (an
-    OSError or a half-read file) counts 0, and so does a process that is gone."""
+def thread_counters(pid):
+    """One pass over `pid`'s threads: (CPU seconds so far of its librdkafka threads, voluntary
+    context switches so far of all its threads). (0.0, 0) when the process is gone; a thread that
+    exits meanwhile (an OSError or a half-read file) counts for neither.
+
+    librdkafka's threads are named rdk:main, rdk:broker…: the part of a relay's CPU that is the
+    Kafka client's own work — the same library in this relay and in the naive one
+    (confluent-kafka). A voluntary context switch is a thread going to sleep (for a reply, a
+    timer, a queue) and so one wake-up after it. On the bench's VM a wake-up that finds its vCPU
+    halted is charged about 17 µs more than a hand-over (docs/BENCHMARKS.md, *Where the relay's
+    CPU goes*), so at a trickle these are much of a relay's CPU. Threads that exit during a window
+    take their counts with them."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0
-    total = 0
+        return 0.0, 0
+    ticks = sleeps = 0
     for tid in tids:
+        task = f"/proc/{pid}/task/{tid}"
         try:
-            total += read(f"/proc/{pid}/task/{tid}")
+            name, rest = read_stat(f"{task}/stat")
+            with open(f"{task}/status") as f:
+                switches = next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
+            if name.startswith("rdk:"):
+                ticks += int(rest[11]) + int(rest[12])
         except (OSError, ValueError, IndexError, StopIteration):
             continue
-    return total
+        sleeps += switches
+    return ticks / CLK_TCK, sleeps
 
 
-def librdkafka_cpu(pid):
-    """CPU seconds so far of `pid`'s librdkafka threads (named rdk:main, rdk:broker…): the part of a
-    relay's CPU that is the Kafka client's own work — the same library in this relay and in the
-    naive one (confluent-kafka). 0 when the process is gone."""
-    def ticks(task):
-        name, rest = read_stat(f"{task}/stat")
-        return int(rest[11]) + int(rest[12]) if name.startswith("rdk:") else 0
-    return per_thread(pid, ticks) / CLK_TCK
-
-
-def thread_sleeps(pid):
-    """Voluntary context switches so far of all of `pid`'s threads: each is a thread going to sleep
-    (for a reply, a timer, a queue) and so one wake-up after it. On the bench's VM a wake-up that
-    finds its vCPU halted is charged about 17 µs more than a hand-over (docs/BENCHMARKS.md, *Where
-    the relay's CPU goes*), so at a trickle these are much of a relay's CPU. Threads that exit
-    during a window take their count with them. 0 when the process is gone."""
-    def sleeps(task):
-        with open(f"{task}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
-    return per_thread(pid, sleeps)
+def threads_counters(pids):
+    """``thread_counters`` summed over `pids`: (librdkafka CPU seconds, thread sleeps)."""
+    rdk, sleeps = 0.0, 0
+    for p in pids:
+        r, s = thread_counters(p)
+        rdk += r
+        sleeps += s
+    return rdk, sleeps
 
 
 class BrokerSends:
