@@ -350,7 +350,8 @@ class Bench:
                                       f"AND NOT tgisinternal"):
             self.admin.query(f"DROP TRIGGER {qident(tg)} ON {qident(table)}")
 
-    def create_topic(self, topic, partitions=8):
+    def create_topic(self, topic, partitions=None):
+        partitions = partitions or self.a.partitions or 8
         subprocess.run([self.a.tansu, "topic", "create", topic, "--broker", f"tcp://{self.a.brokers}",
                         "--partitions", str(partitions)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -519,7 +520,7 @@ class Bench:
     def timed_drain(self, kind, rows, replicas):
         table = self.name(kind)
         topic = table.replace("_", "-")
-        self.create_topic(topic, 8)
+        self.create_topic(topic)
         self.migrate(table)
         lo, hi, n = self.load(table, topic, rows)
         expected = self.expected_ids(lo, hi, n, table)
@@ -952,6 +953,11 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                         "us_over_minimal_paired_median": round(statistics.median(paired[label]), 2) if paired[label] else None})
         return {"rows_per_run": rows, "rounds": self.a.insert_cost_rounds, "interleaved_chunk": chunk, "shapes": out}
 
+    def naive_args(self):
+        """The naive relay's arguments beyond its table and batch size: a shorter idle sleep
+        (--naive-idle-ms) buys it a shorter latency tail for more polls."""
+        return [] if self.a.naive_idle_ms == 20 else ["--idle-ms", str(self.a.naive_idle_ms)]
+
     def start_naive(self, table, name):
         """One naive SKIP LOCKED relay (scripts/lib/naive_relay.py under .tools/venv's Python). It
         connects as the relay's role, bench_relay, so that pg_stat_statements and
@@ -961,6 +967,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                "--table", table]
         if self.a.batch_size:
             cmd += ["--batch-size", str(self.a.batch_size)]
+        cmd += self.naive_args()
         p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
         p.bench_log = logf.name
         self.relays.append(p)
@@ -1103,7 +1110,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         table = self.name(kind)
         topic = table.replace("_", "-")
         lat = qident(table + "_latency")
-        self.create_topic(topic, 8)
+        self.create_topic(topic)
         self.migrate(table, self.a.batched_binary if relay == "batched" else None)
         notify_trigger = True
         if relay == "naive" and not self.a.naive_keep_notify_trigger:
@@ -1446,10 +1453,12 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                "--relay", self.a.relay, "--table", table, "--seed", str(seed), "--writers", "8",
                "--seconds", str(self.a.concurrent_seconds), "--rate", str(self.a.concurrent_rate),
                "--relays", "1", "--log-dir", os.path.join(self.run_dir, table), "--json-out", json_out, "--cpu"]
+        if self.a.partitions:
+            cmd += ["--partitions", str(self.a.partitions)]
         if naive:
             # As in the steady scenario: the naive relay's table is the relay's migrated table less
             # the NOTIFY trigger, so both relays' writers pay for the same columns and indexes.
-            cmd += ["--naive", "--naive-migrated-table"]
+            cmd += ["--naive", "--naive-migrated-table"] + [f"--relay-arg={x}" for x in self.naive_args()]
         else:
             # The bench's relay options, except --http-port (concurrency.py passes its own).
             args = self.relay_args()
@@ -1774,7 +1783,7 @@ def report(out):
     d = out.get("drain")
     c = out.get("ceiling")
     if d:
-        lines.append(f"1. Backlog drain ({fmt(d['rows'])} rows, 256-byte values, 1000 keys, 8 partitions, 1 relay)")
+        lines.append(f"1. Backlog drain ({fmt(d['rows'])} rows, 256-byte values, 1000 keys, {cfg.get('partitions', 8)} partitions, 1 relay)")
         rows = [
             ("relay start → empty table", f"{fmt(d['seconds'], 2)} s"),
             ("throughput", f"{fmt(d['rows_per_s'], 0)} rows/s"),
@@ -1911,6 +1920,12 @@ def main():
     ap.add_argument("--scale-rows", type=int, default=100000, help="scale-out backlog (default 100000)")
     ap.add_argument("--replicas", default="1,2,4", help="scale-out relay counts (default 1,2,4)")
     ap.add_argument("--steady-seconds", type=float, default=30)
+    ap.add_argument("--naive-idle-ms", type=float, default=20,
+                    help="the naive relay's sleep after an empty poll (default 20, the issue's relay): shorter, for a naive relay "
+                         "held to a shorter latency tail")
+    ap.add_argument("--partitions", type=int, default=None,
+                    help="partitions of every topic the bench creates (default 8; the concurrent scenario's 4): a diagnostic, "
+                         "e.g. 1, where each claim is one ProduceRequest whatever its rows' keys")
     ap.add_argument("--rates", default="500,5000", help="steady-state insert rates, rows/s (default 500,5000)")
     ap.add_argument("--steady-relays", default="outbox,batched,naive",
                     help="relays run at each steady rate, in this order (reversed in every other round): outbox (outbox-relay), batched "
@@ -2019,7 +2034,7 @@ def main():
         "cpus": os.cpu_count(), "rows": a.rows, "scale_rows": a.scale_rows, "steady_seconds": a.steady_seconds,
         "steady_rounds": a.steady_rounds, "steady_pairing": a.steady_pairing, "together_max_rate": a.together_max_rate, "batched_busy_poll_ms": a.batched_busy_poll_ms,
         "rates": [int(x) for x in a.rates.split(",")], "keys": a.keys, "value_bytes": a.value_bytes,
-        "partitions": 8, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
+        "naive_idle_ms": a.naive_idle_ms, "partitions": a.partitions or 8, "concurrent_partitions": a.partitions or 4, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
         "postgres": bench.admin.scalar("SHOW server_version"),
         "postgres_settings": bench.postgres_settings(),
         "insert_connections": a.insert_connections, "arrivals": a.arrivals,

@@ -9,7 +9,7 @@
         flush
         DELETE FROM T WHERE id = ANY(ids)
         COMMIT
-        no rows: sleep 20 ms
+        no rows: sleep 20 ms (--idle-ms)
 
 A failed delivery rolls the batch back (its rows are produced again: at-least-once). Runs until
 SIGTERM/SIGINT; the batch in progress is finished first. Needs psycopg and confluent-kafka
@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--table", default="outbox")
     ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--idle-ms", type=float, default=20, help="sleep after a poll that found no rows (default 20)")
     a = ap.parse_args()
 
     stop = {"now": False}
@@ -71,7 +72,7 @@ def main():
                 rows = cur.fetchall()
                 if not rows:
                     conn.rollback()
-                    time.sleep(0.02)
+                    time.sleep(a.idle_ms / 1000)
                     continue
                 errors = []
 
