@@ -1779,6 +1779,11 @@ def report(out):
     lines.append(f"PostgreSQL {cfg.get('postgres')}, {ps.get('durability', '?').upper()}: fsync={ps.get('fsync')}, "
                  f"synchronous_commit={ps.get('synchronous_commit')}, full_page_writes={ps.get('full_page_writes')}; "
                  f"paced INSERTs: {cfg.get('arrivals', 'uniform')} arrivals")
+    changed = [f"{n} {cfg[k]}" for k, n, default in (("partitions", "topics' partitions", 8),
+                                                       ("naive_idle_ms", "naive relay's idle sleep (ms)", 20))
+               if cfg.get(k, default) != default]
+    if changed:
+        lines.append("DIAGNOSTIC SETTINGS: " + ", ".join(changed))
     lines.append("")
     d = out.get("drain")
     c = out.get("ceiling")
