@@ -65,6 +65,11 @@ from acklog import read_ack_logs  # noqa: E402
 CONCURRENCY_PY = os.path.join(ROOT, "scripts", "lib", "concurrency.py")
 NAIVE_RELAY_PY = os.path.join(ROOT, "scripts", "lib", "naive_relay.py")
 VENV_PYTHON = os.path.join(ROOT, ".tools", "venv", "bin", "python")
+# Topics' partitions unless --partitions says otherwise: the steady and drain scenarios', and the
+# concurrent scenario's two topics. The naive relay's sleep after an empty poll (the issue's relay).
+PARTITIONS = 8
+CONCURRENT_PARTITIONS = 4
+NAIVE_IDLE_MS = 20
 SHARDS = 256  # migrate's default shard count; the ceiling passes all of them like one relay would
 
 
@@ -350,10 +355,9 @@ class Bench:
                                       f"AND NOT tgisinternal"):
             self.admin.query(f"DROP TRIGGER {qident(tg)} ON {qident(table)}")
 
-    def create_topic(self, topic, partitions=None):
-        partitions = partitions or self.a.partitions or 8
+    def create_topic(self, topic):
         subprocess.run([self.a.tansu, "topic", "create", topic, "--broker", f"tcp://{self.a.brokers}",
-                        "--partitions", str(partitions)], check=True,
+                        "--partitions", str(self.a.partitions or PARTITIONS)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def load(self, table, topic, rows):
@@ -954,9 +958,9 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
         return {"rows_per_run": rows, "rounds": self.a.insert_cost_rounds, "interleaved_chunk": chunk, "shapes": out}
 
     def naive_args(self):
-        """The naive relay's arguments beyond its table and batch size: a shorter idle sleep
-        (--naive-idle-ms) buys it a shorter latency tail for more polls."""
-        return [] if self.a.naive_idle_ms == 20 else ["--idle-ms", str(self.a.naive_idle_ms)]
+        """The naive relay's arguments beyond its table and batch size: its sleep after an empty
+        poll (--naive-idle-ms; shorter buys it a shorter latency tail for more polls)."""
+        return ["--idle-ms", str(self.a.naive_idle_ms)]
 
     def start_naive(self, table, name):
         """One naive SKIP LOCKED relay (scripts/lib/naive_relay.py under .tools/venv's Python). It
@@ -1453,8 +1457,7 @@ DELETE FROM {qident(table)} AS o WHERE o.id = ANY(ARRAY(SELECT generate_series(:
                "--relay", self.a.relay, "--table", table, "--seed", str(seed), "--writers", "8",
                "--seconds", str(self.a.concurrent_seconds), "--rate", str(self.a.concurrent_rate),
                "--relays", "1", "--log-dir", os.path.join(self.run_dir, table), "--json-out", json_out, "--cpu"]
-        if self.a.partitions:
-            cmd += ["--partitions", str(self.a.partitions)]
+        cmd += ["--partitions", str(self.a.partitions or CONCURRENT_PARTITIONS)]
         if naive:
             # As in the steady scenario: the naive relay's table is the relay's migrated table less
             # the NOTIFY trigger, so both relays' writers pay for the same columns and indexes.
@@ -1779,8 +1782,8 @@ def report(out):
     lines.append(f"PostgreSQL {cfg.get('postgres')}, {ps.get('durability', '?').upper()}: fsync={ps.get('fsync')}, "
                  f"synchronous_commit={ps.get('synchronous_commit')}, full_page_writes={ps.get('full_page_writes')}; "
                  f"paced INSERTs: {cfg.get('arrivals', 'uniform')} arrivals")
-    changed = [f"{n} {cfg[k]}" for k, n, default in (("partitions", "topics' partitions", 8),
-                                                       ("naive_idle_ms", "naive relay's idle sleep (ms)", 20))
+    changed = [f"{n} {cfg[k]}" for k, n, default in (("partitions", "topics' partitions", PARTITIONS),
+                                                       ("naive_idle_ms", "naive relay's idle sleep (ms)", NAIVE_IDLE_MS))
                if cfg.get(k, default) != default]
     if changed:
         lines.append("DIAGNOSTIC SETTINGS: " + ", ".join(changed))
@@ -1788,7 +1791,7 @@ def report(out):
     d = out.get("drain")
     c = out.get("ceiling")
     if d:
-        lines.append(f"1. Backlog drain ({fmt(d['rows'])} rows, 256-byte values, 1000 keys, {cfg.get('partitions', 8)} partitions, 1 relay)")
+        lines.append(f"1. Backlog drain ({fmt(d['rows'])} rows, 256-byte values, 1000 keys, {cfg.get('partitions', PARTITIONS)} partitions, 1 relay)")
         rows = [
             ("relay start → empty table", f"{fmt(d['seconds'], 2)} s"),
             ("throughput", f"{fmt(d['rows_per_s'], 0)} rows/s"),
@@ -1925,11 +1928,12 @@ def main():
     ap.add_argument("--scale-rows", type=int, default=100000, help="scale-out backlog (default 100000)")
     ap.add_argument("--replicas", default="1,2,4", help="scale-out relay counts (default 1,2,4)")
     ap.add_argument("--steady-seconds", type=float, default=30)
-    ap.add_argument("--naive-idle-ms", type=float, default=20,
-                    help="the naive relay's sleep after an empty poll (default 20, the issue's relay): shorter, for a naive relay "
+    ap.add_argument("--naive-idle-ms", type=float, default=NAIVE_IDLE_MS,
+                    help=f"the naive relay's sleep after an empty poll (default {NAIVE_IDLE_MS}, the issue's relay): shorter, for a naive relay "
                          "held to a shorter latency tail")
     ap.add_argument("--partitions", type=int, default=None,
-                    help="partitions of every topic the bench creates (default 8; the concurrent scenario's 4): a diagnostic, "
+                    help=f"partitions of every topic the bench creates (default {PARTITIONS}; the concurrent scenario's "
+                         f"{CONCURRENT_PARTITIONS}): a diagnostic, "
                          "e.g. 1, where each claim is one ProduceRequest whatever its rows' keys")
     ap.add_argument("--rates", default="500,5000", help="steady-state insert rates, rows/s (default 500,5000)")
     ap.add_argument("--steady-relays", default="outbox,batched,naive",
@@ -2039,7 +2043,7 @@ def main():
         "cpus": os.cpu_count(), "rows": a.rows, "scale_rows": a.scale_rows, "steady_seconds": a.steady_seconds,
         "steady_rounds": a.steady_rounds, "steady_pairing": a.steady_pairing, "together_max_rate": a.together_max_rate, "batched_busy_poll_ms": a.batched_busy_poll_ms,
         "rates": [int(x) for x in a.rates.split(",")], "keys": a.keys, "value_bytes": a.value_bytes,
-        "naive_idle_ms": a.naive_idle_ms, "partitions": a.partitions or 8, "concurrent_partitions": a.partitions or 4, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
+        "naive_idle_ms": a.naive_idle_ms, "partitions": a.partitions or PARTITIONS, "concurrent_partitions": a.partitions or CONCURRENT_PARTITIONS, "shards": SHARDS, "relay_source": a.source, "relay_args": bench.relay_args(),
         "postgres": bench.admin.scalar("SHOW server_version"),
         "postgres_settings": bench.postgres_settings(),
         "insert_connections": a.insert_connections, "arrivals": a.arrivals,
